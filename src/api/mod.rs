@@ -1,0 +1,262 @@
+//! The HTTP side: listeners, routing, the sync and async call styles, body limits.
+//!
+//! A request flows: path -> [`Endpoint`] -> headers decide the style -> body read under a limit
+//! -> parsed and validated -> queued to the writer (fixing its order) -> answered in the
+//! response (sync) or acked at once and posted to `callbackurl` (async).
+
+pub mod callback;
+pub mod inflight;
+pub mod reply;
+
+use crate::agent::{AgentHandle, ApplyError};
+use crate::health::Health;
+use crate::protocol::{Endpoint, Request as ApiRequest};
+use bytes::Bytes;
+use callback::{CallbackTarget, Delivery};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use inflight::InFlight;
+use reply::Reply;
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tracing::Instrument;
+
+/// Everything a request handler needs.
+pub struct ApiState {
+    /// The writer.
+    pub agent: AgentHandle,
+    /// Current problems.
+    pub health: Arc<Health>,
+    /// Hex md5 of the running binary.
+    pub md5: String,
+    /// The agent's version.
+    pub version: &'static str,
+    /// Largest accepted request body, in bytes.
+    pub max_body: usize,
+    /// How long to retry a callback on connection errors.
+    pub callback_retry: Duration,
+    /// Commands and callbacks not finished yet.
+    pub inflight: InFlight,
+    /// `taskuuid`s in flight; a repeat is acked and ignored.
+    pub tasks: Mutex<HashSet<String>>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, body: Vec<u8>, json: bool) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if json {
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+    }
+    r
+}
+
+fn refuse(status: StatusCode, msg: String) -> Resp {
+    respond(status, Reply::fail(msg).to_bytes(), true)
+}
+
+fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// Answers one HTTP request.
+pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let path = req.uri().path().to_string();
+    let Some(endpoint) = Endpoint::from_path(&path) else {
+        return Ok(refuse(
+            StatusCode::NOT_FOUND,
+            format!("{path}: no such path on this agent"),
+        ));
+    };
+    if endpoint == Endpoint::Echo {
+        return Ok(respond(StatusCode::OK, Vec::new(), false));
+    }
+    let task_uuid = header(&req, "taskuuid").map(str::to_string);
+    let callback_url = header(&req, "callbackurl").map(str::to_string);
+    let target = match (&task_uuid, &callback_url) {
+        (Some(_), Some(url)) => match CallbackTarget::parse(url) {
+            Ok(t) => Some(t),
+            Err(e) => return Ok(refuse(StatusCode::BAD_REQUEST, e)),
+        },
+        (None, None) => None,
+        (Some(_), None) => {
+            return Ok(refuse(
+                StatusCode::BAD_REQUEST,
+                "callbackurl missing in request header (taskuuid is set)".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Ok(refuse(
+                StatusCode::BAD_REQUEST,
+                "taskuuid missing in request header (callbackurl is set)".into(),
+            ));
+        }
+    };
+    let span = tracing::info_span!(
+        "command",
+        path = %path,
+        taskuuid = task_uuid.as_deref().unwrap_or("-")
+    );
+    handle_command(state, req, endpoint, path, task_uuid, target)
+        .instrument(span)
+        .await
+}
+
+async fn handle_command(
+    state: Arc<ApiState>,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+    path: String,
+    task_uuid: Option<String>,
+    target: Option<CallbackTarget>,
+) -> Result<Resp, Infallible> {
+    let guard = state.inflight.enter();
+    if let Some(len) = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > state.max_body as u64
+    {
+        {
+            tracing::warn!(len, "body too large");
+            return Ok(refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body of {len} bytes exceeds the limit of {} bytes",
+                    state.max_body
+                ),
+            ));
+        }
+    }
+    let body = match Limited::new(req.into_body(), state.max_body)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Ok(refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds the limit of {} bytes", state.max_body),
+            ));
+        }
+        Err(e) => {
+            return Ok(refuse(
+                StatusCode::BAD_REQUEST,
+                format!("reading the request body: {e}"),
+            ));
+        }
+    };
+    if let Some(uuid) = &task_uuid {
+        let mut tasks = state.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if !tasks.insert(uuid.clone()) {
+            tracing::warn!("taskuuid already in flight; ignoring the repeat");
+            return Ok(respond(StatusCode::OK, Vec::new(), false));
+        }
+    }
+    // Parse and queue now, before answering, so commands keep their arrival order.
+    let outcome = run(&state, endpoint, &path, &body);
+    match (task_uuid, target) {
+        (Some(uuid), Some(target)) => {
+            let span = tracing::Span::current();
+            let state2 = Arc::clone(&state);
+            tokio::spawn(
+                async move {
+                    let _guard = guard;
+                    let reply = outcome.await;
+                    let delivery =
+                        callback::post(&target, &uuid, reply.to_bytes(), state2.callback_retry)
+                            .await;
+                    match delivery {
+                        Delivery::Answered(200) => tracing::debug!("callback delivered"),
+                        Delivery::Answered(s) => tracing::warn!(status = s, "callback answered"),
+                        Delivery::GaveUp(e) => {
+                            tracing::error!(error = %e, "callback not delivered")
+                        }
+                    }
+                    state2
+                        .tasks
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&uuid);
+                }
+                .instrument(span),
+            );
+            Ok(respond(StatusCode::OK, Vec::new(), false))
+        }
+        _ => {
+            let reply = outcome.await;
+            drop(guard);
+            Ok(respond(StatusCode::OK, reply.to_bytes(), true))
+        }
+    }
+}
+
+/// Parses the body and queues the command; the returned future resolves to the reply.
+fn run(
+    state: &Arc<ApiState>,
+    endpoint: Endpoint,
+    path: &str,
+    body: &[u8],
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>> {
+    let path_static: &'static str = Endpoint::paths()
+        .find(|p| path.trim_end_matches('/') == *p)
+        .unwrap_or("?");
+    match endpoint.parse(body) {
+        Err(e) => {
+            tracing::warn!(error = %e, "refused");
+            let reply = Reply::fail(e.to_string());
+            Box::pin(async move { reply })
+        }
+        Ok(ApiRequest::Ping) => {
+            let state = Arc::clone(state);
+            Box::pin(async move { ping_reply(&state) })
+        }
+        Ok(ApiRequest::Change(cmd)) => {
+            let is_init = matches!(cmd, crate::state::Command::Init { .. });
+            let pending = state.agent.submit(cmd, path_static);
+            let state = Arc::clone(state);
+            Box::pin(async move {
+                match pending.await {
+                    Ok(()) if is_init => Reply::ok()
+                        .with("version", state.version)
+                        .with("md5", state.md5.clone()),
+                    Ok(()) => Reply::ok(),
+                    Err(e) => error_reply(&e),
+                }
+            })
+        }
+    }
+}
+
+fn error_reply(e: &ApplyError) -> Reply {
+    Reply::fail(e.to_string())
+}
+
+fn ping_reply(state: &ApiState) -> Reply {
+    let snap = state.agent.snapshot();
+    let (healthy, detail) = state.health.report();
+    let mut reply = Reply::ok();
+    if let Some(uuid) = &snap.uuid {
+        reply = reply.with("uuid", uuid.clone());
+    }
+    reply
+        .with("version", state.version)
+        .with("md5", state.md5.clone())
+        .with("healthy", healthy)
+        .with("healthDetail", detail)
+}

@@ -1,0 +1,46 @@
+//! The seam between the pure core and the kernel: one backend per feature brings the system in
+//! line with the desired state. Each apply is all-or-nothing on its own side.
+
+use crate::state::{Command, DesiredState, Feature};
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed future, for object-safe async backends.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a backend could not apply a change. The message goes to the management node as is.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct BackendError(pub String);
+
+impl BackendError {
+    /// An error with this message.
+    pub fn new(msg: impl Into<String>) -> Self {
+        BackendError(msg.into())
+    }
+}
+
+/// Applies one feature's part of the desired state to the system.
+pub trait Backend: Send {
+    /// The feature this backend owns.
+    fn feature(&self) -> Feature;
+
+    /// Makes the system follow `cmd` applied to `before` (already checked with
+    /// [`DesiredState::check`]). Either takes full effect or changes nothing.
+    fn apply<'a>(
+        &'a mut self,
+        before: &'a DesiredState,
+        cmd: &'a Command,
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Makes the system match `state` from scratch (start-up, `/init`, rollback).
+    fn reconcile<'a>(
+        &'a mut self,
+        state: &'a DesiredState,
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Stops anything the backend runs (processes it supervises). Default: nothing.
+    fn shutdown(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}

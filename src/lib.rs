@@ -1,0 +1,13 @@
+//! vr-agent: the agent inside a cloud's virtual router appliance. It speaks the management
+//! node's HTTP protocol and turns commands into kernel state (netlink, nftables, dnsmasq).
+
+pub mod agent;
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod health;
+pub mod md5sum;
+pub mod notify;
+pub mod protocol;
+pub mod server;
+pub mod state;

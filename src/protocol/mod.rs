@@ -1,0 +1,381 @@
+//! The management node's paths and request bodies, and their translation into typed requests.
+
+pub mod fields;
+pub mod wire;
+
+use crate::state::{Command, Invalid};
+use serde::de::DeserializeOwned;
+use wire::*;
+
+/// Every path the agent answers (section 2 of the protocol, plus `/removenic`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `/echo`, `/appliancevm/echo`: synchronous liveness, empty body.
+    Echo,
+    /// `/init`
+    Init,
+    /// `/ping`
+    Ping,
+    /// `/configurenic`
+    ConfigureNic,
+    /// `/removenic`
+    RemoveNic,
+    /// `/adddhcp`
+    AddDhcp,
+    /// `/removedhcp`
+    RemoveDhcp,
+    /// `/setsnat`
+    SetSnat,
+    /// `/syncsnat`
+    SyncSnat,
+    /// `/removesnat`
+    RemoveSnat,
+    /// `/setdns`
+    SetDns,
+    /// `/removedns`
+    RemoveDns,
+    /// `/createvip`
+    CreateVip,
+    /// `/removevip`
+    RemoveVip,
+    /// `/createeip`
+    CreateEip,
+    /// `/removeeip`
+    RemoveEip,
+    /// `/synceip`
+    SyncEip,
+    /// `/createportforwarding`
+    CreatePortForwarding,
+    /// `/revokeportforwarding`
+    RevokePortForwarding,
+    /// `/syncportforwarding`
+    SyncPortForwarding,
+    /// `/lb/refresh`
+    LbRefresh,
+    /// `/lb/delete`
+    LbDelete,
+    /// `/appliancevm/init`
+    ApplianceInit,
+    /// `/appliancevm/refreshfirewall`
+    RefreshFirewall,
+}
+
+const ROUTES: &[(&str, Endpoint)] = &[
+    ("/echo", Endpoint::Echo),
+    ("/init", Endpoint::Init),
+    ("/ping", Endpoint::Ping),
+    ("/configurenic", Endpoint::ConfigureNic),
+    ("/removenic", Endpoint::RemoveNic),
+    ("/adddhcp", Endpoint::AddDhcp),
+    ("/removedhcp", Endpoint::RemoveDhcp),
+    ("/setsnat", Endpoint::SetSnat),
+    ("/syncsnat", Endpoint::SyncSnat),
+    ("/removesnat", Endpoint::RemoveSnat),
+    ("/setdns", Endpoint::SetDns),
+    ("/removedns", Endpoint::RemoveDns),
+    ("/createvip", Endpoint::CreateVip),
+    ("/removevip", Endpoint::RemoveVip),
+    ("/createeip", Endpoint::CreateEip),
+    ("/removeeip", Endpoint::RemoveEip),
+    ("/synceip", Endpoint::SyncEip),
+    ("/createportforwarding", Endpoint::CreatePortForwarding),
+    ("/revokeportforwarding", Endpoint::RevokePortForwarding),
+    ("/syncportforwarding", Endpoint::SyncPortForwarding),
+    ("/lb/refresh", Endpoint::LbRefresh),
+    ("/lb/delete", Endpoint::LbDelete),
+    ("/appliancevm/echo", Endpoint::Echo),
+    ("/appliancevm/init", Endpoint::ApplianceInit),
+    ("/appliancevm/refreshfirewall", Endpoint::RefreshFirewall),
+];
+
+impl Endpoint {
+    /// The endpoint of a request path, with or without a trailing `/`.
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        let path = match path.strip_suffix('/') {
+            Some(p) if !p.is_empty() => p,
+            _ => path,
+        };
+        ROUTES.iter().find(|(p, _)| *p == path).map(|(_, e)| *e)
+    }
+
+    /// All routed paths.
+    pub fn paths() -> impl Iterator<Item = &'static str> {
+        ROUTES.iter().map(|(p, _)| *p)
+    }
+}
+
+/// A parsed request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// `/ping`: a read, answered without waiting for the writer.
+    Ping,
+    /// A command that goes through the writer.
+    Change(Command),
+}
+
+/// Why a request body was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Not JSON, or not a JSON object.
+    #[error("malformed JSON body: {0}")]
+    Malformed(String),
+    /// A field has the wrong JSON type.
+    #[error("{field}: {reason}")]
+    WrongType {
+        /// Path of the field.
+        field: String,
+        /// serde's message, with the position.
+        reason: String,
+    },
+    /// A field's value is refused.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+}
+
+fn decode<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, RequestError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| RequestError::Malformed(format!("not UTF-8: {e}")))?;
+    if text.trim().is_empty() {
+        return Ok(T::default());
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(_)) => {}
+        Ok(other) => {
+            let kind = match other {
+                serde_json::Value::Null => "null",
+                serde_json::Value::Bool(_) => "a boolean",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::Object(_) => "an object",
+            };
+            return Err(RequestError::Malformed(format!(
+                "the body is {kind}, not a JSON object"
+            )));
+        }
+        Err(e) => return Err(RequestError::Malformed(e.to_string())),
+    }
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        RequestError::WrongType {
+            field,
+            reason: e.into_inner().to_string(),
+        }
+    })
+}
+
+fn one<T>(field: &str, v: &Option<T>) -> Result<(), Invalid> {
+    fields::required(field, v).map(|_| ())
+}
+
+impl Endpoint {
+    /// Parses and validates the body of a request to this endpoint. `Echo` never gets here.
+    pub fn parse(self, body: &[u8]) -> Result<Request, RequestError> {
+        let cmd = match self {
+            Endpoint::Echo | Endpoint::Ping => {
+                let _: PingCmd = decode(body)?;
+                return Ok(Request::Ping);
+            }
+            Endpoint::Init => {
+                let w: InitCmd = decode(body)?;
+                let n = w.restart_dnsmasq_after_number_of_siguser1.unwrap_or(0);
+                let restart_dnsmasq_after = u32::try_from(n).map_err(|_| {
+                    Invalid::new(
+                        "restartDnsmasqAfterNumberOfSIGUSER1",
+                        format!("{n} is not a count (0 or more)"),
+                    )
+                })?;
+                Command::Init {
+                    uuid: fields::opt_token("uuid", &w.uuid)?,
+                    restart_dnsmasq_after,
+                }
+            }
+            Endpoint::ApplianceInit => {
+                let _: PingCmd = decode(body)?;
+                Command::ApplianceInit
+            }
+            Endpoint::ConfigureNic => {
+                let w: NicsCmd = decode(body)?;
+                Command::ConfigureNics(each("nics", &w.nics, |f, n| n.validate(f))?)
+            }
+            Endpoint::RemoveNic => {
+                let w: NicsCmd = decode(body)?;
+                Command::RemoveNics(each("nics", &w.nics, |f, n| {
+                    fields::req_mac(&format!("{f}.mac"), &n.mac)
+                })?)
+            }
+            Endpoint::AddDhcp => {
+                let w: DhcpCmd = decode(body)?;
+                Command::AddDhcp {
+                    hosts: each("dhcpEntries", &w.dhcp_entries, |f, d| d.validate(f))?,
+                    rebuild: w.rebuild.unwrap_or(false),
+                }
+            }
+            Endpoint::RemoveDhcp => {
+                let w: DhcpCmd = decode(body)?;
+                Command::RemoveDhcp(each("dhcpEntries", &w.dhcp_entries, |f, d| d.validate(f))?)
+            }
+            Endpoint::SetSnat => {
+                let w: SetSnatCmd = decode(body)?;
+                one("snat", &w.snat)?;
+                Command::SetSnat(w.snat.unwrap_or_default().validate("snat")?)
+            }
+            Endpoint::SyncSnat => {
+                let w: SyncSnatCmd = decode(body)?;
+                let enable = w.enable.unwrap_or(true);
+                Command::SyncSnat(each("snats", &w.snats, |f, s| {
+                    Ok((s.validate(f)?, enable && s.state.unwrap_or(true)))
+                })?)
+            }
+            Endpoint::RemoveSnat => {
+                let w: RemoveSnatCmd = decode(body)?;
+                Command::RemoveSnat(each("natInfo", &w.nat_info, |f, s| s.validate(f))?)
+            }
+            Endpoint::SetDns | Endpoint::RemoveDns => {
+                let w: DnsCmd = decode(body)?;
+                let servers = each("dns", &w.dns, |f, d| {
+                    fields::req_ipv4(&format!("{f}.dnsAddress"), &d.dns_address)
+                })?;
+                if self == Endpoint::SetDns {
+                    Command::SetDns(servers)
+                } else {
+                    Command::RemoveDns(servers)
+                }
+            }
+            Endpoint::CreateVip | Endpoint::RemoveVip => {
+                let w: VipsCmd = decode(body)?;
+                let vips = each("vips", &w.vips, |f, v| v.validate(f))?;
+                if self == Endpoint::CreateVip {
+                    Command::CreateVips(vips)
+                } else {
+                    Command::RemoveVips(vips)
+                }
+            }
+            Endpoint::CreateEip | Endpoint::RemoveEip => {
+                let w: EipCmd = decode(body)?;
+                one("eip", &w.eip)?;
+                let eip = w.eip.unwrap_or_default().validate("eip")?;
+                if self == Endpoint::CreateEip {
+                    Command::CreateEip(eip)
+                } else {
+                    Command::RemoveEip(eip)
+                }
+            }
+            Endpoint::SyncEip => {
+                let w: SyncEipCmd = decode(body)?;
+                Command::SyncEips(each("eips", &w.eips, |f, e| e.validate(f))?)
+            }
+            Endpoint::CreatePortForwarding
+            | Endpoint::RevokePortForwarding
+            | Endpoint::SyncPortForwarding => {
+                let w: PortForwardingCmd = decode(body)?;
+                let rules = each("rules", &w.rules, |f, r| r.validate(f))?;
+                match self {
+                    Endpoint::CreatePortForwarding => Command::CreatePortForwards(rules),
+                    Endpoint::RevokePortForwarding => Command::RevokePortForwards(rules),
+                    _ => Command::SyncPortForwards(rules),
+                }
+            }
+            Endpoint::RefreshFirewall => {
+                let w: RefreshFirewallCmd = decode(body)?;
+                Command::RefreshFirewall(each("rules", &w.rules, |f, r| r.validate(f))?)
+            }
+            Endpoint::LbRefresh | Endpoint::LbDelete => {
+                let w: LbCmd = decode(body)?;
+                let lbs = each("lbs", &w.lbs, |f, l| l.validate(f))?;
+                if self == Endpoint::LbRefresh {
+                    Command::RefreshLb(lbs)
+                } else {
+                    Command::DeleteLb(lbs)
+                }
+            }
+        };
+        Ok(Request::Change(cmd))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(e: Endpoint, body: &str) -> String {
+        e.parse(body.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn paths_with_and_without_slash() {
+        assert_eq!(Endpoint::from_path("/init/"), Some(Endpoint::Init));
+        assert_eq!(
+            Endpoint::from_path("/lb/refresh"),
+            Some(Endpoint::LbRefresh)
+        );
+        assert_eq!(
+            Endpoint::from_path("/appliancevm/echo/"),
+            Some(Endpoint::Echo)
+        );
+        assert_eq!(Endpoint::from_path("/nope"), None);
+        assert_eq!(Endpoint::from_path("/"), None);
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        assert_eq!(
+            err(
+                Endpoint::CreateEip,
+                r#"{"eip":{"vipIp":"10.0.0.300","privateMac":"fa:7e:4b:ad:11:02","guestIp":"172.20.0.15"}}"#
+            ),
+            r#"eip.vipIp: "10.0.0.300" is not an IPv4 address"#
+        );
+        assert_eq!(
+            err(
+                Endpoint::CreateEip,
+                r#"{"eip":{"vipIp":"10.0.0.3","privateMac":"fa:7e:4b:ad:11","guestIp":"172.20.0.15"}}"#
+            ),
+            r#"eip.privateMac: "fa:7e:4b:ad:11" is not a MAC address"#
+        );
+        let pf = r#"{"rules":[{"vipPortStart":70000,"vipPortEnd":8080,"privatePortStart":80,"privatePortEnd":80,"protocolType":"TCP","vipIp":"10.10.1.56","privateIp":"172.20.0.15","privateMac":"fa:7e:4b:ad:11:02"}]}"#;
+        assert_eq!(
+            err(Endpoint::CreatePortForwarding, pf),
+            "rules[0].vipPortStart: 70000 is not a port (0-65535)"
+        );
+        let pf = pf.replace("70000", "9000");
+        assert_eq!(
+            err(Endpoint::CreatePortForwarding, &pf),
+            "rules[0].vipPortStart: start 9000 is above vipPortEnd 8080"
+        );
+        let pf = pf.replace("9000", "8070");
+        assert!(err(Endpoint::CreatePortForwarding, &pf).contains("differ in length"));
+        assert_eq!(
+            err(
+                Endpoint::SetSnat,
+                r#"{"snat":{"publicNicMac":"fa:7e:4b:ad:11:01","publicIp":"10.10.1.20","privateNicMac":"fa:7e:4b:ad:11:02","privateNicIp":"172.20.0.1","snatNetmask":"255.0.255.0"}}"#
+            ),
+            r#"snat.snatNetmask: "255.0.255.0" is not a contiguous netmask"#
+        );
+        assert_eq!(err(Endpoint::SetSnat, "{}"), "snat: missing");
+        assert!(err(Endpoint::Init, r#"{"uuid": 5}"#).starts_with("uuid: invalid type"));
+        assert!(err(Endpoint::Init, r#"{"uuid": "#).starts_with("malformed JSON body: EOF"));
+        assert!(err(Endpoint::Init, "[]").contains("not a JSON object"));
+        assert!(err(Endpoint::AddDhcp, r#"{"dhcpEntries":[{"ip":"1.2.3.4","mac":"fa:3c:91:5e:22:07","netmask":"255.255.255.0","hostname":"a,b"}]}"#).starts_with("dhcpEntries[0].hostname:"));
+    }
+
+    #[test]
+    fn unknown_and_missing_keys_are_fine() {
+        let r = Endpoint::Init
+            .parse(br#"{"uuid":"8d3c0f6e2b7a4d1f9c5e0a2b4c6d8e0f","mgtCidr":"x","parms":{"a":1}}"#)
+            .unwrap();
+        assert_eq!(
+            r,
+            Request::Change(Command::Init {
+                uuid: Some("8d3c0f6e2b7a4d1f9c5e0a2b4c6d8e0f".into()),
+                restart_dnsmasq_after: 0
+            })
+        );
+        assert_eq!(Endpoint::Ping.parse(b"").unwrap(), Request::Ping);
+        assert_eq!(
+            Endpoint::RefreshFirewall.parse(br#"{"rules":[]}"#).unwrap(),
+            Request::Change(Command::RefreshFirewall(vec![]))
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! `vr-agent serve`: load the state, re-apply it, bind, serve until shutdown, drain.
+
+use crate::agent::{Agent, HEALTH_STATE};
+use crate::api::inflight::InFlight;
+use crate::api::{self, ApiState};
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::health::Health;
+use crate::state::store::{Store, StoreError};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Why `serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The state directory is unusable.
+    #[error("state directory: {0}")]
+    Store(#[from] StoreError),
+    /// A listener could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The run directory is unusable.
+    #[error("run directory {path}: {source}")]
+    RunDir {
+        /// The directory.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The backends of every feature built into this agent.
+pub fn backends(_config: &Config, _health: &Arc<Health>) -> Vec<Box<dyn Backend>> {
+    Vec::new()
+}
+
+/// Runs the agent until `shutdown` resolves, then drains and returns.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let health = Arc::new(Health::default());
+    let md5 = crate::md5sum::md5_hex(Path::new("/proc/self/exe")).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot read /proc/self/exe for its md5");
+        String::new()
+    });
+    std::fs::create_dir_all(&config.run_dir).map_err(|source| ServeError::RunDir {
+        path: config.run_dir.display().to_string(),
+        source,
+    })?;
+    let (store, loaded) = Store::open(&config.state_dir)?;
+    if let Some(problem) = &loaded.problem {
+        tracing::error!(%problem, "stored state lost");
+        health.set(HEALTH_STATE, problem.clone());
+    }
+    tracing::info!(state = %loaded.state.summary(), "loaded desired state");
+    let backends = backends(&config, &health);
+    let mut agent = Agent::new(loaded.state, store, backends, Arc::clone(&health));
+    let started = std::time::Instant::now();
+    let failures = agent.reconcile_all().await;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        failures = failures.len(),
+        "re-applied desired state"
+    );
+
+    let vr = TcpListener::bind(config.vr_listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.vr_listen,
+            source,
+        })?;
+    let vr_addr = vr.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.vr_listen,
+        source,
+    })?;
+    let appliance = if config.appliance_listen == config.vr_listen {
+        None
+    } else {
+        Some(
+            TcpListener::bind(config.appliance_listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: config.appliance_listen,
+                    source,
+                })?,
+        )
+    };
+    let appliance_addr = match &appliance {
+        Some(l) => l.local_addr().map_err(|source| ServeError::Bind {
+            addr: config.appliance_listen,
+            source,
+        })?,
+        None => vr_addr,
+    };
+    let listeners =
+        serde_json::json!({"vr": vr_addr.to_string(), "appliance": appliance_addr.to_string()});
+    let listeners_path = config.run_dir.join("listeners.json");
+    if let Err(e) =
+        crate::state::store::write_atomic(&listeners_path, listeners.to_string().as_bytes())
+    {
+        tracing::warn!(error = %e, "cannot record the listener addresses");
+    }
+
+    let (handle, writer) = agent.spawn();
+    let inflight = InFlight::default();
+    let state = Arc::new(ApiState {
+        agent: handle,
+        health,
+        md5,
+        version: env!("CARGO_PKG_VERSION"),
+        max_body: config.max_body,
+        callback_retry: config.callback_retry,
+        inflight: inflight.clone(),
+        tasks: Mutex::new(Default::default()),
+    });
+    let graceful = Arc::new(GracefulShutdown::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut accept_tasks = vec![tokio::spawn(accept_loop(
+        vr,
+        Arc::clone(&state),
+        Arc::clone(&graceful),
+        stop_rx.clone(),
+    ))];
+    if let Some(l) = appliance {
+        accept_tasks.push(tokio::spawn(accept_loop(
+            l,
+            Arc::clone(&state),
+            Arc::clone(&graceful),
+            stop_rx.clone(),
+        )));
+    }
+    tracing::info!(%vr_addr, %appliance_addr, "serving");
+    crate::notify::sd_notify("READY=1");
+
+    shutdown.await;
+    tracing::info!(in_flight = inflight.count(), "shutting down");
+    crate::notify::sd_notify("STOPPING=1");
+    let _ = stop_tx.send(true);
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    drop(state);
+    let drain = async {
+        if let Ok(g) = Arc::try_unwrap(graceful) {
+            g.shutdown().await;
+        }
+        inflight.idle().await;
+    };
+    if tokio::time::timeout(config.shutdown_grace, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = inflight.count(),
+            grace_s = config.shutdown_grace.as_secs(),
+            "grace period over; exiting with work in flight"
+        );
+        return Ok(());
+    }
+    if tokio::time::timeout(std::time::Duration::from_secs(5), writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("writer did not stop in time");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<ApiState>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let svc = service_fn(move |req| api::handle(Arc::clone(&state), req));
+        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}

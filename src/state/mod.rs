@@ -1,0 +1,85 @@
+//! The desired state: what the management node asked for, typed and validated, with a pure
+//! `apply` for every command and durable storage.
+
+pub mod apply;
+pub mod command;
+pub mod model;
+pub mod store;
+pub mod types;
+
+use model::{DhcpHost, Eip, FirewallRule, Nic, PortForward, PortForwardKey, Snat, Vip};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use types::MacAddr;
+
+pub use command::{Command, Feature};
+
+/// A value the agent refuses, with the path of the field that carries it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct Invalid {
+    /// Path of the field in the request, e.g. `eip.vipIp` or `rules[2].vipPortEnd`.
+    pub field: String,
+    /// Why the value is refused.
+    pub reason: String,
+}
+
+impl Invalid {
+    /// A refusal of `field` for `reason`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// Everything the router should be. Maps are keyed by what identifies an entry on the wire.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DesiredState {
+    /// The router VM's uuid from `/init`.
+    pub uuid: Option<String>,
+    /// Restart dnsmasq after this many reloads (0: never).
+    pub restart_dnsmasq_after: u32,
+    /// Nics by MAC.
+    pub nics: BTreeMap<MacAddr, Nic>,
+    /// VIPs by address.
+    pub vips: BTreeMap<Ipv4Addr, Vip>,
+    /// SNAT by the router's guest nic MAC.
+    pub snats: BTreeMap<MacAddr, Snat>,
+    /// EIPs by VIP.
+    pub eips: BTreeMap<Ipv4Addr, Eip>,
+    /// Port forwards by claimed VIP ports.
+    pub port_forwards: BTreeMap<PortForwardKey, PortForward>,
+    /// The appliance firewall's accept rules, in the order given.
+    pub firewall: Vec<FirewallRule>,
+    /// Static DHCP hosts by guest MAC.
+    pub dhcp_hosts: BTreeMap<MacAddr, DhcpHost>,
+    /// Upstream DNS servers, in the order given.
+    pub dns_servers: Vec<Ipv4Addr>,
+}
+
+impl DesiredState {
+    /// Counts of entries, for logs and `/ping`-side reporting.
+    pub fn summary(&self) -> String {
+        format!(
+            "nics={} vips={} snats={} eips={} port_forwards={} firewall_rules={} dhcp_hosts={} dns_servers={}",
+            self.nics.len(),
+            self.vips.len(),
+            self.snats.len(),
+            self.eips.len(),
+            self.port_forwards.len(),
+            self.firewall.len(),
+            self.dhcp_hosts.len(),
+            self.dns_servers.len()
+        )
+    }
+}
