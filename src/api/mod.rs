@@ -129,16 +129,14 @@ async fn handle_command(
         .and_then(|v| v.parse::<u64>().ok())
         && len > state.max_body as u64
     {
-        {
-            tracing::warn!(len, "body too large");
-            return Ok(refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body of {len} bytes exceeds the limit of {} bytes",
-                    state.max_body
-                ),
-            ));
-        }
+        tracing::warn!(len, "body too large");
+        return Ok(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body of {len} bytes exceeds the limit of {} bytes",
+                state.max_body
+            ),
+        ));
     }
     let body = match Limited::new(req.into_body(), state.max_body)
         .collect()
@@ -185,7 +183,7 @@ async fn handle_command(
                         Delivery::Answered(200) => tracing::debug!("callback delivered"),
                         Delivery::Answered(s) => tracing::warn!(status = s, "callback answered"),
                         Delivery::GaveUp(e) => {
-                            tracing::error!(error = %e, "callback not delivered")
+                            tracing::error!(error = %e, "callback not delivered");
                         }
                     }
                     state2

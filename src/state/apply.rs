@@ -18,15 +18,13 @@ impl DesiredState {
                     if let Some(prev) = seen.insert(eip.vip_ip, eip)
                         && prev != eip
                     {
-                        {
-                            return Err(Invalid::new(
-                                format!("eips[{i}].vipIp"),
-                                format!(
-                                    "{} is given twice with different guests ({} and {})",
-                                    eip.vip_ip, prev.guest_ip, eip.guest_ip
-                                ),
-                            ));
-                        }
+                        return Err(Invalid::new(
+                            format!("eips[{i}].vipIp"),
+                            format!(
+                                "{} is given twice with different guests ({} and {})",
+                                eip.vip_ip, prev.guest_ip, eip.guest_ip
+                            ),
+                        ));
                     }
                 }
                 Ok(())

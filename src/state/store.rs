@@ -118,9 +118,7 @@ impl Store {
             if let Some(g) = name.strip_prefix("journal.")
                 && g != generation.to_string()
             {
-                {
-                    let _ = fs::remove_file(dir.join(&name));
-                }
+                let _ = fs::remove_file(dir.join(&name));
             }
         }
         let journal_path = dir.join(format!("journal.{generation}"));
