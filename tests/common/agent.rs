@@ -1,0 +1,171 @@
+//! The real `vr-agent` binary, started as a child of the current thread (so inside whatever
+//! namespace that thread entered), with its own temporary directories.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running agent. Killed on drop.
+pub struct AgentProc {
+    child: Option<Child>,
+    /// Root of its directories (state/, run/, agent.log, ...).
+    pub dir: PathBuf,
+    /// The virtual router listener.
+    pub vr: SocketAddr,
+    /// The appliance listener.
+    pub appliance: SocketAddr,
+    extra: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// Path of the agent binary under test.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vr-agent"))
+}
+
+impl AgentProc {
+    /// Starts an agent in a fresh temporary directory with `extra` arguments after `serve`.
+    pub fn start(extra: &[&str]) -> AgentProc {
+        let tmp = tempfile::Builder::new()
+            .prefix("vr-agent-test-")
+            .tempdir()
+            .expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut a = Self::spawn(&dir, extra.iter().map(|s| s.to_string()).collect());
+        a._tmp = Some(tmp);
+        a
+    }
+
+    fn spawn(dir: &Path, extra: Vec<String>) -> AgentProc {
+        let run = dir.join("run");
+        let _ = std::fs::remove_file(run.join("listeners.json"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .expect("agent.log");
+        let child = Command::new(binary())
+            .arg("serve")
+            .arg("--vr-listen=127.0.0.1:0")
+            .arg("--appliance-listen=127.0.0.1:0")
+            .arg(format!("--state-dir={}", dir.join("state").display()))
+            .arg(format!("--run-dir={}", run.display()))
+            .args(&extra)
+            .env("VR_AGENT_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn vr-agent");
+        let mut a = AgentProc {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            vr: "0.0.0.0:0".parse().expect("addr"),
+            appliance: "0.0.0.0:0".parse().expect("addr"),
+            extra,
+            _tmp: None,
+        };
+        a.wait_listening();
+        a
+    }
+
+    fn wait_listening(&mut self) {
+        let path = self.dir.join("run/listeners.json");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let v: serde_json::Value = serde_json::from_str(&text).expect("listeners.json");
+                self.vr = v["vr"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .expect("vr addr");
+                self.appliance = v["appliance"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .expect("appliance addr");
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "vr-agent exited with {status} before listening:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vr-agent did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends SIGTERM and waits (up to 30 s) for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("vr-agent ignored SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the agent (SIGTERM) and starts it again on the same directories.
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(
+            status.success(),
+            "agent exited with {status}:\n{}",
+            self.log()
+        );
+        let tmp = self._tmp.take();
+        *self = Self::spawn(&self.dir.clone(), self.extra.clone());
+        self._tmp = tmp;
+    }
+
+    /// Kills the agent with SIGKILL (a crash) and starts it again on the same directories.
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let tmp = self._tmp.take();
+        *self = Self::spawn(&self.dir.clone(), self.extra.clone());
+        self._tmp = tmp;
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- vr-agent log ----\n{}", self.log());
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Shared test harness: network namespaces, the agent as a real process, and a test client that
+//! behaves like the management node. Every namespace test runs as root (CI is root) and fails
+//! loudly when it cannot set its namespaces up.
+#![allow(dead_code)]
+
+pub mod agent;
+pub mod mgmt;
+pub mod netns;
+
+use std::path::PathBuf;
+
+/// A request body from `fixtures/requests/<name>.json`.
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/requests")
+        .join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// A name unique to this process and call, at most 15 bytes (fits an interface name).
+pub fn unique(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let pid = std::process::id() % 100_000;
+    let mut s = format!("{tag}{pid}x{n}");
+    s.truncate(15);
+    s
+}
