@@ -129,7 +129,7 @@ impl Agent {
     pub async fn reconcile_all(&mut self) -> Vec<(Feature, BackendError)> {
         let mut failures = Vec::new();
         for backend in &mut self.backends {
-            let feature = backend.feature();
+            let feature = backend.features()[0];
             let source = format!("apply:{}", feature.name());
             match backend.reconcile(&self.desired).await {
                 Ok(()) => self.health.clear(&source),
@@ -182,7 +182,10 @@ impl Agent {
     async fn handle(&mut self, cmd: &Command, path: &'static str) -> Result<(), ApplyError> {
         self.desired.check(cmd)?;
         let feature = cmd.feature();
-        let index = self.backends.iter().position(|b| b.feature() == feature);
+        let index = self
+            .backends
+            .iter()
+            .position(|b| b.features().contains(&feature));
         match (feature, index) {
             (Feature::Core, _) => {}
             (_, Some(i)) => self.backends[i].apply(&self.desired, cmd).await?,
@@ -215,9 +218,26 @@ impl Agent {
             if let Some((feature, e)) = failures.into_iter().next() {
                 tracing::warn!(feature = feature.name(), error = %e, "re-apply at /init failed");
             }
+        } else if matches!(cmd, Command::ConfigureNics(_) | Command::RemoveNics(_)) {
+            // Nic names and addresses feed the other renderings (NAT interfaces, dnsmasq
+            // listen addresses): bring them along. Failures show in health.
+            self.reconcile_others(index).await;
         }
         self.publish();
         Ok(())
+    }
+
+    async fn reconcile_others(&mut self, except: Option<usize>) {
+        for (i, backend) in self.backends.iter_mut().enumerate() {
+            if Some(i) == except {
+                continue;
+            }
+            let source = format!("apply:{}", backend.features()[0].name());
+            match backend.reconcile(&self.desired).await {
+                Ok(()) => self.health.clear(&source),
+                Err(e) => self.health.set(source, e.to_string()),
+            }
+        }
     }
 
     fn publish(&self) {

@@ -22,8 +22,8 @@ impl BackendError {
 
 /// Applies one feature's part of the desired state to the system.
 pub trait Backend: Send {
-    /// The feature this backend owns.
-    fn feature(&self) -> Feature;
+    /// The features this backend owns (each feature has exactly one backend).
+    fn features(&self) -> &'static [Feature];
 
     /// Makes the system follow `cmd` applied to `before` (already checked with
     /// [`DesiredState::check`]). Either takes full effect or changes nothing.
@@ -33,7 +33,8 @@ pub trait Backend: Send {
         cmd: &'a Command,
     ) -> BoxFuture<'a, Result<(), BackendError>>;
 
-    /// Makes the system match `state` from scratch (start-up, `/init`, rollback).
+    /// Makes the system match `state` from scratch (start-up, `/init`, rollback, and after
+    /// another backend changed the nics, since names and addresses may have moved).
     fn reconcile<'a>(
         &'a mut self,
         state: &'a DesiredState,

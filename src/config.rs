@@ -1,40 +1,31 @@
-//! Settings of `vr-agent serve`, filled from the command line. Every path the agent writes is
-//! here, so tests can point them into a temporary directory.
+//! Settings of `vr-agent serve`, from the command line. Every path the agent writes is here, so
+//! tests can point each into a temporary directory or a namespace of their own.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Everything `serve` needs to know before it starts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Listener of the virtual router paths (7272).
+    /// Listener of the virtual router paths.
+    #[arg(long, default_value = "0.0.0.0:7272")]
     pub vr_listen: SocketAddr,
-    /// Listener of the `/appliancevm/*` paths (7759).
+    /// Listener of the /appliancevm/* paths (both listeners answer every path).
+    #[arg(long, default_value = "0.0.0.0:7759")]
     pub appliance_listen: SocketAddr,
     /// Where the desired state is persisted.
+    #[arg(long, default_value = "/var/lib/vr-agent")]
     pub state_dir: PathBuf,
     /// Runtime files (listener addresses, helper process files).
+    #[arg(long, default_value = "/run/vr-agent")]
     pub run_dir: PathBuf,
-    /// Largest accepted request body.
+    /// Largest accepted request body, in bytes.
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
     pub max_body: usize,
-    /// How long SIGTERM waits for commands and callbacks in flight.
-    pub shutdown_grace: Duration,
-    /// How long a callback is retried on connection errors.
-    pub callback_retry: Duration,
-}
-
-impl Config {
-    /// Defaults for tests: loopback listeners on free ports, given directories.
-    pub fn for_dirs(state_dir: PathBuf, run_dir: PathBuf) -> Config {
-        Config {
-            vr_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            appliance_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            state_dir,
-            run_dir,
-            max_body: 32 * 1024 * 1024,
-            shutdown_grace: Duration::from_secs(20),
-            callback_retry: Duration::from_secs(60),
-        }
-    }
+    /// Seconds SIGTERM waits for commands and callbacks in flight.
+    #[arg(long, default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+    /// Seconds a callback is retried on connection errors.
+    #[arg(long, default_value_t = 60)]
+    pub callback_retry_secs: u64,
 }

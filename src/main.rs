@@ -1,10 +1,8 @@
 //! The `vr-agent` command line: parse, set up logging, dispatch.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 use vr_agent::config::Config;
 
 #[derive(Parser)]
@@ -24,24 +22,8 @@ enum LogFormat {
 enum Cmd {
     /// Serve the management node's HTTP protocol.
     Serve {
-        /// Listener of the virtual router paths.
-        #[arg(long, default_value = "0.0.0.0:7272")]
-        vr_listen: SocketAddr,
-        /// Listener of the /appliancevm/* paths (both listeners answer every path).
-        #[arg(long, default_value = "0.0.0.0:7759")]
-        appliance_listen: SocketAddr,
-        /// Where the desired state is persisted.
-        #[arg(long, default_value = "/var/lib/vr-agent")]
-        state_dir: PathBuf,
-        /// Runtime files.
-        #[arg(long, default_value = "/run/vr-agent")]
-        run_dir: PathBuf,
-        /// Largest accepted request body, in bytes.
-        #[arg(long, default_value_t = 32 * 1024 * 1024)]
-        max_body: usize,
-        /// Seconds SIGTERM waits for commands and callbacks in flight.
-        #[arg(long, default_value_t = 20)]
-        shutdown_grace: u64,
+        #[command(flatten)]
+        config: Config,
         /// Log format.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
@@ -91,23 +73,8 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Serve {
-            vr_listen,
-            appliance_listen,
-            state_dir,
-            run_dir,
-            max_body,
-            shutdown_grace,
-            log_format,
-        } => {
+        Cmd::Serve { config, log_format } => {
             init_logging(log_format);
-            let config = Config {
-                vr_listen,
-                appliance_listen,
-                max_body,
-                shutdown_grace: Duration::from_secs(shutdown_grace),
-                ..Config::for_dirs(state_dir, run_dir)
-            };
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

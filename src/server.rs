@@ -120,7 +120,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         md5,
         version: env!("CARGO_PKG_VERSION"),
         max_body: config.max_body,
-        callback_retry: config.callback_retry,
+        callback_retry: std::time::Duration::from_secs(config.callback_retry_secs),
         inflight: inflight.clone(),
         tasks: Mutex::new(Default::default()),
     });
@@ -157,13 +157,16 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         }
         inflight.idle().await;
     };
-    if tokio::time::timeout(config.shutdown_grace, drain)
-        .await
-        .is_err()
+    if tokio::time::timeout(
+        std::time::Duration::from_secs(config.shutdown_grace_secs),
+        drain,
+    )
+    .await
+    .is_err()
     {
         tracing::warn!(
             in_flight = inflight.count(),
-            grace_s = config.shutdown_grace.as_secs(),
+            grace_s = config.shutdown_grace_secs,
             "grace period over; exiting with work in flight"
         );
         return Ok(());

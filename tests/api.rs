@@ -363,7 +363,7 @@ fn corrupted_state_is_moved_aside_and_reported_until_init() {
 fn sigterm_drains_then_exits_zero_within_the_grace() {
     let ns = Netns::new("vrapi");
     ns.block_on(|| async {
-        let mut agent = AgentProc::start(&["--shutdown-grace=2"]);
+        let mut agent = AgentProc::start(&["--shutdown-grace-secs=2"]);
         let mn = MgmtNode::start().await;
         // a callback to a closed port keeps retrying; SIGTERM must not wait past the grace
         let closed = {
