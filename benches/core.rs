@@ -1,0 +1,99 @@
+//! Agent core figures: `/ping` round trip in sync mode (median of 1,000), the cost of a
+//! state-changing command through the writer and the journal, and the agent's idle RSS.
+//! Runs the release binary inside a private network namespace. `cargo bench --bench core`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::agent::AgentProc;
+use common::mgmt::MgmtNode;
+use common::netns::Netns;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "{name}: n={} median={:.3} ms p90={:.3} ms p99={:.3} ms",
+        samples.len(),
+        percentile(&samples, 0.5).as_secs_f64() * 1e3,
+        percentile(&samples, 0.9).as_secs_f64() * 1e3,
+        percentile(&samples, 0.99).as_secs_f64() * 1e3
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark: run with `cargo bench --bench core`");
+        return;
+    }
+    let ns = Netns::new("vrbc");
+    ns.block_on(|| async {
+        let agent = AgentProc::start(&[]);
+        let mn = MgmtNode::start().await;
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let url = format!("http://{}/ping", agent.vr);
+        for _ in 0..100 {
+            client
+                .post(&url)
+                .body("{}")
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+        }
+        let mut samples = Vec::new();
+        for _ in 0..1000 {
+            let t = Instant::now();
+            let r = client.post(&url).body("{}").send().await.unwrap();
+            r.bytes().await.unwrap();
+            samples.push(t.elapsed());
+        }
+        report("/ping sync round trip", samples);
+
+        let url = format!("http://{}/init", agent.vr);
+        let mut samples = Vec::new();
+        for i in 0..1000 {
+            let body = json!({"uuid": format!("u{i}")}).to_string();
+            let t = Instant::now();
+            let r = client.post(&url).body(body).send().await.unwrap();
+            r.bytes().await.unwrap();
+            samples.push(t.elapsed());
+        }
+        report(
+            "/init sync round trip (writer + journal fdatasync)",
+            samples,
+        );
+
+        let mut samples = Vec::new();
+        for i in 0..200 {
+            let t = Instant::now();
+            mn.call(agent.vr, "/init", &json!({"uuid": format!("a{i}")}))
+                .await;
+            samples.push(t.elapsed());
+        }
+        report("/init async (ack + callback)", samples);
+
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        println!("agent RSS when idle: {} KiB", rss_kib(agent.pid()));
+    });
+    let bin = common::agent::binary();
+    let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+    println!("binary {}: {} bytes", bin.display(), size);
+}
