@@ -110,26 +110,19 @@ fn main() -> ExitCode {
             println!("{}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Cmd::State { state_dir } => match vr_agent::state::store::Store::open(&state_dir) {
-            Ok((_, loaded)) => {
-                if let Some(p) = loaded.problem {
-                    eprintln!("vr-agent: {p}");
+        Cmd::State { state_dir } => {
+            let printed = vr_agent::state::store::Store::peek(&state_dir)
+                .and_then(|state| serde_json::to_string_pretty(&state).map_err(|e| e.to_string()));
+            match printed {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
                 }
-                match serde_json::to_string_pretty(&loaded.state) {
-                    Ok(s) => {
-                        println!("{s}");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("vr-agent: {e}");
-                        ExitCode::FAILURE
-                    }
+                Err(e) => {
+                    eprintln!("vr-agent: stored state in {}: {e}", state_dir.display());
+                    ExitCode::FAILURE
                 }
             }
-            Err(e) => {
-                eprintln!("vr-agent: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
     }
 }

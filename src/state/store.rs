@@ -139,6 +139,11 @@ impl Store {
         Ok((store, Loaded { state, problem }))
     }
 
+    /// Reads the stored state without changing anything on disk (for `vr-agent state`).
+    pub fn peek(dir: &Path) -> Result<DesiredState, String> {
+        Self::read(dir).map(|found| found.map(|(_, state)| state).unwrap_or_default())
+    }
+
     fn our_files(dir: &Path) -> Vec<String> {
         let Ok(entries) = fs::read_dir(dir) else {
             return Vec::new();
