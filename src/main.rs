@@ -6,7 +6,12 @@ use std::process::ExitCode;
 use vr_agent::config::Config;
 
 #[derive(Parser)]
-#[command(name = "vr-agent", version, about = "Virtual router agent")]
+#[command(
+    name = "vr-agent",
+    version,
+    about = "Virtual router agent",
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

@@ -21,7 +21,11 @@ pub struct AgentProc {
 
 /// Path of the agent binary under test.
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_vr-agent"))
+    match option_env!("CARGO_BIN_EXE_vr-agent") {
+        Some(p) => PathBuf::from(p),
+        // examples get no CARGO_BIN_EXE_*: use the release build next to them
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/vr-agent"),
+    }
 }
 
 impl AgentProc {

@@ -57,9 +57,12 @@ fn new_uuid() -> String {
 impl MgmtNode {
     /// Starts the callback receiver on 127.0.0.1 (inside the current namespace).
     pub async fn start() -> MgmtNode {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind callback");
+        Self::start_at("127.0.0.1").await
+    }
+
+    /// Starts the callback receiver on `ip` (an address of the current namespace).
+    pub async fn start_at(ip: &str) -> MgmtNode {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind callback");
         let addr = listener.local_addr().expect("addr");
         let waiters: Waiters = Arc::default();
         let strays: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
