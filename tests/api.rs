@@ -57,13 +57,12 @@ fn init_then_ping_reports_uuid_version_md5_and_health() {
         assert!(ping.get("uuid").is_none(), "no uuid before /init: {ping}");
 
         let init = mn.call(agent.vr, "/init", &fixture("init")).await;
-        assert_ok(&init);
+        common::assert_superset(&init, &common::reply_fixture("init"));
         assert_eq!(init["md5"], json!(md5));
         assert_eq!(init["version"], json!(env!("CARGO_PKG_VERSION")));
 
         let ping = mn.call(agent.vr, "/ping", &fixture("ping")).await;
-        assert_ok(&ping);
-        assert_eq!(ping["uuid"], json!("8d3c0f6e2b7a4d1f9c5e0a2b4c6d8e0f"));
+        common::assert_superset(&ping, &common::reply_fixture("ping"));
         assert_eq!(ping["md5"], json!(md5));
         assert_eq!(ping["healthy"], json!(true));
         assert_eq!(ping["healthDetail"], json!(""));

@@ -19,6 +19,25 @@ pub fn fixture(name: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 
+/// A reply body from `fixtures/replies/<name>.json`.
+pub fn reply_fixture(name: &str) -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/replies")
+        .join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// Asserts `reply` carries every key of `expected` with the same value (extra keys allowed,
+/// as the management node ignores them).
+pub fn assert_superset(reply: &serde_json::Value, expected: &serde_json::Value) {
+    let want = expected.as_object().expect("expected is an object");
+    for (k, v) in want {
+        assert_eq!(reply.get(k), Some(v), "key {k:?} in {reply}");
+    }
+}
+
 /// A name unique to this process and call, at most 15 bytes (fits an interface name).
 pub fn unique(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,53 @@
+//! Every request body in fixtures/requests/ (spelled as the management node sends it) parses
+//! and validates on its path. Needs no root.
+
+use std::path::PathBuf;
+use vr_agent::protocol::{Endpoint, Request};
+
+#[test]
+fn every_request_fixture_is_accepted_on_its_path() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/requests");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let route = match name.as_str() {
+            "adddhcp-nondefault" => "/adddhcp".to_string(),
+            "lb-refresh" => "/lb/refresh".to_string(),
+            "lb-delete" => "/lb/delete".to_string(),
+            "appliancevm-init" => "/appliancevm/init".to_string(),
+            "refreshfirewall" => "/appliancevm/refreshfirewall".to_string(),
+            other => format!("/{other}"),
+        };
+        let endpoint = Endpoint::from_path(&route).unwrap_or_else(|| panic!("no route {route}"));
+        let body = std::fs::read(&path).unwrap();
+        let parsed = endpoint
+            .parse(&body)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if name == "ping" {
+            assert_eq!(parsed, Request::Ping);
+        } else {
+            assert!(matches!(parsed, Request::Change(_)), "{name}");
+        }
+        n += 1;
+    }
+    assert!(n >= 20, "only {n} fixtures");
+}
+
+#[test]
+fn every_routed_path_has_a_fixture_or_is_echo() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/requests");
+    for path in Endpoint::paths() {
+        if path.ends_with("/echo") {
+            continue;
+        }
+        let name = path
+            .trim_start_matches('/')
+            .replace("appliancevm/refreshfirewall", "refreshfirewall")
+            .replace('/', "-");
+        assert!(
+            dir.join(format!("{name}.json")).exists(),
+            "no fixture for {path}"
+        );
+    }
+}
