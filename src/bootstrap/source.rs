@@ -62,7 +62,9 @@ pub fn read_port(port: &Path, timeout: Duration) -> Result<Vec<u8>, SourceError>
         secs: timeout.as_secs(),
         detail,
     };
-    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+    // A little past the deadline, so a reader that saw the deadline can say what it saw.
+    let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(500);
+    match rx.recv_timeout(wait) {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(ReadFail::Io(e))) => Err(SourceError::Read {
             path: port.display().to_string(),
