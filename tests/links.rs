@@ -73,7 +73,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 }
 
 fn nic(mac: &str, ip: &str, default: bool) -> Value {
-    let gw = format!("{}.1", ip.rsplitn(2, '.').nth(1).unwrap());
+    let gw = format!("{}.1", ip.rsplit_once('.').unwrap().0);
     json!({"ip": ip, "mac": mac, "gateway": gw, "netmask": "255.255.255.0", "isDefaultRoute": default})
 }
 
