@@ -100,10 +100,10 @@ fn main() -> ExitCode {
             rt.shutdown_background();
             match outcome {
                 Ok(done) => {
-                    tracing::info!(
-                        nics = done.nics,
-                        elapsed_ms = done.elapsed.as_secs_f64() * 1e3,
-                        "bootstrap applied"
+                    println!(
+                        "bootstrap applied: {} nics in {:.1} ms",
+                        done.nics,
+                        done.elapsed.as_secs_f64() * 1e3
                     );
                     ExitCode::SUCCESS
                 }
