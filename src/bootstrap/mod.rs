@@ -123,7 +123,8 @@ async fn apply_links(info: &BootstrapInfo, previous: Option<&BootstrapInfo>) -> 
         strict: false,
         scope: None,
     };
-    let report = sync::sync(&nl, &wanted, &opts)
+    let mut announcer = crate::link::garp::Announcer::default();
+    let report = sync::sync(&nl, &mut announcer, &wanted, &opts)
         .await
         .map_err(|e| e.to_string())?;
     // An address the previous bootstrap info gave a nic, and this one does not, goes.

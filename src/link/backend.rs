@@ -39,6 +39,7 @@ pub struct LinksBackend {
     bootstrap: Vec<Nic>,
     health: Arc<Health>,
     nl: Option<Netlink>,
+    announcer: garp::Announcer,
 }
 
 impl LinksBackend {
@@ -49,6 +50,7 @@ impl LinksBackend {
             bootstrap: Vec::new(),
             health,
             nl: None,
+            announcer: garp::Announcer::default(),
         }
     }
 
@@ -98,7 +100,13 @@ impl LinksBackend {
             strict: true,
             scope: Some(scope),
         };
-        let result = sync::sync(&nl, &Wanted::new(&self.bootstrap, &after), &opts).await;
+        let result = sync::sync(
+            &nl,
+            &mut self.announcer,
+            &Wanted::new(&self.bootstrap, &after),
+            &opts,
+        )
+        .await;
         if let Err(e) = result {
             self.undo(&nl, before, opts.scope).await;
             return Err(e.into());
@@ -137,7 +145,7 @@ impl LinksBackend {
                 strict: false,
                 scope: Some(keep),
             };
-            sync::sync(&nl, &wanted, &opts).await?;
+            sync::sync(&nl, &mut self.announcer, &wanted, &opts).await?;
         }
         Ok(())
     }
@@ -148,15 +156,18 @@ impl LinksBackend {
         vips: &[Vip],
     ) -> Result<(), BackendError> {
         let nl = self.netlink()?;
-        let mut macs: BTreeSet<MacAddr> = vips.iter().map(|v| v.owner_mac).collect();
-        let links = sync::find_links(&nl, macs.iter().copied()).await?;
+        let macs: BTreeSet<MacAddr> = vips.iter().map(|v| v.owner_mac).collect();
+        let all_links = nl.links().await?;
+        let links: BTreeMap<MacAddr, Link> = plan::find_all(&all_links, macs.iter().copied())
+            .map_err(|e| BackendError::new(e.to_string()))?
+            .into_iter()
+            .map(|(m, l)| (m, l.clone()))
+            .collect();
         // VIPs that move to another nic or prefix leave their old place first.
         let moved: Vec<&Vip> = vips
             .iter()
             .filter_map(|v| before.vips.get(&v.ip).filter(|old| *old != v))
             .collect();
-        macs.extend(moved.iter().map(|v| v.owner_mac));
-        let all_links = nl.links().await?;
         let mut undo: Vec<Undo> = Vec::new();
         let result = async {
             for old in &moved {
@@ -190,7 +201,8 @@ impl LinksBackend {
         match result {
             Ok(announce) => {
                 for (mac, ips) in announce {
-                    if let Err(e) = garp::announce(&links[&mac].name, mac, &ips) {
+                    let link = &links[&mac];
+                    if let Err(e) = self.announcer.announce(link.index, &link.name, mac, &ips) {
                         tracing::warn!(error = %e, "gratuitous ARP not sent");
                     }
                 }
@@ -246,13 +258,19 @@ impl LinksBackend {
     }
 
     /// Best effort: puts the nics in `scope` back as `before` describes them.
-    async fn undo(&self, nl: &Netlink, before: &DesiredState, scope: Option<BTreeSet<MacAddr>>) {
+    async fn undo(
+        &mut self,
+        nl: &Netlink,
+        before: &DesiredState,
+        scope: Option<BTreeSet<MacAddr>>,
+    ) {
         let opts = SyncOptions {
             prune: true,
             strict: false,
             scope,
         };
-        if let Err(e) = sync::sync(nl, &Wanted::new(&self.bootstrap, before), &opts).await {
+        let wanted = Wanted::new(&self.bootstrap, before);
+        if let Err(e) = sync::sync(nl, &mut self.announcer, &wanted, &opts).await {
             tracing::error!(error = %e, "could not restore the nics after a failed change");
         }
     }
@@ -320,7 +338,7 @@ impl Backend for LinksBackend {
                 strict: false,
                 scope: None,
             };
-            let report = sync::sync(&nl, &wanted, &opts).await?;
+            let report = sync::sync(&nl, &mut self.announcer, &wanted, &opts).await?;
             if report.missing.is_empty() {
                 self.health.clear(HEALTH_NICS);
             } else {

@@ -4,8 +4,9 @@
 
 use crate::state::types::MacAddr;
 use nix::sys::socket::{AddressFamily, LinkAddr, MsgFlags, SockFlag, SockType, sendto, socket};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Length of an Ethernet frame without FCS, padded to the minimum.
 const FRAME_LEN: usize = 60;
@@ -46,45 +47,76 @@ pub enum GarpError {
     },
 }
 
-fn link_addr(ifname: &str) -> Result<LinkAddr, GarpError> {
-    let ifaddrs = nix::ifaddrs::getifaddrs().map_err(|source| GarpError::Socket {
-        op: "getifaddrs",
-        ifname: ifname.to_string(),
-        source,
-    })?;
-    for ifa in ifaddrs {
-        if ifa.interface_name == ifname
-            && let Some(link) = ifa.address.as_ref().and_then(|a| a.as_link_addr())
-        {
-            return Ok(*link);
-        }
-    }
-    Err(GarpError::NoLink(ifname.to_string()))
+/// Sends gratuitous ARP. Keeps one AF_PACKET socket open: closing one waits for an RCU
+/// grace period (~10 ms), far more than the send itself.
+#[derive(Default)]
+pub struct Announcer {
+    sock: Option<OwnedFd>,
+    /// Link-layer addresses by interface index (indexes survive renames).
+    links: HashMap<u32, LinkAddr>,
 }
 
-/// Broadcasts one gratuitous ARP request per address on interface `ifname` (MAC `mac`).
-pub fn announce(ifname: &str, mac: MacAddr, ips: &[Ipv4Addr]) -> Result<(), GarpError> {
-    if ips.is_empty() {
-        return Ok(());
+impl Announcer {
+    fn link_addr(&mut self, index: u32, ifname: &str) -> Result<LinkAddr, GarpError> {
+        if let Some(a) = self.links.get(&index) {
+            return Ok(*a);
+        }
+        let ifaddrs = nix::ifaddrs::getifaddrs().map_err(|source| GarpError::Socket {
+            op: "getifaddrs",
+            ifname: ifname.to_string(),
+            source,
+        })?;
+        for ifa in ifaddrs {
+            if let Some(link) = ifa.address.as_ref().and_then(|a| a.as_link_addr())
+                && link.ifindex() == index as usize
+            {
+                self.links.insert(index, *link);
+                return Ok(*link);
+            }
+        }
+        Err(GarpError::NoLink(ifname.to_string()))
     }
-    let to = link_addr(ifname)?;
-    let err = |op: &'static str| {
-        let ifname = ifname.to_string();
-        move |source| GarpError::Socket { op, ifname, source }
-    };
-    // Protocol 0: the socket only sends, it receives nothing.
-    let sock = socket(
-        AddressFamily::Packet,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(err("socket(AF_PACKET)"))?;
-    for ip in ips {
-        sendto(sock.as_raw_fd(), &frame(mac, *ip), &to, MsgFlags::empty())
-            .map_err(err("sendto"))?;
+
+    /// Broadcasts one gratuitous ARP request per address on the interface with `index`
+    /// (named `ifname`, MAC `mac`).
+    pub fn announce(
+        &mut self,
+        index: u32,
+        ifname: &str,
+        mac: MacAddr,
+        ips: &[Ipv4Addr],
+    ) -> Result<(), GarpError> {
+        if ips.is_empty() {
+            return Ok(());
+        }
+        let err = |op: &'static str| {
+            let ifname = ifname.to_string();
+            move |source| GarpError::Socket { op, ifname, source }
+        };
+        let to = self.link_addr(index, ifname)?;
+        if self.sock.is_none() {
+            // Protocol 0: the socket only sends, it receives nothing.
+            let sock = socket(
+                AddressFamily::Packet,
+                SockType::Raw,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .map_err(err("socket(AF_PACKET)"))?;
+            self.sock = Some(sock);
+        }
+        let Some(sock) = &self.sock else {
+            return Ok(());
+        };
+        for ip in ips {
+            if let Err(e) = sendto(sock.as_raw_fd(), &frame(mac, *ip), &to, MsgFlags::empty()) {
+                // The link may have gone and come back with another index: look it up again.
+                self.links.remove(&index);
+                return Err(err("sendto")(e));
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ pub struct SyncReport {
 /// Applies `wanted` to the links of the current namespace.
 pub async fn sync(
     nl: &Netlink,
+    announcer: &mut garp::Announcer,
     wanted: &Wanted,
     opts: &SyncOptions,
 ) -> Result<SyncReport, SyncError> {
@@ -86,7 +87,7 @@ pub async fn sync(
     }
     let found = plan::find_all(&links, found_macs.iter().copied())?;
     for (mac, link) in &found {
-        sync_link(nl, wanted, *mac, link, opts.prune, &mut report).await?;
+        sync_link(nl, announcer, wanted, *mac, link, opts.prune, &mut report).await?;
     }
     if let Some((mac, gw)) = wanted.default_route
         && let Some(link) = found.get(&mac)
@@ -102,6 +103,7 @@ pub async fn sync(
 
 async fn sync_link(
     nl: &Netlink,
+    announcer: &mut garp::Announcer,
     wanted: &Wanted,
     mac: MacAddr,
     link: &Link,
@@ -135,7 +137,7 @@ async fn sync_link(
         make_primary(nl, link, primary, &want).await?;
     }
     let ips: Vec<Ipv4Addr> = add.iter().map(|(ip, _)| *ip).collect();
-    if let Err(e) = garp::announce(&link.name, mac, &ips) {
+    if let Err(e) = announcer.announce(link.index, &link.name, mac, &ips) {
         tracing::warn!(error = %e, "gratuitous ARP not sent");
     }
     Ok(())
