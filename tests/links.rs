@@ -292,6 +292,16 @@ fn configurenic_with_a_missing_or_shared_mac_changes_nothing() {
         assert_fails(&reply, "s1");
         assert_eq!(snapshot(&lab.router), before);
 
+        // The kernel refusing a step half-way (a gateway it cannot reach): the error carries
+        // the kernel's reason and the address change already made is undone.
+        let mut unreachable = nic(MAC1, "10.10.1.30", true);
+        unreachable["gateway"] = json!("192.0.2.1");
+        let reply = mn
+            .call(agent.vr, "/configurenic", &json!({"nics": [unreachable]}))
+            .await;
+        assert_fails(&reply, "default route via 192.0.2.1 on r1: Network is unreachable");
+        assert_eq!(snapshot(&lab.router), before);
+
         // A valid change replaces the old primary, sets MTU and the default route.
         let mut n1 = nic(MAC1, "10.10.1.30", true);
         n1["mtu"] = json!(1400);
