@@ -29,3 +29,29 @@ pub struct Config {
     #[arg(long, default_value_t = 60)]
     pub callback_retry_secs: u64,
 }
+
+/// Settings of `vr-agent bootstrap`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BootstrapConfig {
+    /// Read the bootstrap info from this file instead of the virtio-serial port.
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    /// The virtio-serial port the management node writes the bootstrap info to.
+    #[arg(long, default_value = crate::bootstrap::source::PORT)]
+    pub port: PathBuf,
+    /// Seconds to wait for the port to appear and deliver the info.
+    #[arg(long, default_value_t = 300)]
+    pub port_timeout_secs: u64,
+    /// Where the info is cached (the state directory of `serve`).
+    #[arg(long, default_value = "/var/lib/vr-agent")]
+    pub state_dir: PathBuf,
+    /// root's authorized_keys, which receives `publicKey`.
+    #[arg(long, default_value = "/root/.ssh/authorized_keys")]
+    pub authorized_keys: PathBuf,
+    /// Root of the sysctl tree the router settings are written under.
+    #[arg(long, default_value = "/proc/sys")]
+    pub sysctl_root: PathBuf,
+    /// The file the management node reads over ssh to learn why bootstrap failed.
+    #[arg(long, default_value = "/var/lib/zstack/error.log")]
+    pub error_log: PathBuf,
+}

@@ -4,8 +4,10 @@
 pub mod agent;
 pub mod api;
 pub mod backend;
+pub mod bootstrap;
 pub mod config;
 pub mod health;
+pub mod link;
 pub mod md5sum;
 pub mod nics;
 pub mod notify;

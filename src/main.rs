@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vr_agent::config::Config;
+use vr_agent::config::{BootstrapConfig, Config};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +32,11 @@ enum Cmd {
         /// Log format.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+    },
+    /// Configure the nics, ssh key and sysctls from the bootstrap info, and cache it.
+    Bootstrap {
+        #[command(flatten)]
+        config: BootstrapConfig,
     },
     /// Print the md5 of FILE (default: this binary).
     Md5 {
@@ -75,20 +80,48 @@ async fn shutdown_signal() {
     }
 }
 
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("vr-agent: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Bootstrap { config } => {
+            init_logging(LogFormat::Text);
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            let outcome = rt.block_on(vr_agent::bootstrap::run(&config));
+            rt.shutdown_background();
+            match outcome {
+                Ok(done) => {
+                    println!(
+                        "bootstrap applied: {} nics in {:.1} ms",
+                        done.nics,
+                        done.elapsed.as_secs_f64() * 1e3
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "bootstrap failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Serve { config, log_format } => {
             init_logging(log_format);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("vr-agent: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
             };
             match rt.block_on(vr_agent::server::serve(config, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,

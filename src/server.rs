@@ -43,8 +43,14 @@ pub enum ServeError {
 }
 
 /// The backends of every feature built into this agent.
-pub fn backends(_config: &Config, _health: &Arc<Health>) -> Vec<Box<dyn Backend>> {
-    Vec::new()
+pub fn backends(config: &Config, health: &Arc<Health>) -> Vec<Box<dyn Backend>> {
+    vec![
+        // Interfaces first: the others render from nic names and addresses.
+        Box::new(crate::link::LinksBackend::new(
+            crate::bootstrap::cache_path(&config.state_dir),
+            Arc::clone(health),
+        )),
+    ]
 }
 
 /// Runs the agent until `shutdown` resolves, then drains and returns.

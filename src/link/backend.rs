@@ -1,0 +1,363 @@
+//! The interfaces backend: `/configurenic`, `/removenic`, `/createvip`, `/removevip`, and the
+//! re-apply of cached bootstrap nics, configured nics and VIPs at start.
+
+use super::garp;
+use super::netlink::{Link, Netlink};
+use super::plan::{self, Wanted};
+use super::sync::{self, SyncError, SyncOptions};
+use crate::backend::{Backend, BackendError, BoxFuture};
+use crate::bootstrap::info::BootstrapInfo;
+use crate::health::Health;
+use crate::state::model::{Nic, Vip};
+use crate::state::types::MacAddr;
+use crate::state::{Command, DesiredState, Feature};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Health source for nics that are missing at start.
+pub const HEALTH_NICS: &str = "nics";
+/// Health source for an unreadable cached bootstrap info.
+pub const HEALTH_BOOTSTRAP: &str = "bootstrap";
+
+impl From<SyncError> for BackendError {
+    fn from(e: SyncError) -> Self {
+        BackendError::new(e.to_string())
+    }
+}
+
+impl From<super::netlink::NetlinkError> for BackendError {
+    fn from(e: super::netlink::NetlinkError) -> Self {
+        BackendError::new(e.to_string())
+    }
+}
+
+/// Nics and VIPs over netlink.
+pub struct LinksBackend {
+    bootstrap_path: PathBuf,
+    bootstrap: Vec<Nic>,
+    health: Arc<Health>,
+    nl: Option<Netlink>,
+    announcer: garp::Announcer,
+}
+
+impl LinksBackend {
+    /// A backend that reads cached bootstrap info from `bootstrap_path`.
+    pub fn new(bootstrap_path: PathBuf, health: Arc<Health>) -> Self {
+        LinksBackend {
+            bootstrap_path,
+            bootstrap: Vec::new(),
+            health,
+            nl: None,
+            announcer: garp::Announcer::default(),
+        }
+    }
+
+    fn netlink(&mut self) -> Result<Netlink, BackendError> {
+        if let Some(nl) = &self.nl {
+            return Ok(nl.clone());
+        }
+        let nl = Netlink::connect()?;
+        self.nl = Some(nl.clone());
+        Ok(nl)
+    }
+
+    fn load_bootstrap(&mut self) {
+        match BootstrapInfo::load_cached(&self.bootstrap_path) {
+            Ok(info) => {
+                self.bootstrap = info.map(|i| i.nics).unwrap_or_default();
+                self.health.clear(HEALTH_BOOTSTRAP);
+            }
+            Err(e) => {
+                self.health.set(HEALTH_BOOTSTRAP, e.to_string());
+            }
+        }
+    }
+
+    /// The primary address of the nic with `mac` in `state` (or the bootstrap info).
+    fn primary(&self, state: &DesiredState, mac: MacAddr) -> Option<(Ipv4Addr, u8)> {
+        state
+            .nics
+            .get(&mac)
+            .or_else(|| self.bootstrap.iter().find(|n| n.mac == mac))
+            .map(|n| (n.ip, n.prefix.len()))
+    }
+
+    async fn configure(
+        &mut self,
+        before: &DesiredState,
+        cmd: &Command,
+        nics: &[Nic],
+    ) -> Result<(), BackendError> {
+        let nl = self.netlink()?;
+        // Every MAC must resolve to exactly one link before anything changes.
+        sync::find_links(&nl, nics.iter().map(|n| n.mac)).await?;
+        let after = applied(before, cmd)?;
+        let scope: BTreeSet<MacAddr> = nics.iter().map(|n| n.mac).collect();
+        let opts = SyncOptions {
+            prune: true,
+            strict: true,
+            scope: Some(scope),
+        };
+        let result = sync::sync(
+            &nl,
+            &mut self.announcer,
+            &Wanted::new(&self.bootstrap, &after),
+            &opts,
+        )
+        .await;
+        if let Err(e) = result {
+            self.undo(&nl, before, opts.scope).await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    async fn remove_nics(
+        &mut self,
+        before: &DesiredState,
+        cmd: &Command,
+        macs: &[MacAddr],
+    ) -> Result<(), BackendError> {
+        let nl = self.netlink()?;
+        let after = applied(before, cmd)?;
+        let links = nl.links().await?;
+        let wanted = Wanted::new(&self.bootstrap, &after);
+        let mut keep = BTreeSet::new();
+        for mac in macs {
+            // A nic that is gone has no address left to remove.
+            let Ok(link) = plan::find(&links, *mac) else {
+                continue;
+            };
+            if wanted.nics.contains_key(mac) {
+                // Still described by the bootstrap info: back to that.
+                keep.insert(*mac);
+            } else if let Some((ip, prefix)) = self.primary(before, *mac)
+                && !after.vips.contains_key(&ip)
+            {
+                nl.del_addr(link, ip, prefix).await?;
+            }
+        }
+        if !keep.is_empty() {
+            let opts = SyncOptions {
+                prune: true,
+                strict: false,
+                scope: Some(keep),
+            };
+            sync::sync(&nl, &mut self.announcer, &wanted, &opts).await?;
+        }
+        Ok(())
+    }
+
+    async fn create_vips(
+        &mut self,
+        before: &DesiredState,
+        vips: &[Vip],
+    ) -> Result<(), BackendError> {
+        let nl = self.netlink()?;
+        let macs: BTreeSet<MacAddr> = vips.iter().map(|v| v.owner_mac).collect();
+        let all_links = nl.links().await?;
+        let links: BTreeMap<MacAddr, Link> = plan::find_all(&all_links, macs.iter().copied())
+            .map_err(|e| BackendError::new(e.to_string()))?
+            .into_iter()
+            .map(|(m, l)| (m, l.clone()))
+            .collect();
+        // VIPs that move to another nic or prefix leave their old place first.
+        let moved: Vec<&Vip> = vips
+            .iter()
+            .filter_map(|v| before.vips.get(&v.ip).filter(|old| *old != v))
+            .collect();
+        let mut undo: Vec<Undo> = Vec::new();
+        let result = async {
+            for old in &moved {
+                if let Ok(link) = plan::find(&all_links, old.owner_mac)
+                    && self.primary(before, old.owner_mac) != Some((old.ip, old.prefix.len()))
+                    && nl.del_addr(link, old.ip, old.prefix.len()).await?
+                {
+                    undo.push(Undo::Add(link.clone(), old.ip, old.prefix.len()));
+                }
+            }
+            let mut announce: BTreeMap<MacAddr, Vec<Ipv4Addr>> = BTreeMap::new();
+            for (mac, link) in &links {
+                nl.promote_secondaries(link).await?;
+                announce.insert(*mac, Vec::new());
+            }
+            for vip in vips {
+                let link = &links[&vip.owner_mac];
+                let addr = (vip.ip, vip.prefix.len());
+                if self.primary(before, vip.owner_mac) == Some(addr) {
+                    continue;
+                }
+                nl.add_addr(link, vip.ip, vip.prefix.len()).await?;
+                if before.vips.get(&vip.ip) != Some(vip) {
+                    undo.push(Undo::Del(link.clone(), vip.ip, vip.prefix.len()));
+                }
+                announce.entry(vip.owner_mac).or_default().push(vip.ip);
+            }
+            Ok::<_, BackendError>(announce)
+        }
+        .await;
+        match result {
+            Ok(announce) => {
+                for (mac, ips) in announce {
+                    let link = &links[&mac];
+                    if let Err(e) = self.announcer.announce(link.index, &link.name, mac, &ips) {
+                        tracing::warn!(error = %e, "gratuitous ARP not sent");
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                run_undo(&nl, undo).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn remove_vips(
+        &mut self,
+        before: &DesiredState,
+        vips: &[Vip],
+    ) -> Result<(), BackendError> {
+        let nl = self.netlink()?;
+        let links = nl.links().await?;
+        let mut undo: Vec<Undo> = Vec::new();
+        let mut promoted: BTreeSet<u32> = BTreeSet::new();
+        let result = async {
+            for vip in vips {
+                let known = before.vips.get(&vip.ip).unwrap_or(vip);
+                // A nic that is gone carries no address any more.
+                let Ok(link) = plan::find(&links, known.owner_mac) else {
+                    continue;
+                };
+                let primary = self.primary(before, known.owner_mac);
+                if primary.map(|p| p.0) == Some(vip.ip) {
+                    continue;
+                }
+                if promoted.insert(link.index) {
+                    nl.promote_secondaries(link).await?;
+                }
+                let mut prefixes = vec![known.prefix.len()];
+                if vip.prefix != known.prefix {
+                    prefixes.push(vip.prefix.len());
+                }
+                for prefix in prefixes {
+                    if nl.del_addr(link, vip.ip, prefix).await? {
+                        undo.push(Undo::Add(link.clone(), vip.ip, prefix));
+                    }
+                }
+            }
+            Ok::<_, BackendError>(())
+        }
+        .await;
+        if result.is_err() {
+            run_undo(&nl, undo).await;
+        }
+        result
+    }
+
+    /// Best effort: puts the nics in `scope` back as `before` describes them.
+    async fn undo(
+        &mut self,
+        nl: &Netlink,
+        before: &DesiredState,
+        scope: Option<BTreeSet<MacAddr>>,
+    ) {
+        let opts = SyncOptions {
+            prune: true,
+            strict: false,
+            scope,
+        };
+        let wanted = Wanted::new(&self.bootstrap, before);
+        if let Err(e) = sync::sync(nl, &mut self.announcer, &wanted, &opts).await {
+            tracing::error!(error = %e, "could not restore the nics after a failed change");
+        }
+    }
+}
+
+enum Undo {
+    Add(Link, Ipv4Addr, u8),
+    Del(Link, Ipv4Addr, u8),
+}
+
+async fn run_undo(nl: &Netlink, undo: Vec<Undo>) {
+    for u in undo.into_iter().rev() {
+        let r = match &u {
+            Undo::Add(link, ip, prefix) => nl.add_addr(link, *ip, *prefix).await,
+            Undo::Del(link, ip, prefix) => nl.del_addr(link, *ip, *prefix).await.map(|_| ()),
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "could not undo an address change");
+        }
+    }
+}
+
+fn applied(before: &DesiredState, cmd: &Command) -> Result<DesiredState, BackendError> {
+    let mut after = before.clone();
+    after
+        .apply(cmd)
+        .map_err(|e| BackendError::new(e.to_string()))?;
+    Ok(after)
+}
+
+impl Backend for LinksBackend {
+    fn features(&self) -> &'static [Feature] {
+        &[Feature::Links]
+    }
+
+    fn apply<'a>(
+        &'a mut self,
+        before: &'a DesiredState,
+        cmd: &'a Command,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            match cmd {
+                Command::ConfigureNics(nics) => self.configure(before, cmd, nics).await,
+                Command::RemoveNics(macs) => self.remove_nics(before, cmd, macs).await,
+                Command::CreateVips(vips) => self.create_vips(before, vips).await,
+                Command::RemoveVips(vips) => self.remove_vips(before, vips).await,
+                other => Err(BackendError::new(format!(
+                    "the interfaces backend got a {} command",
+                    other.feature().name()
+                ))),
+            }
+        })
+    }
+
+    fn reconcile<'a>(
+        &'a mut self,
+        state: &'a DesiredState,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            self.load_bootstrap();
+            let nl = self.netlink()?;
+            let wanted = Wanted::new(&self.bootstrap, state);
+            let opts = SyncOptions {
+                prune: true,
+                strict: false,
+                scope: None,
+            };
+            let report = sync::sync(&nl, &mut self.announcer, &wanted, &opts).await?;
+            if report.missing.is_empty() {
+                self.health.clear(HEALTH_NICS);
+            } else {
+                let text = report
+                    .missing
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                self.health.set(HEALTH_NICS, text);
+            }
+            tracing::info!(
+                nics = wanted.nics.len(),
+                added = report.added,
+                removed = report.removed,
+                missing = report.missing.len(),
+                "interfaces re-applied"
+            );
+            Ok(())
+        })
+    }
+}
