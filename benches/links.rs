@@ -152,7 +152,11 @@ fn bootstrap() {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; anything else is a filter we do not need.
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark: run with `cargo bench --bench links`");
+        return;
+    }
     vips();
     bootstrap();
 }

@@ -42,6 +42,10 @@ pub struct BootstrapConfig {
     /// Seconds to wait for the port to appear and deliver the info.
     #[arg(long, default_value_t = 300)]
     pub port_timeout_secs: u64,
+    /// Seconds to wait for the port when a cached copy exists (after a reboot the host may not
+    /// send the info again; the cached copy is applied then).
+    #[arg(long, default_value_t = 20)]
+    pub cached_port_timeout_secs: u64,
     /// Where the info is cached (the state directory of `serve`).
     #[arg(long, default_value = "/var/lib/vr-agent")]
     pub state_dir: PathBuf,

@@ -72,10 +72,35 @@ pub struct Applied {
 
 /// Reads the bootstrap information from `--from` or the port.
 pub fn read(cfg: &BootstrapConfig) -> Result<Vec<u8>, BootstrapError> {
-    Ok(match &cfg.from {
-        Some(path) => source::read_file(path)?,
-        None => source::read_port(&cfg.port, Duration::from_secs(cfg.port_timeout_secs))?,
-    })
+    let Some(path) = &cfg.from else {
+        return read_port_or_cache(cfg);
+    };
+    Ok(source::read_file(path)?)
+}
+
+/// Reads the port. After a reboot the host may not send the information again; when a cached
+/// copy exists the port gets `cached_port_timeout_secs` and the cached copy is used after that,
+/// so the router comes back by itself.
+fn read_port_or_cache(cfg: &BootstrapConfig) -> Result<Vec<u8>, BootstrapError> {
+    let cache = cache_path(&cfg.state_dir);
+    let cached = std::fs::read(&cache)
+        .ok()
+        .filter(|bytes| BootstrapInfo::parse(bytes).is_ok());
+    let timeout = match cached {
+        Some(_) => cfg.cached_port_timeout_secs.min(cfg.port_timeout_secs),
+        None => cfg.port_timeout_secs,
+    };
+    match (
+        source::read_port(&cfg.port, Duration::from_secs(timeout)),
+        cached,
+    ) {
+        (Ok(bytes), _) => Ok(bytes),
+        (Err(e), Some(bytes)) => {
+            tracing::warn!(error = %e, cache = %cache.display(), "no bootstrap info on the port; using the cached copy");
+            Ok(bytes)
+        }
+        (Err(e), None) => Err(e.into()),
+    }
 }
 
 /// Parses, caches and applies `bytes`. Every step runs even if an earlier one failed (the
