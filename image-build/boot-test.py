@@ -231,7 +231,13 @@ def main():
         # reboot: the data plane must come back from the agent's own state
         ssh("systemctl reboot")
         rebooted = time.time()
-        time.sleep(3)
+        went_down = False
+        while time.time() - rebooted < 120:
+            if not mn.echo():
+                went_down = True
+                break
+            time.sleep(0.5)
+        check("the agent went down for the reboot", went_down)
         chan.sendall(json.dumps(bootstrap).encode())
         up = wait_echo(rebooted)
         check("agent answers /echo after a reboot", up is not None)
