@@ -41,6 +41,11 @@ impl AgentProc {
         a
     }
 
+    /// Starts an agent whose directories live under `dir` (kept after it stops).
+    pub fn start_in(dir: &Path, extra: &[&str]) -> AgentProc {
+        Self::spawn(dir, extra.iter().map(|s| s.to_string()).collect())
+    }
+
     fn spawn(dir: &Path, extra: Vec<String>) -> AgentProc {
         let run = dir.join("run");
         let _ = std::fs::remove_file(run.join("listeners.json"));
