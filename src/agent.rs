@@ -167,10 +167,15 @@ impl Agent {
                 Err(e) => tracing::warn!(error = %e, "refused"),
             });
             let _ = job.reply.send(result);
-            if self.store.wants_compaction()
-                && let Err(e) = self.store.compact(&self.desired)
-            {
-                tracing::error!(error = %e, "snapshot failed; the journal keeps growing");
+            if self.store.wants_compaction() {
+                match self.store.compact(&self.desired) {
+                    Ok(()) => self.health.clear("store"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "snapshot failed; the journal keeps growing");
+                        self.health
+                            .set("store", format!("snapshot failed, journal growing: {e}"));
+                    }
+                }
             }
         }
         for backend in &mut self.backends {

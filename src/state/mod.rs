@@ -57,7 +57,8 @@ pub struct DesiredState {
     pub snats: BTreeMap<MacAddr, Snat>,
     /// EIPs by VIP.
     pub eips: BTreeMap<Ipv4Addr, Eip>,
-    /// Port forwards by claimed VIP ports.
+    /// Port forwards by claimed VIP ports (stored as a list: JSON keys must be strings).
+    #[serde(with = "port_forward_list")]
     pub port_forwards: BTreeMap<PortForwardKey, PortForward>,
     /// The appliance firewall's accept rules, in the order given.
     pub firewall: Vec<FirewallRule>,
@@ -65,6 +66,26 @@ pub struct DesiredState {
     pub dhcp_hosts: BTreeMap<MacAddr, DhcpHost>,
     /// Upstream DNS servers, in the order given.
     pub dns_servers: Vec<Ipv4Addr>,
+}
+
+mod port_forward_list {
+    use super::{PortForward, PortForwardKey};
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<PortForwardKey, PortForward>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.values())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<PortForwardKey, PortForward>, D::Error> {
+        let list = Vec::<PortForward>::deserialize(d)?;
+        Ok(list.into_iter().map(|pf| (pf.key(), pf)).collect())
+    }
 }
 
 impl DesiredState {

@@ -368,6 +368,40 @@ mod tests {
     }
 
     #[test]
+    fn a_full_state_round_trips_through_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        let mut s = DesiredState::default();
+        for (path, file) in [
+            ("/createportforwarding", "createportforwarding"),
+            ("/createeip", "createeip"),
+            ("/createvip", "createvip"),
+            ("/syncsnat", "syncsnat"),
+            ("/adddhcp", "adddhcp"),
+            ("/setdns", "setdns"),
+            ("/configurenic", "configurenic"),
+            ("/appliancevm/refreshfirewall", "refreshfirewall"),
+        ] {
+            let body = fs::read(format!(
+                "{}/fixtures/requests/{file}.json",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap();
+            let endpoint = crate::protocol::Endpoint::from_path(path).unwrap();
+            let crate::protocol::Request::Change(cmd) = endpoint.parse(&body).unwrap() else {
+                panic!("{path}");
+            };
+            s.apply(&cmd).unwrap();
+        }
+        store.compact(&s).unwrap();
+        drop(store);
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        assert!(loaded.problem.is_none(), "{:?}", loaded.problem);
+        assert_eq!(loaded.state, s);
+        assert_eq!(loaded.state.port_forwards.len(), 1);
+    }
+
+    #[test]
     fn snapshot_checksum_is_checked() {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, _) = Store::open(dir.path()).unwrap();
