@@ -7,6 +7,7 @@ pub mod backend;
 pub mod config;
 pub mod health;
 pub mod md5sum;
+pub mod nat;
 pub mod nics;
 pub mod notify;
 pub mod protocol;

@@ -43,8 +43,11 @@ pub enum ServeError {
 }
 
 /// The backends of every feature built into this agent.
-pub fn backends(_config: &Config, _health: &Arc<Health>) -> Vec<Box<dyn Backend>> {
-    Vec::new()
+pub fn backends(config: &Config, health: &Arc<Health>) -> Vec<Box<dyn Backend>> {
+    vec![Box::new(crate::nat::NatBackend::new(
+        config,
+        Arc::clone(health),
+    ))]
 }
 
 /// Runs the agent until `shutdown` resolves, then drains and returns.

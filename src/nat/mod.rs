@@ -1,0 +1,180 @@
+//! NAT (SNAT, EIP, port forwarding) and the appliance firewall on nftables, in two tables of
+//! our own (`ip vr_nat`, `inet vr_filter`) built around maps and sets, so a command and a
+//! forwarded packet cost the same at 10 or 10,000 entries.
+//!
+//! desired state + [`inputs::Inputs`] -> [`model`] (entries bound to nic names) -> [`render`]
+//! (nft text) / [`plan`] (what one command changes) -> [`nft`] (one transaction) ->
+//! [`conntrack`] (forget flows of removed or remapped entries).
+
+pub mod conntrack;
+pub mod inputs;
+pub mod model;
+pub mod nft;
+pub mod plan;
+pub mod render;
+
+use crate::backend::{Backend, BackendError, BoxFuture};
+use crate::config::Config;
+use crate::health::Health;
+use crate::state::model::Eip;
+use crate::state::{Command, DesiredState, Feature};
+use inputs::Inputs;
+use model::{NatError, needs_addresses};
+use plan::Plan;
+use std::sync::Arc;
+
+/// Health source while entries are left out for missing nics.
+pub const HEALTH_SKIPPED: &str = "nat";
+
+/// The nftables backend of the NAT and firewall features.
+pub struct NatBackend {
+    mgmt_nic: String,
+    agent_ports: Vec<u16>,
+    health: Arc<Health>,
+    /// The last replace left entries out: the tables may lack what the state holds, so the
+    /// next change replaces them again instead of patching.
+    degraded: bool,
+}
+
+impl NatBackend {
+    /// A backend for this agent's settings.
+    pub fn new(config: &Config, health: Arc<Health>) -> NatBackend {
+        NatBackend {
+            mgmt_nic: config.mgmt_nic.clone(),
+            agent_ports: vec![config.vr_listen.port(), config.appliance_listen.port()],
+            health,
+            degraded: false,
+        }
+    }
+
+    fn inputs<'a>(
+        &self,
+        state: &DesiredState,
+        eips: impl IntoIterator<Item = &'a Eip>,
+    ) -> Result<Inputs, NatError> {
+        let names = crate::nics::by_mac()
+            .map_err(|e| NatError::System(format!("cannot list the nics: {e}")))?;
+        let addrs = if needs_addresses(eips, &state.vips, &state.nics) {
+            inputs::addresses()
+                .map_err(|e| NatError::System(format!("cannot list the addresses: {e}")))?
+        } else {
+            Vec::new()
+        };
+        Ok(Inputs {
+            names,
+            addrs,
+            mgmt_nic: self.mgmt_nic.clone(),
+            agent_ports: self.agent_ports.clone(),
+        })
+    }
+
+    fn note_skipped(&mut self, plan: &Plan) {
+        if !plan.full {
+            return;
+        }
+        self.degraded = !plan.skipped.is_empty();
+        if plan.skipped.is_empty() {
+            self.health.clear(HEALTH_SKIPPED);
+        } else {
+            let reasons: Vec<String> = plan.skipped.iter().map(ToString::to_string).collect();
+            self.health.set(
+                HEALTH_SKIPPED,
+                format!("left out for missing nics: {}", reasons.join("; ")),
+            );
+        }
+    }
+
+    async fn change(&mut self, before: &DesiredState, cmd: &Command) -> Result<(), NatError> {
+        let eips: Vec<&Eip> = match cmd {
+            Command::CreateEip(e) | Command::RemoveEip(e) => before
+                .eips
+                .values()
+                .filter(|o| o.vip_ip == e.vip_ip || o.guest_ip == e.guest_ip)
+                .chain(std::iter::once(e))
+                .collect(),
+            Command::SyncEips(new) => before.eips.values().chain(new.iter()).collect(),
+            _ if self.degraded => before.eips.values().collect(),
+            _ => Vec::new(),
+        };
+        let inputs = self.inputs(before, eips)?;
+        let mut p = plan::plan(before, cmd, &inputs)?;
+        if self.degraded && !p.full && !p.nft.is_empty() {
+            p = replace_plan(before, cmd, &inputs)?;
+        }
+        if !p.nft.is_empty() {
+            tracing::debug!(full = p.full, nft = %p.nft, "nft transaction");
+            if let Err(e) = nft::apply(&p.nft).await {
+                if p.full {
+                    return Err(e);
+                }
+                // Our tables may have drifted from the state (changed by hand): replace them.
+                tracing::warn!(error = %e, "element update refused; replacing our tables");
+                let full = replace_plan(before, cmd, &inputs)?;
+                nft::apply(&full.nft).await.map_err(|_| e)?;
+                p.full = true;
+                p.skipped = full.skipped;
+            }
+        }
+        self.note_skipped(&p);
+        let problems = conntrack::run(&p.flush).await;
+        for problem in problems {
+            tracing::warn!(%problem, "stale flows may keep their old translation");
+        }
+        Ok(())
+    }
+}
+
+/// A full replace with the state after `cmd`.
+fn replace_plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Plan, NatError> {
+    let mut after = before.clone();
+    after
+        .apply(cmd)
+        .map_err(|e| NatError::System(e.to_string()))?;
+    let flush = plan::plan(before, cmd, inputs)?.flush;
+    let mut p = plan::full(&after, inputs);
+    p.flush = flush;
+    Ok(p)
+}
+
+impl Backend for NatBackend {
+    fn features(&self) -> &'static [Feature] {
+        &[Feature::Nat, Feature::Firewall]
+    }
+
+    fn apply<'a>(
+        &'a mut self,
+        before: &'a DesiredState,
+        cmd: &'a Command,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            self.change(before, cmd)
+                .await
+                .map_err(|e| BackendError::new(e.to_string()))
+        })
+    }
+
+    fn reconcile<'a>(
+        &'a mut self,
+        state: &'a DesiredState,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let inputs = self
+                .inputs(state, state.eips.values())
+                .map_err(|e| BackendError::new(e.to_string()))?;
+            let p = plan::full(state, &inputs);
+            nft::apply(&p.nft)
+                .await
+                .map_err(|e| BackendError::new(e.to_string()))?;
+            self.note_skipped(&p);
+            tracing::info!(
+                eips = state.eips.len(),
+                port_forwards = state.port_forwards.len(),
+                snats = state.snats.len(),
+                firewall_rules = state.firewall.len(),
+                skipped = p.skipped.len(),
+                "nat and firewall tables replaced"
+            );
+            Ok(())
+        })
+    }
+}
