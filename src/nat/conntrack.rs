@@ -85,9 +85,16 @@ pub async fn run(flush: &[Flush]) -> Vec<String> {
                 let (vip, p) = (vip.to_string(), proto.name());
                 if ports.start == ports.end {
                     let port = ports.start.to_string();
-                    if let Err(e) =
-                        conntrack(&args(&["-D", "-p", p, "--orig-dst", &vip, "--dport", &port]))
-                            .await
+                    if let Err(e) = conntrack(&args(&[
+                        "-D",
+                        "-p",
+                        p,
+                        "--orig-dst",
+                        &vip,
+                        "--dport",
+                        &port,
+                    ]))
+                    .await
                     {
                         problems.push(e);
                     }

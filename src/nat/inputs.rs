@@ -7,7 +7,8 @@ use crate::state::types::{Cidr, PrefixLen};
 use std::net::Ipv4Addr;
 
 /// Explicit inputs of the renderer.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Inputs {
     /// Interface names by MAC.
     pub names: NicNames,

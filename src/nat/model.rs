@@ -281,14 +281,26 @@ impl BoundSnat {
 /// Binds a SNAT entry to its nics.
 pub fn bind_snat(snat: &Snat, inputs: &Inputs, field: &str) -> Result<BoundSnat, NatError> {
     Ok(BoundSnat {
-        public_if: nic(inputs, snat.public_nic_mac, &format!("{field}.publicNicMac"))?,
-        private_if: nic(inputs, snat.private_nic_mac, &format!("{field}.privateNicMac"))?,
+        public_if: nic(
+            inputs,
+            snat.public_nic_mac,
+            &format!("{field}.publicNicMac"),
+        )?,
+        private_if: nic(
+            inputs,
+            snat.private_nic_mac,
+            &format!("{field}.privateNicMac"),
+        )?,
         snat: snat.clone(),
     })
 }
 
 /// The rule of the `appliance` chain for one firewall rule.
-pub fn firewall_rule(rule: &FirewallRule, inputs: &Inputs, field: &str) -> Result<String, NatError> {
+pub fn firewall_rule(
+    rule: &FirewallRule,
+    inputs: &Inputs,
+    field: &str,
+) -> Result<String, NatError> {
     let ifname = nic(inputs, rule.nic_mac, &format!("{field}.nicMac"))?;
     let mut r = format!("iifname \"{ifname}\"");
     for (what, cidr) in [
@@ -326,7 +338,10 @@ pub fn guest_ifs<'a>(
     let mut macs: BTreeSet<MacAddr> = BTreeSet::new();
     for n in nics.values() {
         let net = crate::state::types::Cidr::new(n.ip, n.prefix);
-        if dhcp.values().any(|h| h.gateway.is_some_and(|g| net.contains(g))) {
+        if dhcp
+            .values()
+            .any(|h| h.gateway.is_some_and(|g| net.contains(g)))
+        {
             macs.insert(n.mac);
         }
     }
@@ -367,7 +382,13 @@ pub fn resolve(state: &DesiredState, inputs: &Inputs) -> (Ruleset, Vec<NatError>
     };
     let mut bound = Vec::new();
     for eip in state.eips.values() {
-        match bind_eip(eip, &state.vips, &state.nics, inputs, &format!("eip {}", eip.vip_ip)) {
+        match bind_eip(
+            eip,
+            &state.vips,
+            &state.nics,
+            inputs,
+            &format!("eip {}", eip.vip_ip),
+        ) {
             Ok(b) => bound.push(b),
             Err(e) => skipped.push(e),
         }

@@ -40,7 +40,12 @@ fn summarise(stderr: &str) -> String {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '^' || c == '~' || c == ' '))
         .collect();
-    let mut s = errors.iter().take(6).copied().collect::<Vec<_>>().join(" | ");
+    let mut s = errors
+        .iter()
+        .take(6)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" | ");
     if s.is_empty() {
         s = "nft failed without a message".to_string();
     }

@@ -106,14 +106,9 @@ pub fn plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Pla
             snat_change(before, inputs, std::slice::from_ref(snat), &[])
         }
         Command::SyncSnat(entries) => {
-            let mut set = Vec::new();
-            let mut unset = Vec::new();
             for (i, (snat, enabled)) in entries.iter().enumerate() {
                 if *enabled {
                     bind_snat(snat, inputs, &format!("snats[{i}]"))?;
-                    set.push(snat.clone());
-                } else {
-                    unset.push(snat.private_nic_mac);
                 }
             }
             // In order: a later entry for the same nic wins, as in DesiredState::apply.
@@ -200,7 +195,11 @@ fn eip_change(
             return Ok(p);
         }
     };
-    let guests: BTreeSet<Ipv4Addr> = old.iter().chain(new.iter()).map(|b| b.eip.guest_ip).collect();
+    let guests: BTreeSet<Ipv4Addr> = old
+        .iter()
+        .chain(new.iter())
+        .map(|b| b.eip.guest_ip)
+        .collect();
     let sharing: Vec<BoundEip> = before
         .eips
         .values()

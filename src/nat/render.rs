@@ -145,7 +145,9 @@ pub fn full(rs: &Ruleset) -> String {
         Some("type nat hook postrouting priority srcnat; policy accept;"),
         &[
             s("ct status dnat ct original ip daddr @eip_masq masquerade"),
-            format!("ct status dnat ct mark & 0x{MARK_PF_MASQ:08x} == 0x{MARK_PF_MASQ:08x} masquerade"),
+            format!(
+                "ct status dnat ct mark & 0x{MARK_PF_MASQ:08x} == 0x{MARK_PF_MASQ:08x} masquerade"
+            ),
             s("snat ip to ip saddr . oifname map @eip_snat"),
             s("jump snat_subnets"),
         ],
@@ -155,12 +157,14 @@ pub fn full(rs: &Ruleset) -> String {
 
     let _ = writeln!(out, "table {FILTER} {{");
     let mut filter_sets = rs.clone();
-    filter_sets.elements.extend(rs.guest_ifs.iter().map(|n| Elem {
-        table: FILTER,
-        set: "guest_ifs",
-        key: format!("\"{n}\""),
-        value: None,
-    }));
+    filter_sets
+        .elements
+        .extend(rs.guest_ifs.iter().map(|n| Elem {
+            table: FILTER,
+            set: "guest_ifs",
+            key: format!("\"{n}\""),
+            value: None,
+        }));
     write_sets(&mut out, FILTER, &filter_sets);
     let mut input = vec![
         s("ct state established,related accept"),
@@ -220,7 +224,13 @@ pub fn element_ops(deletes: &[Elem], adds: &[Elem]) -> String {
         let _ = writeln!(out, "delete element {} {} {{ {} }}", e.table, e.set, e.key);
     }
     for e in adds {
-        let _ = writeln!(out, "add element {} {} {{ {} }}", e.table, e.set, elem_text(e));
+        let _ = writeln!(
+            out,
+            "add element {} {} {{ {} }}",
+            e.table,
+            e.set,
+            elem_text(e)
+        );
     }
     out
 }
@@ -238,7 +248,11 @@ pub fn chain_rewrite(table: &str, chain: &str, rules: &[String]) -> String {
 pub fn guest_ifs_rewrite(names: &BTreeSet<String>) -> String {
     let mut out = format!("flush set {FILTER} guest_ifs\n");
     if !names.is_empty() {
-        let _ = writeln!(out, "add element {FILTER} guest_ifs {{ {} }}", quoted(names));
+        let _ = writeln!(
+            out,
+            "add element {FILTER} guest_ifs {{ {} }}",
+            quoted(names)
+        );
     }
     out
 }
