@@ -85,16 +85,31 @@ impl NatBackend {
     }
 
     async fn change(&mut self, before: &DesiredState, cmd: &Command) -> Result<(), NatError> {
-        let eips: Vec<&Eip> = match cmd {
-            Command::CreateEip(e) | Command::RemoveEip(e) => before
+        let cmd_eips: Vec<&Eip> = match cmd {
+            Command::CreateEip(e) | Command::RemoveEip(e) => vec![e],
+            Command::SyncEips(new) => new.iter().collect(),
+            _ => Vec::new(),
+        };
+        let replaces =
+            self.degraded || matches!(cmd, Command::SyncEips(_) | Command::SyncPortForwards(_));
+        let eips: Vec<&Eip> = if replaces {
+            before
                 .eips
                 .values()
-                .filter(|o| o.vip_ip == e.vip_ip || o.guest_ip == e.guest_ip)
-                .chain(std::iter::once(e))
-                .collect(),
-            Command::SyncEips(new) => before.eips.values().chain(new.iter()).collect(),
-            _ if self.degraded => before.eips.values().collect(),
-            _ => Vec::new(),
+                .chain(cmd_eips.iter().copied())
+                .collect()
+        } else {
+            // the entry at the same VIP and those sharing a guest with the command's EIP
+            before
+                .eips
+                .values()
+                .filter(|o| {
+                    cmd_eips
+                        .iter()
+                        .any(|e| o.vip_ip == e.vip_ip || o.guest_ip == e.guest_ip)
+                })
+                .chain(cmd_eips.iter().copied())
+                .collect()
         };
         let inputs = self.inputs(before, eips)?;
         let mut p = plan::plan(before, cmd, &inputs)?;
@@ -109,7 +124,9 @@ impl NatBackend {
                 }
                 // Our tables may have drifted from the state (changed by hand): replace them.
                 tracing::warn!(error = %e, "element update refused; replacing our tables");
-                let full = replace_plan(before, cmd, &inputs)?;
+                let all =
+                    self.inputs(before, before.eips.values().chain(cmd_eips.iter().copied()))?;
+                let full = replace_plan(before, cmd, &all)?;
                 nft::apply(&full.nft).await.map_err(|_| e)?;
                 p.full = true;
                 p.skipped = full.skipped;
