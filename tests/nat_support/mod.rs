@@ -114,7 +114,7 @@ impl Net {
     ) {
         let api = self.api();
         self.router
-            .block_on(move || async move { body(MgmtNode::start().await, api).await })
+            .block_on(move || async move { body(MgmtNode::start().await, api).await });
     }
 
     /// Our two tables as nft prints them.
