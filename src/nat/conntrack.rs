@@ -3,6 +3,7 @@
 
 use crate::state::model::{L4Proto, PortForward};
 use crate::state::types::PortRange;
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use tokio::process::Command;
 
@@ -53,83 +54,117 @@ fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
 
-/// An original-direction tuple from a `conntrack -L` line.
-fn original_tuple(line: &str) -> Option<(Ipv4Addr, Ipv4Addr, u16, u16)> {
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|t| t.strip_prefix(name))
+/// One flow of a `conntrack -L` line: protocol, original tuple, reply destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Flow {
+    proto: String,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ports: Option<(u16, u16)>,
+    reply_dst: Option<Ipv4Addr>,
+}
+
+fn parse_flow(line: &str) -> Option<Flow> {
+    let tokens: Vec<&str> = line.split_whitespace().collect();
+    let nth = |name: &str, n: usize| {
+        tokens
+            .iter()
+            .filter_map(|t| t.strip_prefix(name))
+            .nth(n)
             .map(str::to_string)
     };
-    Some((
-        field("src=")?.parse().ok()?,
-        field("dst=")?.parse().ok()?,
-        field("sport=")?.parse().ok()?,
-        field("dport=")?.parse().ok()?,
-    ))
+    let sport = nth("sport=", 0).and_then(|p| p.parse().ok());
+    let dport = nth("dport=", 0).and_then(|p| p.parse().ok());
+    Some(Flow {
+        proto: tokens.first()?.to_string(),
+        src: nth("src=", 0)?.parse().ok()?,
+        dst: nth("dst=", 0)?.parse().ok()?,
+        ports: sport.zip(dport),
+        reply_dst: nth("dst=", 1).and_then(|d| d.parse().ok()),
+    })
+}
+
+async fn delete_address(ip: Ipv4Addr, problems: &mut Vec<String>) {
+    let ip = ip.to_string();
+    for dir in ["--orig-dst", "--reply-dst"] {
+        if let Err(e) = conntrack(&args(&["-D", dir, &ip])).await {
+            problems.push(e);
+        }
+    }
+}
+
+async fn delete_flow(f: &Flow, problems: &mut Vec<String>) {
+    let Some((sport, dport)) = f.ports else {
+        return;
+    };
+    let a = [
+        "-D".to_string(),
+        "-p".into(),
+        f.proto.clone(),
+        "--orig-src".into(),
+        f.src.to_string(),
+        "--orig-dst".into(),
+        f.dst.to_string(),
+        "--sport".into(),
+        sport.to_string(),
+        "--dport".into(),
+        dport.to_string(),
+    ];
+    if let Err(e) = conntrack(&a).await {
+        problems.push(e);
+    }
 }
 
 /// Deletes the flows of `flush`; returns the problems (the change itself stays applied).
+/// A single EIP is one `conntrack -D` per direction; anything more lists the table once and
+/// deletes only what matches, so a sync that drops 10,000 EIPs costs a few processes.
 pub async fn run(flush: &[Flush]) -> Vec<String> {
     let mut problems = Vec::new();
-    for f in flush {
-        match f {
-            Flush::Address(ip) => {
-                let ip = ip.to_string();
-                for dir in ["--orig-dst", "--reply-dst"] {
-                    if let Err(e) = conntrack(&args(&["-D", dir, &ip])).await {
-                        problems.push(e);
-                    }
-                }
-            }
-            Flush::Ports { vip, proto, ports } => {
-                let (vip, p) = (vip.to_string(), proto.name());
-                if ports.start == ports.end {
-                    let port = ports.start.to_string();
-                    if let Err(e) = conntrack(&args(&[
-                        "-D",
-                        "-p",
-                        p,
-                        "--orig-dst",
-                        &vip,
-                        "--dport",
-                        &port,
-                    ]))
-                    .await
-                    {
-                        problems.push(e);
-                    }
-                    continue;
-                }
-                let listed = match conntrack(&args(&["-L", "-p", p, "--orig-dst", &vip])).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        problems.push(e);
-                        continue;
-                    }
-                };
-                for (src, dst, sport, dport) in listed.lines().filter_map(original_tuple) {
-                    if dport < ports.start || dport > ports.end {
-                        continue;
-                    }
-                    let a = [
-                        "-D".to_string(),
-                        "-p".into(),
-                        p.into(),
-                        "--orig-src".into(),
-                        src.to_string(),
-                        "--orig-dst".into(),
-                        dst.to_string(),
-                        "--sport".into(),
-                        sport.to_string(),
-                        "--dport".into(),
-                        dport.to_string(),
-                    ];
-                    if let Err(e) = conntrack(&a).await {
-                        problems.push(e);
-                    }
-                }
+    if flush.is_empty() {
+        return problems;
+    }
+    if let [Flush::Address(ip)] = flush {
+        delete_address(*ip, &mut problems).await;
+        return problems;
+    }
+    let listed = match conntrack(&args(&["-L"])).await {
+        Ok(l) => l,
+        Err(e) => return vec![e],
+    };
+    let addresses: BTreeSet<Ipv4Addr> = flush
+        .iter()
+        .filter_map(|f| match f {
+            Flush::Address(ip) => Some(*ip),
+            Flush::Ports { .. } => None,
+        })
+        .collect();
+    let mut hit_addresses = BTreeSet::new();
+    let mut hit_flows = Vec::new();
+    for flow in listed.lines().filter_map(parse_flow) {
+        for ip in [Some(flow.dst), flow.reply_dst].into_iter().flatten() {
+            if addresses.contains(&ip) {
+                hit_addresses.insert(ip);
             }
         }
+        let forwarded = flush.iter().any(|f| match f {
+            Flush::Ports { vip, proto, ports } => {
+                flow.dst == *vip
+                    && flow.proto == proto.name()
+                    && flow
+                        .ports
+                        .is_some_and(|(_, d)| d >= ports.start && d <= ports.end)
+            }
+            Flush::Address(_) => false,
+        });
+        if forwarded {
+            hit_flows.push(flow);
+        }
+    }
+    for ip in hit_addresses {
+        delete_address(ip, &mut problems).await;
+    }
+    for flow in &hit_flows {
+        delete_flow(flow, &mut problems).await;
     }
     problems
 }
@@ -139,17 +174,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn original_tuple_is_the_first_one() {
+    fn flows_parse_original_tuple_and_reply_destination() {
         let line = "tcp      6 431999 ESTABLISHED src=198.51.100.2 dst=10.10.1.56 sport=40000 dport=8081 src=172.20.0.15 dst=198.51.100.2 sport=81 dport=40000 [ASSURED] mark=256 use=1";
         assert_eq!(
-            original_tuple(line),
-            Some((
-                "198.51.100.2".parse().unwrap(),
-                "10.10.1.56".parse().unwrap(),
-                40000,
-                8081
-            ))
+            parse_flow(line),
+            Some(Flow {
+                proto: "tcp".into(),
+                src: "198.51.100.2".parse().unwrap(),
+                dst: "10.10.1.56".parse().unwrap(),
+                ports: Some((40000, 8081)),
+                reply_dst: Some("198.51.100.2".parse().unwrap()),
+            })
         );
-        assert_eq!(original_tuple("garbage"), None);
+        let icmp = "icmp     1 29 src=10.0.0.2 dst=10.10.1.55 type=8 code=0 id=7 src=172.20.0.15 dst=10.0.0.2 type=0 code=0 id=7 mark=0 use=1";
+        let f = parse_flow(icmp).unwrap();
+        assert_eq!(f.ports, None);
+        assert_eq!(f.reply_dst, Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(parse_flow("garbage"), None);
     }
 }

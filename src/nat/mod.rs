@@ -21,6 +21,7 @@ use crate::state::{Command, DesiredState, Feature};
 use inputs::Inputs;
 use model::{NatError, needs_addresses};
 use plan::Plan;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// Health source while entries are left out for missing nics.
@@ -34,6 +35,10 @@ pub struct NatBackend {
     /// The last replace left entries out: the tables may lack what the state holds, so the
     /// next change replaces them again instead of patching.
     degraded: bool,
+    /// The guest nic set last installed (DHCP and DNS are accepted there). Commands of other
+    /// features (DHCP hosts, nics) change it without reaching this backend, so every change
+    /// of ours brings it up to date.
+    guest_ifs: Option<BTreeSet<String>>,
 }
 
 impl NatBackend {
@@ -44,6 +49,7 @@ impl NatBackend {
             agent_ports: vec![config.vr_listen.port(), config.appliance_listen.port()],
             health,
             degraded: false,
+            guest_ifs: None,
         }
     }
 
@@ -116,8 +122,24 @@ impl NatBackend {
         if self.degraded && !p.full && !p.nft.is_empty() {
             p = replace_plan(before, cmd, &inputs)?;
         }
+        if p.guest_ifs.is_none() {
+            let now = model::guest_ifs(
+                &before.nics,
+                before.snats.values(),
+                &before.dhcp_hosts,
+                &inputs,
+            );
+            if self.guest_ifs.as_ref() != Some(&now) {
+                p.nft.push_str(&render::guest_ifs_rewrite(&now));
+                p.guest_ifs = Some(now);
+            }
+        }
         if !p.nft.is_empty() {
-            tracing::debug!(full = p.full, nft = %p.nft, "nft transaction");
+            if p.nft.len() <= 4096 {
+                tracing::debug!(full = p.full, nft = %p.nft, "nft transaction");
+            } else {
+                tracing::debug!(full = p.full, bytes = p.nft.len(), "nft transaction");
+            }
             if let Err(e) = nft::apply(&p.nft).await {
                 if p.full {
                     return Err(e);
@@ -130,9 +152,13 @@ impl NatBackend {
                 nft::apply(&full.nft).await.map_err(|_| e)?;
                 p.full = true;
                 p.skipped = full.skipped;
+                p.guest_ifs = full.guest_ifs;
             }
         }
         self.note_skipped(&p);
+        if p.guest_ifs.is_some() {
+            self.guest_ifs = p.guest_ifs.take();
+        }
         let problems = conntrack::run(&p.flush).await;
         for problem in problems {
             tracing::warn!(%problem, "stale flows may keep their old translation");
@@ -183,6 +209,7 @@ impl Backend for NatBackend {
                 .await
                 .map_err(|e| BackendError::new(e.to_string()))?;
             self.note_skipped(&p);
+            self.guest_ifs = p.guest_ifs;
             tracing::info!(
                 eips = state.eips.len(),
                 port_forwards = state.port_forwards.len(),

@@ -26,6 +26,8 @@ pub struct Plan {
     pub flush: Vec<Flush>,
     /// Entries a full replace left out because their nics are missing.
     pub skipped: Vec<NatError>,
+    /// The guest nic set the transaction installs, when it installs one.
+    pub guest_ifs: Option<BTreeSet<String>>,
 }
 
 /// A replace of both tables with `state`; entries with missing nics are left out.
@@ -36,6 +38,7 @@ pub fn full(state: &DesiredState, inputs: &Inputs) -> Plan {
         full: true,
         flush: Vec::new(),
         skipped,
+        guest_ifs: Some(rs.guest_ifs),
     }
 }
 
@@ -152,9 +155,8 @@ fn elements(deletes: Vec<Elem>, adds: Vec<Elem>, flush: Vec<Flush>) -> Plan {
     let (deletes, adds) = diff(deletes, adds);
     Plan {
         nft: render::element_ops(&deletes, &adds),
-        full: false,
         flush,
-        skipped: Vec::new(),
+        ..Plan::default()
     }
 }
 
@@ -262,9 +264,9 @@ fn snat_rewrite(
     nft.push_str(&render::guest_ifs_rewrite(&guest_ifs));
     Ok(Plan {
         nft,
-        full: false,
-        flush: Vec::new(),
         skipped,
+        guest_ifs: Some(guest_ifs),
+        ..Plan::default()
     })
 }
 
