@@ -146,6 +146,9 @@ fn eip_works_both_ways_ahead_of_subnet_snat_and_with_snat_inbound() {
             Some("10.10.1.100 80")
         );
     });
+    // single-entry EIP commands went over nfnetlink, without falling back to nft
+    let log = net.agent.log();
+    assert!(!log.contains("using nft"), "{log}");
 }
 
 #[test]

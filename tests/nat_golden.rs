@@ -10,6 +10,7 @@ use common::netns::Netns;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use vr_agent::nat::inputs::Inputs;
+use vr_agent::nat::netlink::Nfnl;
 use vr_agent::nat::plan;
 use vr_agent::state::{Command, DesiredState};
 
@@ -211,5 +212,46 @@ fn golden_renderings_load_into_nft_and_plans_reach_the_state_after() {
             incremental, replaced,
             "{name}: the plan applied to the state before differs from the state after"
         );
+        // the same element changes over nfnetlink give the same tables
+        if let Some((deletes, adds)) = &p.elements {
+            load(&ns, &base_text);
+            ns.enter(|| {
+                let mut sock = Nfnl::open().unwrap();
+                sock.apply(deletes, adds).unwrap();
+            });
+            assert_eq!(dump(&ns), replaced, "{name}: over nfnetlink");
+        }
     }
+    // a refused netlink transaction names the reason and changes nothing
+    load(&ns, &base_text);
+    let before = dump(&ns);
+    let p = plan::plan(&base, &plan_cases()[0].1, &inputs).unwrap();
+    let (_, adds) = p.elements.unwrap();
+    let err = ns.enter(|| {
+        let mut sock = Nfnl::open().unwrap();
+        sock.apply(&adds, &adds).unwrap_err().to_string()
+    });
+    assert!(err.contains("missing"), "{err}");
+    assert_eq!(dump(&ns), before);
+}
+
+#[test]
+fn netlink_batches_match_golden_files() {
+    let inputs = inputs();
+    let base = state_of("full");
+    let mut ok = true;
+    for name in ["createeip-new", "createpf-shifted", "removeeip-owner"] {
+        let (_, cmd) = plan_cases().into_iter().find(|(n, _)| n == name).unwrap();
+        let p = plan::plan(&base, &cmd, &inputs).unwrap();
+        let (deletes, adds) = p.elements.unwrap();
+        let (bytes, acked) = vr_agent::nat::netlink::batch(&deletes, &adds, 100);
+        let mut text = format!("# acknowledged: {acked:?}\n");
+        for line in bytes.chunks(16) {
+            let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
+            text.push_str(&hex.join(" "));
+            text.push('\n');
+        }
+        ok &= check(&dir().join(format!("plans/{name}.netlink.hex")), &text);
+    }
+    assert!(ok, "golden files differ");
 }

@@ -9,6 +9,7 @@
 pub mod conntrack;
 pub mod inputs;
 pub mod model;
+pub mod netlink;
 pub mod nft;
 pub mod plan;
 pub mod render;
@@ -39,6 +40,8 @@ pub struct NatBackend {
     /// features (DHCP hosts, nics) change it without reaching this backend, so every change
     /// of ours brings it up to date.
     guest_ifs: Option<BTreeSet<String>>,
+    /// The nfnetlink socket of element updates, opened on first use.
+    nfnl: Option<netlink::Nfnl>,
 }
 
 impl NatBackend {
@@ -50,6 +53,7 @@ impl NatBackend {
             health,
             degraded: false,
             guest_ifs: None,
+            nfnl: None,
         }
     }
 
@@ -88,6 +92,30 @@ impl NatBackend {
                 format!("left out for missing nics: {}", reasons.join("; ")),
             );
         }
+    }
+
+    /// Runs a plan's transaction: element changes over nfnetlink (no process), the rest
+    /// through `nft`. A socket problem falls back to `nft`; a refusal is returned.
+    async fn transact(&mut self, p: &Plan) -> Result<(), NatError> {
+        if let Some((deletes, adds)) = &p.elements {
+            if self.nfnl.is_none() {
+                match netlink::Nfnl::open() {
+                    Ok(s) => self.nfnl = Some(s),
+                    Err(e) => tracing::warn!(error = %e, "no nfnetlink socket; using nft"),
+                }
+            }
+            if let Some(sock) = self.nfnl.as_mut() {
+                match sock.apply(deletes, adds) {
+                    Ok(()) => return Ok(()),
+                    Err(NatError::System(e)) => {
+                        tracing::warn!(error = %e, "nfnetlink failed; using nft");
+                        self.nfnl = None;
+                    }
+                    Err(refused) => return Err(refused),
+                }
+            }
+        }
+        nft::apply(&p.nft).await
     }
 
     async fn change(&mut self, before: &DesiredState, cmd: &Command) -> Result<(), NatError> {
@@ -132,6 +160,8 @@ impl NatBackend {
             if self.guest_ifs.as_ref() != Some(&now) {
                 p.nft.push_str(&render::guest_ifs_rewrite(&now));
                 p.guest_ifs = Some(now);
+                // the set rewrite is not an element change: this one goes through nft
+                p.elements = None;
             }
         }
         if !p.nft.is_empty() {
@@ -140,7 +170,7 @@ impl NatBackend {
             } else {
                 tracing::debug!(full = p.full, bytes = p.nft.len(), "nft transaction");
             }
-            if let Err(e) = nft::apply(&p.nft).await {
+            if let Err(e) = self.transact(&p).await {
                 if p.full {
                     return Err(e);
                 }

@@ -7,8 +7,9 @@ use crate::state::DesiredState;
 use crate::state::model::{
     DhcpHost, Eip, FirewallProto, FirewallRule, L4Proto, Nic, PortForward, Snat, Vip,
 };
-use crate::state::types::MacAddr;
+use crate::state::types::{Cidr, MacAddr};
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::Ipv4Addr;
 
 /// The NAT table (family and name, as nft commands spell it).
@@ -48,6 +49,48 @@ pub enum NatError {
     System(String),
 }
 
+/// One field of an element's key or value, in a concatenation.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Field {
+    /// An IPv4 address.
+    Addr(Ipv4Addr),
+    /// A port.
+    Port(u16),
+    /// An inclusive port range (one port when both ends are equal).
+    Ports(u16, u16),
+    /// A layer-4 protocol.
+    Proto(L4Proto),
+    /// An interface name.
+    Ifname(String),
+    /// An address prefix (as its network).
+    Net(Cidr),
+    /// A `ct mark` value.
+    Mark(u32),
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Field::Addr(a) => write!(f, "{a}"),
+            Field::Port(p) => write!(f, "{p}"),
+            Field::Ports(lo, hi) if lo == hi => write!(f, "{lo}"),
+            Field::Ports(lo, hi) => write!(f, "{lo}-{hi}"),
+            Field::Proto(p) => f.write_str(p.name()),
+            Field::Ifname(n) => write!(f, "\"{n}\""),
+            Field::Net(c) => write!(f, "{}", c.network()),
+            Field::Mark(m) => write!(f, "0x{m:08x}"),
+        }
+    }
+}
+
+fn concat(fields: &[Field]) -> String {
+    fields
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
 /// One element of a set or map of ours.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Elem {
@@ -55,13 +98,33 @@ pub struct Elem {
     pub table: &'static str,
     /// Set or map name.
     pub set: &'static str,
-    /// Key in nft syntax.
-    pub key: String,
-    /// Value in nft syntax (maps only).
-    pub value: Option<String>,
+    /// Key fields.
+    pub key: Vec<Field>,
+    /// Value fields (maps only).
+    pub value: Option<Vec<Field>>,
 }
 
-fn elem(table: &'static str, set: &'static str, key: String, value: Option<String>) -> Elem {
+impl Elem {
+    /// The key in nft syntax.
+    pub fn key_text(&self) -> String {
+        concat(&self.key)
+    }
+
+    /// `key` or `key : value` in nft syntax.
+    pub fn text(&self) -> String {
+        match &self.value {
+            Some(v) => format!("{} : {}", concat(&self.key), concat(v)),
+            None => concat(&self.key),
+        }
+    }
+}
+
+fn elem(
+    table: &'static str,
+    set: &'static str,
+    key: Vec<Field>,
+    value: Option<Vec<Field>>,
+) -> Elem {
     Elem {
         table,
         set,
@@ -97,32 +160,38 @@ impl BoundEip {
 
     /// Elements keyed by the VIP (exclusively this EIP's).
     pub fn vip_elements(&self) -> Vec<Elem> {
-        let vip = self.eip.vip_ip.to_string();
+        let vip = || vec![Field::Addr(self.eip.vip_ip)];
         let mut out = vec![
             elem(
                 NAT,
                 "eip_dnat",
-                vip.clone(),
-                Some(self.eip.guest_ip.to_string()),
+                vip(),
+                Some(vec![Field::Addr(self.eip.guest_ip)]),
             ),
-            elem(FILTER, "eip_vips", vip.clone(), None),
+            elem(FILTER, "eip_vips", vip(), None),
         ];
         if self.eip.snat_inbound {
-            out.push(elem(NAT, "eip_masq", vip, None));
+            out.push(elem(NAT, "eip_masq", vip(), None));
         }
         out
     }
 
     /// Elements keyed by guest and public nic (owned by the lowest VIP of that guest there).
     pub fn guest_elements(&self) -> Vec<Elem> {
+        let key = || {
+            vec![
+                Field::Addr(self.eip.guest_ip),
+                Field::Ifname(self.public_if.clone()),
+            ]
+        };
         vec![
             elem(
                 NAT,
                 "eip_snat",
-                self.guest_key(),
-                Some(self.eip.vip_ip.to_string()),
+                key(),
+                Some(vec![Field::Addr(self.eip.vip_ip)]),
             ),
-            elem(FILTER, "eip_out", self.guest_key(), None),
+            elem(FILTER, "eip_out", key(), None),
         ]
     }
 }
@@ -139,7 +208,7 @@ pub fn bind_eip(
     nic(inputs, eip.private_mac, &format!("{field}.privateMac"))?;
     let by_state = vips.get(&eip.vip_ip).map(|v| v.owner_mac).or_else(|| {
         nics.values()
-            .filter(|n| crate::state::types::Cidr::new(n.ip, n.prefix).contains(eip.vip_ip))
+            .filter(|n| Cidr::new(n.ip, n.prefix).contains(eip.vip_ip))
             .max_by_key(|n| n.prefix.len())
             .map(|n| n.mac)
     });
@@ -165,7 +234,7 @@ pub fn needs_addresses<'a>(
         !vips.contains_key(&e.vip_ip)
             && !nics
                 .values()
-                .any(|n| crate::state::types::Cidr::new(n.ip, n.prefix).contains(e.vip_ip))
+                .any(|n| Cidr::new(n.ip, n.prefix).contains(e.vip_ip))
     })
 }
 
@@ -187,33 +256,25 @@ pub fn guest_elements<'a>(eips: impl IntoIterator<Item = &'a BoundEip>) -> Vec<E
 
 /// Elements of one port forward (all keyed by its VIP ports, which no other forward shares).
 pub fn pf_elements(pf: &PortForward) -> Vec<Elem> {
-    let proto = pf.protocol.name();
-    let vp = &pf.vip_ports;
-    let range = if vp.start == vp.end {
-        vp.start.to_string()
-    } else {
-        format!("{}-{}", vp.start, vp.end)
+    let vp = pf.vip_ports;
+    let claim = || {
+        vec![
+            Field::Addr(pf.vip_ip),
+            Field::Proto(pf.protocol),
+            Field::Ports(vp.start, vp.end),
+        ]
     };
-    let claim = format!("{} . {proto} . {range}", pf.vip_ip);
     let mark = if pf.snat_inbound {
         MARK_PF | MARK_PF_MASQ
     } else {
         MARK_PF
     };
-    let mut out = vec![elem(
-        NAT,
-        "pf_mark",
-        claim.clone(),
-        Some(format!("0x{mark:08x}")),
-    )];
+    let mut out = vec![elem(NAT, "pf_mark", claim(), Some(vec![Field::Mark(mark)]))];
     if let Some(cidr) = pf.allowed_cidr {
-        out.push(elem(
-            NAT,
-            "pf_allowed",
-            format!("{claim} . {}", cidr.network()),
-            None,
-        ));
-        out.push(elem(NAT, "pf_restricted", claim, None));
+        let mut allowed = claim();
+        allowed.push(Field::Net(cidr));
+        out.push(elem(NAT, "pf_allowed", allowed, None));
+        out.push(elem(NAT, "pf_restricted", claim(), None));
     }
     let (exact, ranged) = match pf.protocol {
         L4Proto::Tcp => ("pf_tcp", "pf_tcp_range"),
@@ -223,8 +284,8 @@ pub fn pf_elements(pf: &PortForward) -> Vec<Elem> {
         out.push(elem(
             NAT,
             ranged,
-            format!("{} . {range}", pf.vip_ip),
-            Some(pf.private_ip.to_string()),
+            vec![Field::Addr(pf.vip_ip), Field::Ports(vp.start, vp.end)],
+            Some(vec![Field::Addr(pf.private_ip)]),
         ));
     } else {
         // A shifted range keeps each port's offset: one element per port.
@@ -232,8 +293,8 @@ pub fn pf_elements(pf: &PortForward) -> Vec<Elem> {
             out.push(elem(
                 NAT,
                 exact,
-                format!("{} . {v}", pf.vip_ip),
-                Some(format!("{} . {p}", pf.private_ip)),
+                vec![Field::Addr(pf.vip_ip), Field::Port(v)],
+                Some(vec![Field::Addr(pf.private_ip), Field::Port(p)]),
             ));
         }
     }
@@ -337,7 +398,7 @@ pub fn guest_ifs<'a>(
 ) -> BTreeSet<String> {
     let mut macs: BTreeSet<MacAddr> = BTreeSet::new();
     for n in nics.values() {
-        let net = crate::state::types::Cidr::new(n.ip, n.prefix);
+        let net = Cidr::new(n.ip, n.prefix);
         if dhcp
             .values()
             .any(|h| h.gateway.is_some_and(|g| net.contains(g)))

@@ -28,6 +28,8 @@ pub struct Plan {
     pub skipped: Vec<NatError>,
     /// The guest nic set the transaction installs, when it installs one.
     pub guest_ifs: Option<BTreeSet<String>>,
+    /// When the change is element deletes and adds only: those (for the netlink path).
+    pub elements: Option<(Vec<Elem>, Vec<Elem>)>,
 }
 
 /// A replace of both tables with `state`; entries with missing nics are left out.
@@ -39,6 +41,7 @@ pub fn full(state: &DesiredState, inputs: &Inputs) -> Plan {
         flush: Vec::new(),
         skipped,
         guest_ifs: Some(rs.guest_ifs),
+        elements: None,
     }
 }
 
@@ -156,6 +159,7 @@ fn elements(deletes: Vec<Elem>, adds: Vec<Elem>, flush: Vec<Flush>) -> Plan {
     Plan {
         nft: render::element_ops(&deletes, &adds),
         flush,
+        elements: Some((deletes, adds)),
         ..Plan::default()
     }
 }

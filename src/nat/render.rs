@@ -1,7 +1,7 @@
 //! nft input text, pure: the two whole tables for a [`Ruleset`] (replacing ours in one
 //! transaction), and the small transactions of single-entry commands.
 
-use super::model::{Elem, FILTER, MARK_PF, MARK_PF_MASQ, NAT, Ruleset};
+use super::model::{Elem, FILTER, Field, MARK_PF, MARK_PF_MASQ, NAT, Ruleset};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
@@ -57,13 +57,6 @@ const SETS: &[(&str, &str, &str)] = &[
     (FILTER, "eip_out", "type ipv4_addr . ifname"),
 ];
 
-fn elem_text(e: &Elem) -> String {
-    match &e.value {
-        Some(v) => format!("{} : {v}", e.key),
-        None => e.key.clone(),
-    }
-}
-
 fn write_set(out: &mut String, name: &str, ty: &str, elems: &[&Elem]) {
     let kind = if ty.contains(" : ") { "map" } else { "set" };
     let _ = writeln!(out, "\t{kind} {name} {{");
@@ -75,7 +68,7 @@ fn write_set(out: &mut String, name: &str, ty: &str, elems: &[&Elem]) {
         let last = elems.len() - 1;
         for (i, e) in elems.iter().enumerate() {
             let sep = if i == last { "" } else { "," };
-            let _ = writeln!(out, "\t\t\t{}{sep}", elem_text(e));
+            let _ = writeln!(out, "\t\t\t{}{sep}", e.text());
         }
         out.push_str("\t\t}\n");
     }
@@ -162,7 +155,7 @@ pub fn full(rs: &Ruleset) -> String {
         .extend(rs.guest_ifs.iter().map(|n| Elem {
             table: FILTER,
             set: "guest_ifs",
-            key: format!("\"{n}\""),
+            key: vec![Field::Ifname(n.clone())],
             value: None,
         }));
     write_sets(&mut out, FILTER, &filter_sets);
@@ -221,16 +214,16 @@ pub fn full(rs: &Ruleset) -> String {
 pub fn element_ops(deletes: &[Elem], adds: &[Elem]) -> String {
     let mut out = String::new();
     for e in deletes {
-        let _ = writeln!(out, "delete element {} {} {{ {} }}", e.table, e.set, e.key);
-    }
-    for e in adds {
         let _ = writeln!(
             out,
-            "add element {} {} {{ {} }}",
+            "delete element {} {} {{ {} }}",
             e.table,
             e.set,
-            elem_text(e)
+            e.key_text()
         );
+    }
+    for e in adds {
+        let _ = writeln!(out, "add element {} {} {{ {} }}", e.table, e.set, e.text());
     }
     out
 }
