@@ -213,11 +213,12 @@ fn golden_renderings_load_into_nft_and_plans_reach_the_state_after() {
             "{name}: the plan applied to the state before differs from the state after"
         );
         // the same element changes over nfnetlink give the same tables
-        if let Some((deletes, adds)) = &p.elements {
+        if let Some(change) = &p.elements {
             load(&ns, &base_text);
             ns.enter(|| {
                 let mut sock = Nfnl::open().unwrap();
-                sock.apply(deletes, adds).unwrap();
+                sock.apply(&change.flush, &change.deletes, &change.adds)
+                    .unwrap();
             });
             assert_eq!(dump(&ns), replaced, "{name}: over nfnetlink");
         }
@@ -226,10 +227,10 @@ fn golden_renderings_load_into_nft_and_plans_reach_the_state_after() {
     load(&ns, &base_text);
     let before = dump(&ns);
     let p = plan::plan(&base, &plan_cases()[0].1, &inputs).unwrap();
-    let (_, adds) = p.elements.unwrap();
+    let adds = p.elements.unwrap().adds;
     let err = ns.enter(|| {
         let mut sock = Nfnl::open().unwrap();
-        sock.apply(&adds, &adds).unwrap_err().to_string()
+        sock.apply(&[], &adds, &adds).unwrap_err().to_string()
     });
     assert!(err.contains("missing"), "{err}");
     assert_eq!(dump(&ns), before);
@@ -240,11 +241,16 @@ fn netlink_batches_match_golden_files() {
     let inputs = inputs();
     let base = state_of("full");
     let mut ok = true;
-    for name in ["createeip-new", "createpf-shifted", "removeeip-owner"] {
+    for name in [
+        "createeip-new",
+        "createpf-shifted",
+        "removeeip-owner",
+        "synceip",
+    ] {
         let (_, cmd) = plan_cases().into_iter().find(|(n, _)| n == name).unwrap();
         let p = plan::plan(&base, &cmd, &inputs).unwrap();
-        let (deletes, adds) = p.elements.unwrap();
-        let (bytes, acked) = vr_agent::nat::netlink::batch(&deletes, &adds, 100);
+        let c = p.elements.unwrap();
+        let (bytes, acked) = vr_agent::nat::netlink::batch(&c.flush, &c.deletes, &c.adds, 100);
         let mut text = format!("# acknowledged: {acked:?}\n");
         for line in bytes.chunks(16) {
             let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();

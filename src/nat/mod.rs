@@ -97,7 +97,7 @@ impl NatBackend {
     /// Runs a plan's transaction: element changes over nfnetlink (no process), the rest
     /// through `nft`. A socket problem falls back to `nft`; a refusal is returned.
     async fn transact(&mut self, p: &Plan) -> Result<(), NatError> {
-        if let Some((deletes, adds)) = &p.elements {
+        if let Some(change) = &p.elements {
             if self.nfnl.is_none() {
                 match netlink::Nfnl::open() {
                     Ok(s) => self.nfnl = Some(s),
@@ -105,7 +105,7 @@ impl NatBackend {
                 }
             }
             if let Some(sock) = self.nfnl.as_mut() {
-                match sock.apply(deletes, adds) {
+                match sock.apply(&change.flush, &change.deletes, &change.adds) {
                     Ok(()) => return Ok(()),
                     Err(NatError::System(e)) => {
                         tracing::warn!(error = %e, "nfnetlink failed; using nft");

@@ -432,15 +432,32 @@ pub struct Ruleset {
     pub agent_ports: Vec<u16>,
 }
 
-/// Resolves a whole desired state. Entries whose nics cannot be found are left out and
-/// returned with the reason, so the rest still applies.
-pub fn resolve(state: &DesiredState, inputs: &Inputs) -> (Ruleset, Vec<NatError>) {
-    let mut skipped = Vec::new();
-    let mut rs = Ruleset {
-        mgmt_nic: inputs.mgmt_nic.clone(),
-        agent_ports: inputs.agent_ports.clone(),
-        ..Ruleset::default()
-    };
+/// The sets and maps that hold EIPs.
+pub const EIP_SETS: &[(&str, &str)] = &[
+    (NAT, "eip_dnat"),
+    (NAT, "eip_snat"),
+    (NAT, "eip_masq"),
+    (FILTER, "eip_vips"),
+    (FILTER, "eip_out"),
+];
+
+/// The sets and maps that hold port forwards.
+pub const PF_SETS: &[(&str, &str)] = &[
+    (NAT, "pf_tcp"),
+    (NAT, "pf_udp"),
+    (NAT, "pf_tcp_range"),
+    (NAT, "pf_udp_range"),
+    (NAT, "pf_mark"),
+    (NAT, "pf_restricted"),
+    (NAT, "pf_allowed"),
+];
+
+/// Every EIP element of `state`; EIPs that do not resolve go to `skipped`.
+pub fn eip_set_elements(
+    state: &DesiredState,
+    inputs: &Inputs,
+    skipped: &mut Vec<NatError>,
+) -> Vec<Elem> {
     let mut bound = Vec::new();
     for eip in state.eips.values() {
         match bind_eip(
@@ -454,10 +471,18 @@ pub fn resolve(state: &DesiredState, inputs: &Inputs) -> (Ruleset, Vec<NatError>
             Err(e) => skipped.push(e),
         }
     }
-    for b in &bound {
-        rs.elements.extend(b.vip_elements());
-    }
-    rs.elements.extend(guest_elements(&bound));
+    let mut out: Vec<Elem> = bound.iter().flat_map(BoundEip::vip_elements).collect();
+    out.extend(guest_elements(&bound));
+    out
+}
+
+/// Every port forward element of `state`; forwards that do not resolve go to `skipped`.
+pub fn pf_set_elements(
+    state: &DesiredState,
+    inputs: &Inputs,
+    skipped: &mut Vec<NatError>,
+) -> Vec<Elem> {
+    let mut out = Vec::new();
     for pf in state.port_forwards.values() {
         let field = format!(
             "port forward {} {}:{}-{}",
@@ -467,10 +492,26 @@ pub fn resolve(state: &DesiredState, inputs: &Inputs) -> (Ruleset, Vec<NatError>
             pf.vip_ports.end
         );
         match check_pf(pf, inputs, &field) {
-            Ok(()) => rs.elements.extend(pf_elements(pf)),
+            Ok(()) => out.extend(pf_elements(pf)),
             Err(e) => skipped.push(e),
         }
     }
+    out
+}
+
+/// Resolves a whole desired state. Entries whose nics cannot be found are left out and
+/// returned with the reason, so the rest still applies.
+pub fn resolve(state: &DesiredState, inputs: &Inputs) -> (Ruleset, Vec<NatError>) {
+    let mut skipped = Vec::new();
+    let mut rs = Ruleset {
+        mgmt_nic: inputs.mgmt_nic.clone(),
+        agent_ports: inputs.agent_ports.clone(),
+        ..Ruleset::default()
+    };
+    rs.elements
+        .extend(eip_set_elements(state, inputs, &mut skipped));
+    rs.elements
+        .extend(pf_set_elements(state, inputs, &mut skipped));
     for snat in state.snats.values() {
         match bind_snat(snat, inputs, &format!("snat {}", snat.private_nic_mac)) {
             Ok(b) => {

@@ -132,11 +132,7 @@ fn message(
 
 fn elements_message(op: Op, group: &[&Elem]) -> (u16, u8, Vec<u8>) {
     let first = group[0];
-    let (family, table) = match first.table.split_once(' ') {
-        Some(("inet", t)) => (NFPROTO_INET, t),
-        Some((_, t)) => (NFPROTO_IPV4, t),
-        None => (NFPROTO_IPV4, first.table),
-    };
+    let (family, table) = family_and_name(first.table);
     let mut list = Vec::new();
     for e in group {
         let mut el = Vec::new();
@@ -166,6 +162,15 @@ fn elements_message(op: Op, group: &[&Elem]) -> (u16, u8, Vec<u8>) {
     ((NFNL_SUBSYS_NFTABLES << 8) | kind, family, body)
 }
 
+/// `inet vr_filter` -> (NFPROTO_INET, "vr_filter").
+fn family_and_name(table: &str) -> (u8, &str) {
+    match table.split_once(' ') {
+        Some(("inet", t)) => (NFPROTO_INET, t),
+        Some((_, t)) => (NFPROTO_IPV4, t),
+        None => (NFPROTO_IPV4, table),
+    }
+}
+
 /// Add or delete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
@@ -175,7 +180,12 @@ enum Op {
 
 /// One batch: deletes, then adds, each run of elements of one set in one message. Returns the
 /// bytes and the sequence numbers that expect an acknowledgement.
-pub fn batch(deletes: &[Elem], adds: &[Elem], first_seq: u32) -> (Vec<u8>, Vec<u32>) {
+pub fn batch(
+    flush: &[(&str, &str)],
+    deletes: &[Elem],
+    adds: &[Elem],
+    first_seq: u32,
+) -> (Vec<u8>, Vec<u32>) {
     let mut out = Vec::new();
     let mut acked = Vec::new();
     let mut seq = first_seq;
@@ -189,6 +199,25 @@ pub fn batch(deletes: &[Elem], adds: &[Elem], first_seq: u32) -> (Vec<u8>, Vec<u
         res,
         &[],
     );
+    for (table, set) in flush {
+        // DELSETELEM without an element list empties the set
+        let (family, name) = family_and_name(table);
+        let mut body = Vec::new();
+        attr(&mut body, NFTA_SET_ELEM_LIST_TABLE, &cstr(name));
+        attr(&mut body, NFTA_SET_ELEM_LIST_SET, &cstr(set));
+        seq = seq.wrapping_add(1);
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELSETELEM;
+        message(
+            &mut out,
+            kind,
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            family,
+            0,
+            &body,
+        );
+        acked.push(seq);
+    }
     for (op, elems) in [(Op::Delete, deletes), (Op::Add, adds)] {
         let mut i = 0;
         while i < elems.len() {
@@ -256,11 +285,16 @@ impl Nfnl {
     }
 
     /// Applies the element changes as one transaction; the error carries the kernel's reason.
-    pub fn apply(&mut self, deletes: &[Elem], adds: &[Elem]) -> Result<(), NatError> {
-        if deletes.is_empty() && adds.is_empty() {
+    pub fn apply(
+        &mut self,
+        flush: &[(&str, &str)],
+        deletes: &[Elem],
+        adds: &[Elem],
+    ) -> Result<(), NatError> {
+        if flush.is_empty() && deletes.is_empty() && adds.is_empty() {
             return Ok(());
         }
-        let (bytes, mut waiting) = batch(deletes, adds, self.seq);
+        let (bytes, mut waiting) = batch(flush, deletes, adds, self.seq);
         self.seq = self.seq.wrapping_add(waiting.len() as u32 + 2);
         sendto(
             self.fd.as_raw_fd(),

@@ -28,8 +28,20 @@ pub struct Plan {
     pub skipped: Vec<NatError>,
     /// The guest nic set the transaction installs, when it installs one.
     pub guest_ifs: Option<BTreeSet<String>>,
-    /// When the change is element deletes and adds only: those (for the netlink path).
-    pub elements: Option<(Vec<Elem>, Vec<Elem>)>,
+    /// When the change is made of set flushes and element deletes and adds only: those
+    /// (for the netlink path; `nft` is the same change as text).
+    pub elements: Option<ElementChange>,
+}
+
+/// A transaction of set flushes, then element deletes, then element adds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ElementChange {
+    /// Sets emptied first (table, set).
+    pub flush: Vec<(&'static str, &'static str)>,
+    /// Elements deleted.
+    pub deletes: Vec<Elem>,
+    /// Elements added.
+    pub adds: Vec<Elem>,
 }
 
 /// A replace of both tables with `state`; entries with missing nics are left out.
@@ -47,7 +59,8 @@ pub fn full(state: &DesiredState, inputs: &Inputs) -> Plan {
 
 /// The plan of `cmd` on top of `before`. Every entry the command brings must resolve (else the
 /// error names the field and MAC); entries already in the state that no longer resolve make the
-/// plan a full replace that leaves them out.
+/// plan a full replace that leaves them out. Sync commands empty and refill the sets they
+/// cover, in one transaction.
 pub fn plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Plan, NatError> {
     match cmd {
         Command::CreateEip(eip) => eip_change(before, inputs, eip.vip_ip, Some(eip)),
@@ -57,9 +70,10 @@ pub fn plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Pla
                 bind_eip(e, &before.vips, &before.nics, inputs, &format!("eips[{i}]"))?;
             }
             let after = after(before, cmd)?;
-            let mut p = full(&after, inputs);
-            p.flush = changed_vips(&before.eips, &after.eips);
-            Ok(p)
+            let mut skipped = Vec::new();
+            let adds = model::eip_set_elements(&after, inputs, &mut skipped);
+            let conntrack = changed_vips(&before.eips, &after.eips);
+            Ok(replace_sets(model::EIP_SETS, adds, conntrack))
         }
         Command::CreatePortForwards(rules) => {
             let mut deletes = Vec::new();
@@ -103,9 +117,10 @@ pub fn plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Pla
                 check_pf(rule, inputs, &format!("rules[{i}]"))?;
             }
             let after = after(before, cmd)?;
-            let mut p = full(&after, inputs);
-            p.flush = changed_forwards(&before.port_forwards, &after.port_forwards);
-            Ok(p)
+            let mut skipped = Vec::new();
+            let adds = model::pf_set_elements(&after, inputs, &mut skipped);
+            let conntrack = changed_forwards(&before.port_forwards, &after.port_forwards);
+            Ok(replace_sets(model::PF_SETS, adds, conntrack))
         }
         Command::SetSnat(snat) => {
             bind_snat(snat, inputs, "snat")?;
@@ -156,10 +171,37 @@ fn after(before: &DesiredState, cmd: &Command) -> Result<DesiredState, NatError>
 
 fn elements(deletes: Vec<Elem>, adds: Vec<Elem>, flush: Vec<Flush>) -> Plan {
     let (deletes, adds) = diff(deletes, adds);
+    let change = ElementChange {
+        flush: Vec::new(),
+        deletes,
+        adds,
+    };
     Plan {
-        nft: render::element_ops(&deletes, &adds),
+        nft: render::element_ops(&change.flush, &change.deletes, &change.adds),
         flush,
-        elements: Some((deletes, adds)),
+        elements: Some(change),
+        ..Plan::default()
+    }
+}
+
+/// Replaces the content of `sets` with `adds` in one transaction (a sync command: it replaces
+/// everything it covers, whatever the kernel held).
+fn replace_sets(
+    sets: &[(&'static str, &'static str)],
+    mut adds: Vec<Elem>,
+    flush: Vec<Flush>,
+) -> Plan {
+    adds.sort();
+    adds.dedup();
+    let change = ElementChange {
+        flush: sets.to_vec(),
+        deletes: Vec::new(),
+        adds,
+    };
+    Plan {
+        nft: render::element_ops(&change.flush, &change.deletes, &change.adds),
+        flush,
+        elements: Some(change),
         ..Plan::default()
     }
 }

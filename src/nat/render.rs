@@ -210,20 +210,40 @@ pub fn full(rs: &Ruleset) -> String {
     out
 }
 
-/// Element deletes then adds, as one transaction's text.
-pub fn element_ops(deletes: &[Elem], adds: &[Elem]) -> String {
+fn is_map(set: &str) -> bool {
+    SETS.iter()
+        .any(|(_, n, ty)| *n == set && ty.contains(" : "))
+}
+
+/// Set flushes, element deletes, then adds, as one transaction's text (runs of one set on
+/// one line).
+pub fn element_ops(flush: &[(&str, &str)], deletes: &[Elem], adds: &[Elem]) -> String {
     let mut out = String::new();
-    for e in deletes {
-        let _ = writeln!(
-            out,
-            "delete element {} {} {{ {} }}",
-            e.table,
-            e.set,
-            e.key_text()
-        );
+    for (table, set) in flush {
+        let kind = if is_map(set) { "map" } else { "set" };
+        let _ = writeln!(out, "flush {kind} {table} {set}");
     }
-    for e in adds {
-        let _ = writeln!(out, "add element {} {} {{ {} }}", e.table, e.set, e.text());
+    for (verb, elems) in [("delete", deletes), ("add", adds)] {
+        let mut i = 0;
+        while i < elems.len() {
+            let (table, set) = (elems[i].table, elems[i].set);
+            let mut j = i;
+            let mut items = Vec::new();
+            while j < elems.len() && elems[j].table == table && elems[j].set == set {
+                items.push(if verb == "delete" {
+                    elems[j].key_text()
+                } else {
+                    elems[j].text()
+                });
+                j += 1;
+            }
+            let _ = writeln!(
+                out,
+                "{verb} element {table} {set} {{ {} }}",
+                items.join(", ")
+            );
+            i = j;
+        }
     }
     out
 }
