@@ -284,6 +284,8 @@ fn main() {
             median(fsync_ms)
         );
         println!("{report}");
+        let fallbacks = n.agent.log().matches("using nft").count();
+        println!("Element updates that fell back from nfnetlink to nft: {fallbacks}");
     });
     stop_a.store(true, Ordering::SeqCst);
     stop_b.store(true, Ordering::SeqCst);

@@ -304,6 +304,16 @@ fn sync_commands_replace_everything() {
         assert!(tcp_ask(&n.client, "10.10.1.60:8081", None).is_some());
         // the EIPs were left alone by the port forwarding sync
         assert!(tcp_ask(&n.client, "10.10.1.57:80", None).is_some());
+        // a large sync is one transaction over nfnetlink too
+        n.router.ip(&["addr", "add", "198.18.0.1/15", "dev", "eth1"]);
+        let mut many: Vec<serde_json::Value> = (0..3000)
+            .map(|i| eip(&format!("198.18.{}.{}", i / 250, i % 250 + 1), G1_MAC, &format!("172.21.{}.{}", i / 250, i % 250 + 1), false))
+            .collect();
+        many.push(eip("10.10.1.57", G2_MAC, GUEST2, false));
+        ok(&mn, api, "/synceip", json!({ "eips": many })).await;
+        assert!(tcp_ask(&n.client, "10.10.1.57:80", None).is_some());
+        let dnat = n.router.exec_ok(&["nft", "list", "map", "ip", "vr_nat", "eip_dnat"]);
+        assert_eq!(dnat.matches(" : 172.").count(), 3001, "{dnat}");
         // an empty sync clears
         ok(&mn, api, "/synceip", json!({"eips": []})).await;
         assert_eq!(tcp_ask(&n.client, "10.10.1.57:80", None), None);
@@ -313,6 +323,8 @@ fn sync_commands_replace_everything() {
         let ping = mn.call_sync(api, "/ping", &json!({})).await;
         assert_eq!(ping["healthy"], json!(true), "{ping}");
     });
+    let log = net.agent.log();
+    assert!(!log.contains("using nft"), "{log}");
 }
 
 fn http_echo(ns: &common::netns::Netns, addr: &str) -> Option<String> {

@@ -36,6 +36,10 @@ const NFTA_DATA_VALUE: u16 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
 const NFPROTO_INET: u8 = 1;
 const NFPROTO_IPV4: u8 = 2;
+/// Elements per message: keeps each message (and the kernel's echo of a refused one) small.
+const PER_MESSAGE: usize = 256;
+/// Receive buffer for acknowledgements.
+const RCVBUF: usize = 1 << 20;
 
 /// Sets whose elements are ranges (concatenations with `flags interval`).
 fn ranged(set: &str) -> bool {
@@ -223,6 +227,7 @@ pub fn batch(
         while i < elems.len() {
             let mut j = i + 1;
             while j < elems.len()
+                && j - i < PER_MESSAGE
                 && elems[j].table == elems[i].table
                 && elems[j].set == elems[i].set
             {
@@ -279,8 +284,10 @@ impl Nfnl {
         )
         .map_err(|e| sys("socket", e))?;
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(|e| sys("bind", e))?;
-        setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(2, 0))
+        setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(5, 0))
             .map_err(|e| sys("timeout", e))?;
+        // best effort: the defaults still work for small batches
+        let _ = setsockopt(&fd, sockopt::RcvBufForce, &RCVBUF);
         Ok(Nfnl { fd, seq: 1 })
     }
 
@@ -296,6 +303,11 @@ impl Nfnl {
         }
         let (bytes, mut waiting) = batch(flush, deletes, adds, self.seq);
         self.seq = self.seq.wrapping_add(waiting.len() as u32 + 2);
+        // One batch is one datagram: the send buffer must hold all of it.
+        if bytes.len() > 100_000 {
+            setsockopt(&self.fd, sockopt::SndBufForce, &(bytes.len() + 65536))
+                .map_err(|e| sys("send buffer", e))?;
+        }
         sendto(
             self.fd.as_raw_fd(),
             &bytes,
