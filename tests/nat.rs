@@ -432,3 +432,64 @@ fn a_failed_command_leaves_the_previous_state_and_a_restart_restores_it() {
     net.router.enter(|| net.agent.restart());
     assert!(tcp_ask(&net.client, "10.10.1.55:80", None).is_some());
 }
+
+#[test]
+fn a_vanished_nic_at_start_up_leaves_its_entries_out_reports_them_and_keeps_the_rest() {
+    let mut net = Net::new();
+    let _g1 = tcp_server(&net.guest1, "0.0.0.0:80");
+    let n = &net;
+    net.run(|mn, api| async move {
+        ok(
+            &mn,
+            api,
+            "/createeip",
+            json!({"eip": eip("10.10.1.55", G1_MAC, GUEST1, false)}),
+        )
+        .await;
+        ok(
+            &mn,
+            api,
+            "/createeip",
+            json!({"eip": eip("10.10.1.58", G2_MAC, GUEST2, false)}),
+        )
+        .await;
+        assert!(tcp_ask(&n.client, "10.10.1.55:80", None).is_some());
+    });
+    // guest 2's nic disappears, then the agent restarts and re-applies its state
+    net.router.ip(&["link", "del", "eth3"]);
+    net.router.enter(|| net.agent.restart());
+    let n = &net;
+    net.run(|mn, api| async move {
+        let ping = mn.call_sync(api, "/ping", &json!({})).await;
+        assert_eq!(ping["healthy"], json!(false), "{ping}");
+        let detail = ping["healthDetail"].as_str().unwrap();
+        assert!(
+            detail.contains(G2_MAC) && detail.contains("10.10.1.58"),
+            "{detail}"
+        );
+        // the rest is applied
+        assert_eq!(
+            tcp_ask(&n.client, "10.10.1.55:80", None).as_deref(),
+            Some("10.10.1.100 80")
+        );
+        // a new command on the surviving nic works; the report stays until the nic is back
+        ok(
+            &mn,
+            api,
+            "/createeip",
+            json!({"eip": eip("10.10.1.57", G1_MAC, GUEST1, false)}),
+        )
+        .await;
+        assert!(tcp_ask(&n.client, "10.10.1.57:80", None).is_some());
+        // removing the entry of the missing nic clears the report
+        ok(
+            &mn,
+            api,
+            "/removeeip",
+            json!({"eip": eip("10.10.1.58", G2_MAC, GUEST2, false)}),
+        )
+        .await;
+        let ping = mn.call_sync(api, "/ping", &json!({})).await;
+        assert_eq!(ping["healthy"], json!(true), "{ping}");
+    });
+}

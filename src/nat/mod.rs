@@ -220,9 +220,12 @@ impl Backend for NatBackend {
         cmd: &'a Command,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            self.change(before, cmd)
-                .await
-                .map_err(|e| BackendError::new(e.to_string()))
+            self.change(before, cmd).await.map_err(|e| match e {
+                NatError::Nic { .. } | NatError::NoPublicNic { .. } => {
+                    BackendError::new(format!("{e}; nothing was changed"))
+                }
+                other => BackendError::new(other.to_string()),
+            })
         })
     }
 

@@ -26,7 +26,7 @@ pub const MARK_PF_MASQ: u32 = 0x200;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NatError {
     /// A MAC of the request names no (or more than one) nic of the router.
-    #[error("{field}: {reason}; nothing was changed")]
+    #[error("{field}: {reason}")]
     Nic {
         /// The field that carries the MAC.
         field: String,
@@ -35,7 +35,7 @@ pub enum NatError {
     },
     /// No nic carries an EIP's VIP.
     #[error(
-        "eip {vip}: no nic of the router carries the VIP or a subnet containing it (create the VIP first); nothing was changed"
+        "eip {vip}: no nic of the router carries the VIP or a subnet containing it (create the VIP first)"
     )]
     NoPublicNic {
         /// The VIP.
