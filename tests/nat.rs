@@ -493,3 +493,37 @@ fn a_vanished_nic_at_start_up_leaves_its_entries_out_reports_them_and_keeps_the_
         assert_eq!(ping["healthy"], json!(true), "{ping}");
     });
 }
+
+#[test]
+fn dhcp_hosts_added_through_another_backend_open_dhcp_and_dns_on_their_nic() {
+    use vr_agent::backend::Backend;
+    use vr_agent::state::{Command, DesiredState};
+    let router = common::netns::Netns::new("vrnr");
+    let guest = common::netns::Netns::new("vrng");
+    common::netns::veth(&router, "eth2", G1_MAC, &guest, "g0", "fa:7e:4b:00:00:12");
+    router.ip(&["addr", "add", "172.20.0.1/24", "dev", "eth2"]);
+    guest.ip(&["addr", "add", &format!("{GUEST1}/24"), "dev", "g0"]);
+    let _dns = udp_server(&router, "0.0.0.0:53");
+    let health = std::sync::Arc::new(vr_agent::health::Health::default());
+    let mut backend = vr_agent::nat::NatBackend::with("eth0".into(), vec![7272], health.clone());
+    let mut state = DesiredState::default();
+    router.block_on(|| async {
+        backend.reconcile(&state).await.unwrap();
+    });
+    assert_eq!(udp_ask(&guest, "172.20.0.1:53", None), None);
+    // a DHCP host naming the router's nic, as /adddhcp (the DHCP backend's command) sets it
+    let host: Command = serde_json::from_value(json!({"cmd": "add_dhcp", "args": {"rebuild": false, "hosts": [
+        {"mac": "fa:3c:91:5e:22:07", "ip": GUEST1, "prefix": 24, "gateway": "172.20.0.1", "dns": [],
+         "hostname": null, "vr_nic_mac": G1_MAC, "dns_domain": null, "is_default_l3": true, "mtu": null}
+    ]}}))
+    .unwrap();
+    state.apply(&host).unwrap();
+    router.block_on(|| async { backend.observe(&state).await });
+    assert_eq!(
+        udp_ask(&guest, "172.20.0.1:53", None).as_deref(),
+        Some("172.20.0.15 53")
+    );
+    let set = router.exec_ok(&["nft", "list", "set", "inet", "vr_filter", "guest_ifs"]);
+    assert!(set.contains("\"eth2\""), "{set}");
+    assert!(health.report().0);
+}

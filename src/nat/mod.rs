@@ -18,6 +18,7 @@ use crate::backend::{Backend, BackendError, BoxFuture};
 use crate::config::Config;
 use crate::health::Health;
 use crate::state::model::Eip;
+use crate::state::types::MacAddr;
 use crate::state::{Command, DesiredState, Feature};
 use inputs::Inputs;
 use model::{NatError, needs_addresses};
@@ -27,6 +28,8 @@ use std::sync::Arc;
 
 /// Health source while entries are left out for missing nics.
 pub const HEALTH_SKIPPED: &str = "nat";
+/// Health source while the guest nic set could not follow a change of nics or DHCP hosts.
+pub const HEALTH_GUESTS: &str = "nat:guest nics";
 
 /// The nftables backend of the NAT and firewall features.
 pub struct NatBackend {
@@ -42,18 +45,30 @@ pub struct NatBackend {
     guest_ifs: Option<BTreeSet<String>>,
     /// The nfnetlink socket of element updates, opened on first use.
     nfnl: Option<netlink::Nfnl>,
+    /// Guest nic MACs last seen by [`Backend::observe`], to skip unchanged states cheaply.
+    observed_guests: Option<BTreeSet<MacAddr>>,
 }
 
 impl NatBackend {
     /// A backend for this agent's settings.
     pub fn new(config: &Config, health: Arc<Health>) -> NatBackend {
+        NatBackend::with(
+            config.mgmt_nic.clone(),
+            vec![config.vr_listen.port(), config.appliance_listen.port()],
+            health,
+        )
+    }
+
+    /// A backend with this management nic and these agent ports.
+    pub fn with(mgmt_nic: String, agent_ports: Vec<u16>, health: Arc<Health>) -> NatBackend {
         NatBackend {
-            mgmt_nic: config.mgmt_nic.clone(),
-            agent_ports: vec![config.vr_listen.port(), config.appliance_listen.port()],
+            mgmt_nic,
+            agent_ports,
             health,
             degraded: false,
             guest_ifs: None,
             nfnl: None,
+            observed_guests: None,
         }
     }
 
@@ -226,6 +241,43 @@ impl Backend for NatBackend {
                 }
                 other => BackendError::new(other.to_string()),
             })
+        })
+    }
+
+    fn observe<'a>(&'a mut self, after: &'a DesiredState) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let macs = model::guest_macs(&after.nics, after.snats.values(), &after.dhcp_hosts);
+            if self.observed_guests.as_ref() == Some(&macs) {
+                return;
+            }
+            let names = match crate::nics::by_mac() {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the nics");
+                    return;
+                }
+            };
+            let inputs = Inputs {
+                names,
+                ..Inputs::default()
+            };
+            let now = model::guest_ifs(
+                &after.nics,
+                after.snats.values(),
+                &after.dhcp_hosts,
+                &inputs,
+            );
+            if self.guest_ifs.as_ref() != Some(&now) {
+                if let Err(e) = nft::apply(&render::guest_ifs_rewrite(&now)).await {
+                    tracing::warn!(error = %e, "guest nic set not updated");
+                    self.health.set(HEALTH_GUESTS, e.to_string());
+                    return;
+                }
+                tracing::info!(guest_nics = ?now, "guest nics updated");
+                self.guest_ifs = Some(now);
+            }
+            self.health.clear(HEALTH_GUESTS);
+            self.observed_guests = Some(macs);
         })
     }
 

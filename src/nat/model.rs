@@ -396,6 +396,18 @@ pub fn guest_ifs<'a>(
     dhcp: &BTreeMap<MacAddr, DhcpHost>,
     inputs: &Inputs,
 ) -> BTreeSet<String> {
+    guest_macs(nics, snats, dhcp)
+        .into_iter()
+        .filter_map(|m| name_of(&inputs.names, m).ok().map(str::to_string))
+        .collect()
+}
+
+/// The MACs of the router's guest nics (see [`guest_ifs`]).
+pub fn guest_macs<'a>(
+    nics: &BTreeMap<MacAddr, Nic>,
+    snats: impl IntoIterator<Item = &'a Snat>,
+    dhcp: &BTreeMap<MacAddr, DhcpHost>,
+) -> BTreeSet<MacAddr> {
     let mut macs: BTreeSet<MacAddr> = BTreeSet::new();
     for n in nics.values() {
         let net = Cidr::new(n.ip, n.prefix);
@@ -408,9 +420,7 @@ pub fn guest_ifs<'a>(
     }
     macs.extend(snats.into_iter().map(|s| s.private_nic_mac));
     macs.extend(dhcp.values().filter_map(|h| h.vr_nic_mac));
-    macs.into_iter()
-        .filter_map(|m| name_of(&inputs.names, m).ok().map(str::to_string))
-        .collect()
+    macs
 }
 
 /// Everything our two tables hold for one desired state.
