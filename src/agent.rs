@@ -228,6 +228,11 @@ impl Agent {
             // listen addresses): bring them along. Failures show in health.
             self.reconcile_others(index).await;
         }
+        for (i, backend) in self.backends.iter_mut().enumerate() {
+            if Some(i) != index {
+                backend.observe(&self.desired).await;
+            }
+        }
         self.publish();
         Ok(())
     }

@@ -40,6 +40,13 @@ pub trait Backend: Send {
         state: &'a DesiredState,
     ) -> BoxFuture<'a, Result<(), BackendError>>;
 
+    /// Called after a command of another backend's feature changed the desired state (now
+    /// `after`), for renderings that read other features' entries (the firewall accepts DHCP
+    /// and DNS on the nics DHCP hosts use). Problems go to health. Default: nothing.
+    fn observe<'a>(&'a mut self, _after: &'a DesiredState) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
     /// Stops anything the backend runs (processes it supervises). Default: nothing.
     fn shutdown(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async {})

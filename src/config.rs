@@ -28,6 +28,9 @@ pub struct Config {
     /// Seconds a callback is retried on connection errors.
     #[arg(long, default_value_t = 60)]
     pub callback_retry_secs: u64,
+    /// The management nic: ssh and the agent's ports are accepted only there.
+    #[arg(long, default_value = "eth0")]
+    pub mgmt_nic: String,
 }
 
 /// Settings of `vr-agent bootstrap`.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod health;
 pub mod link;
 pub mod md5sum;
+pub mod nat;
 pub mod nics;
 pub mod notify;
 pub mod protocol;

@@ -25,7 +25,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve the management node's HTTP protocol.
+    /// Serve the management node's HTTP protocol (a flag given twice: the last one wins).
+    #[command(args_override_self = true)]
     Serve {
         #[command(flatten)]
         config: Config,

@@ -50,6 +50,7 @@ pub fn backends(config: &Config, health: &Arc<Health>) -> Vec<Box<dyn Backend>> 
             crate::bootstrap::cache_path(&config.state_dir),
             Arc::clone(health),
         )),
+        Box::new(crate::nat::NatBackend::new(config, Arc::clone(health))),
     ]
 }
 

@@ -1,0 +1,309 @@
+//! NAT (SNAT, EIP, port forwarding) and the appliance firewall on nftables, in two tables of
+//! our own (`ip vr_nat`, `inet vr_filter`) built around maps and sets, so a command and a
+//! forwarded packet cost the same at 10 or 10,000 entries.
+//!
+//! desired state + [`inputs::Inputs`] -> [`model`] (entries bound to nic names) -> [`render`]
+//! (nft text) / [`plan`] (what one command changes) -> [`nft`] (one transaction) ->
+//! [`conntrack`] (forget flows of removed or remapped entries).
+
+pub mod conntrack;
+pub mod inputs;
+pub mod model;
+pub mod netlink;
+pub mod nft;
+pub mod plan;
+pub mod render;
+
+use crate::backend::{Backend, BackendError, BoxFuture};
+use crate::config::Config;
+use crate::health::Health;
+use crate::state::model::Eip;
+use crate::state::types::MacAddr;
+use crate::state::{Command, DesiredState, Feature};
+use inputs::Inputs;
+use model::{NatError, needs_addresses};
+use plan::Plan;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// Health source while entries are left out for missing nics.
+pub const HEALTH_SKIPPED: &str = "nat";
+/// Health source while the guest nic set could not follow a change of nics or DHCP hosts.
+pub const HEALTH_GUESTS: &str = "nat:guest nics";
+
+/// The nftables backend of the NAT and firewall features.
+pub struct NatBackend {
+    mgmt_nic: String,
+    agent_ports: Vec<u16>,
+    health: Arc<Health>,
+    /// The last replace left entries out: the tables may lack what the state holds, so the
+    /// next change replaces them again instead of patching.
+    degraded: bool,
+    /// The guest nic set last installed (DHCP and DNS are accepted there). Commands of other
+    /// features (DHCP hosts, nics) change it without reaching this backend, so every change
+    /// of ours brings it up to date.
+    guest_ifs: Option<BTreeSet<String>>,
+    /// The nfnetlink socket of element updates, opened on first use.
+    nfnl: Option<netlink::Nfnl>,
+    /// Guest nic MACs last seen by [`Backend::observe`], to skip unchanged states cheaply.
+    observed_guests: Option<BTreeSet<MacAddr>>,
+}
+
+impl NatBackend {
+    /// A backend for this agent's settings.
+    pub fn new(config: &Config, health: Arc<Health>) -> NatBackend {
+        NatBackend::with(
+            config.mgmt_nic.clone(),
+            vec![config.vr_listen.port(), config.appliance_listen.port()],
+            health,
+        )
+    }
+
+    /// A backend with this management nic and these agent ports.
+    pub fn with(mgmt_nic: String, agent_ports: Vec<u16>, health: Arc<Health>) -> NatBackend {
+        NatBackend {
+            mgmt_nic,
+            agent_ports,
+            health,
+            degraded: false,
+            guest_ifs: None,
+            nfnl: None,
+            observed_guests: None,
+        }
+    }
+
+    fn inputs<'a>(
+        &self,
+        state: &DesiredState,
+        eips: impl IntoIterator<Item = &'a Eip>,
+    ) -> Result<Inputs, NatError> {
+        let names = crate::nics::by_mac()
+            .map_err(|e| NatError::System(format!("cannot list the nics: {e}")))?;
+        let addrs = if needs_addresses(eips, &state.vips, &state.nics) {
+            inputs::addresses()
+                .map_err(|e| NatError::System(format!("cannot list the addresses: {e}")))?
+        } else {
+            Vec::new()
+        };
+        Ok(Inputs {
+            names,
+            addrs,
+            mgmt_nic: self.mgmt_nic.clone(),
+            agent_ports: self.agent_ports.clone(),
+        })
+    }
+
+    fn note_skipped(&mut self, plan: &Plan) {
+        if !plan.full {
+            return;
+        }
+        self.degraded = !plan.skipped.is_empty();
+        if plan.skipped.is_empty() {
+            self.health.clear(HEALTH_SKIPPED);
+        } else {
+            let reasons: Vec<String> = plan.skipped.iter().map(ToString::to_string).collect();
+            self.health.set(
+                HEALTH_SKIPPED,
+                format!("left out for missing nics: {}", reasons.join("; ")),
+            );
+        }
+    }
+
+    /// Runs a plan's transaction: element changes over nfnetlink (no process), the rest
+    /// through `nft`. A socket problem falls back to `nft`; a refusal is returned.
+    async fn transact(&mut self, p: &Plan) -> Result<(), NatError> {
+        if let Some(change) = &p.elements {
+            if self.nfnl.is_none() {
+                match netlink::Nfnl::open() {
+                    Ok(s) => self.nfnl = Some(s),
+                    Err(e) => tracing::warn!(error = %e, "no nfnetlink socket; using nft"),
+                }
+            }
+            if let Some(sock) = self.nfnl.as_mut() {
+                match sock.apply(&change.flush, &change.deletes, &change.adds) {
+                    Ok(()) => return Ok(()),
+                    Err(NatError::System(e)) => {
+                        tracing::warn!(error = %e, "nfnetlink failed; using nft");
+                        self.nfnl = None;
+                    }
+                    Err(refused) => return Err(refused),
+                }
+            }
+        }
+        nft::apply(&p.nft).await
+    }
+
+    async fn change(&mut self, before: &DesiredState, cmd: &Command) -> Result<(), NatError> {
+        let cmd_eips: Vec<&Eip> = match cmd {
+            Command::CreateEip(e) | Command::RemoveEip(e) => vec![e],
+            Command::SyncEips(new) => new.iter().collect(),
+            _ => Vec::new(),
+        };
+        let replaces =
+            self.degraded || matches!(cmd, Command::SyncEips(_) | Command::SyncPortForwards(_));
+        let eips: Vec<&Eip> = if replaces {
+            before
+                .eips
+                .values()
+                .chain(cmd_eips.iter().copied())
+                .collect()
+        } else {
+            // the entry at the same VIP and those sharing a guest with the command's EIP
+            before
+                .eips
+                .values()
+                .filter(|o| {
+                    cmd_eips
+                        .iter()
+                        .any(|e| o.vip_ip == e.vip_ip || o.guest_ip == e.guest_ip)
+                })
+                .chain(cmd_eips.iter().copied())
+                .collect()
+        };
+        let inputs = self.inputs(before, eips)?;
+        let mut p = plan::plan(before, cmd, &inputs)?;
+        if self.degraded && !p.full && !p.nft.is_empty() {
+            p = replace_plan(before, cmd, &inputs)?;
+        }
+        if p.guest_ifs.is_none() {
+            let now = model::guest_ifs(
+                &before.nics,
+                before.snats.values(),
+                &before.dhcp_hosts,
+                &inputs,
+            );
+            if self.guest_ifs.as_ref() != Some(&now) {
+                p.nft.push_str(&render::guest_ifs_rewrite(&now));
+                p.guest_ifs = Some(now);
+                // the set rewrite is not an element change: this one goes through nft
+                p.elements = None;
+            }
+        }
+        if !p.nft.is_empty() {
+            if p.nft.len() <= 4096 {
+                tracing::debug!(full = p.full, nft = %p.nft, "nft transaction");
+            } else {
+                tracing::debug!(full = p.full, bytes = p.nft.len(), "nft transaction");
+            }
+            if let Err(e) = self.transact(&p).await {
+                if p.full {
+                    return Err(e);
+                }
+                // Our tables may have drifted from the state (changed by hand): replace them.
+                tracing::warn!(error = %e, "element update refused; replacing our tables");
+                let all =
+                    self.inputs(before, before.eips.values().chain(cmd_eips.iter().copied()))?;
+                let full = replace_plan(before, cmd, &all)?;
+                nft::apply(&full.nft).await.map_err(|_| e)?;
+                p.full = true;
+                p.skipped = full.skipped;
+                p.guest_ifs = full.guest_ifs;
+            }
+        }
+        self.note_skipped(&p);
+        if p.guest_ifs.is_some() {
+            self.guest_ifs = p.guest_ifs.take();
+        }
+        let problems = conntrack::run(&p.flush).await;
+        for problem in problems {
+            tracing::warn!(%problem, "stale flows may keep their old translation");
+        }
+        Ok(())
+    }
+}
+
+/// A full replace with the state after `cmd`.
+fn replace_plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Plan, NatError> {
+    let mut after = before.clone();
+    after
+        .apply(cmd)
+        .map_err(|e| NatError::System(e.to_string()))?;
+    let flush = plan::plan(before, cmd, inputs)?.flush;
+    let mut p = plan::full(&after, inputs);
+    p.flush = flush;
+    Ok(p)
+}
+
+impl Backend for NatBackend {
+    fn features(&self) -> &'static [Feature] {
+        &[Feature::Nat, Feature::Firewall]
+    }
+
+    fn apply<'a>(
+        &'a mut self,
+        before: &'a DesiredState,
+        cmd: &'a Command,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            self.change(before, cmd).await.map_err(|e| match e {
+                NatError::Nic { .. } | NatError::NoPublicNic { .. } => {
+                    BackendError::new(format!("{e}; nothing was changed"))
+                }
+                other => BackendError::new(other.to_string()),
+            })
+        })
+    }
+
+    fn observe<'a>(&'a mut self, after: &'a DesiredState) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let macs = model::guest_macs(&after.nics, after.snats.values(), &after.dhcp_hosts);
+            if self.observed_guests.as_ref() == Some(&macs) {
+                return;
+            }
+            let names = match crate::nics::by_mac() {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the nics");
+                    return;
+                }
+            };
+            let inputs = Inputs {
+                names,
+                ..Inputs::default()
+            };
+            let now = model::guest_ifs(
+                &after.nics,
+                after.snats.values(),
+                &after.dhcp_hosts,
+                &inputs,
+            );
+            if self.guest_ifs.as_ref() != Some(&now) {
+                if let Err(e) = nft::apply(&render::guest_ifs_rewrite(&now)).await {
+                    tracing::warn!(error = %e, "guest nic set not updated");
+                    self.health.set(HEALTH_GUESTS, e.to_string());
+                    return;
+                }
+                tracing::info!(guest_nics = ?now, "guest nics updated");
+                self.guest_ifs = Some(now);
+            }
+            self.health.clear(HEALTH_GUESTS);
+            self.observed_guests = Some(macs);
+        })
+    }
+
+    fn reconcile<'a>(
+        &'a mut self,
+        state: &'a DesiredState,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let inputs = self
+                .inputs(state, state.eips.values())
+                .map_err(|e| BackendError::new(e.to_string()))?;
+            let p = plan::full(state, &inputs);
+            nft::apply(&p.nft)
+                .await
+                .map_err(|e| BackendError::new(e.to_string()))?;
+            self.note_skipped(&p);
+            self.guest_ifs = p.guest_ifs;
+            tracing::info!(
+                eips = state.eips.len(),
+                port_forwards = state.port_forwards.len(),
+                snats = state.snats.len(),
+                firewall_rules = state.firewall.len(),
+                skipped = p.skipped.len(),
+                "nat and firewall tables replaced"
+            );
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,542 @@
+//! Resolution: desired-state entries bound to interface names, as the set elements and the
+//! few rules of our two tables. Pure: the system is seen only through [`Inputs`].
+
+use super::inputs::{Inputs, nic_holding};
+use crate::nics::name_of;
+use crate::state::DesiredState;
+use crate::state::model::{
+    DhcpHost, Eip, FirewallProto, FirewallRule, L4Proto, Nic, PortForward, Snat, Vip,
+};
+use crate::state::types::{Cidr, MacAddr};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// The NAT table (family and name, as nft commands spell it).
+pub const NAT: &str = "ip vr_nat";
+/// The filter table.
+pub const FILTER: &str = "inet vr_filter";
+
+/// `ct mark` bit of connections a port forward translated (accepted in forward).
+pub const MARK_PF: u32 = 0x100;
+/// `ct mark` bit of port-forwarded connections that are also source-NATed inbound.
+pub const MARK_PF_MASQ: u32 = 0x200;
+
+/// Why the NAT backend cannot render or apply something.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NatError {
+    /// A MAC of the request names no (or more than one) nic of the router.
+    #[error("{field}: {reason}")]
+    Nic {
+        /// The field that carries the MAC.
+        field: String,
+        /// What is wrong with it (names the MAC).
+        reason: String,
+    },
+    /// No nic carries an EIP's VIP.
+    #[error(
+        "eip {vip}: no nic of the router carries the VIP or a subnet containing it (create the VIP first)"
+    )]
+    NoPublicNic {
+        /// The VIP.
+        vip: Ipv4Addr,
+    },
+    /// nft refused the transaction.
+    #[error("nft refused the change, nothing was changed: {0}")]
+    Nft(String),
+    /// A system read or a helper process failed.
+    #[error("{0}")]
+    System(String),
+}
+
+/// One field of an element's key or value, in a concatenation.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Field {
+    /// An IPv4 address.
+    Addr(Ipv4Addr),
+    /// A port.
+    Port(u16),
+    /// An inclusive port range (one port when both ends are equal).
+    Ports(u16, u16),
+    /// A layer-4 protocol.
+    Proto(L4Proto),
+    /// An interface name.
+    Ifname(String),
+    /// An address prefix (as its network).
+    Net(Cidr),
+    /// A `ct mark` value.
+    Mark(u32),
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Field::Addr(a) => write!(f, "{a}"),
+            Field::Port(p) => write!(f, "{p}"),
+            Field::Ports(lo, hi) if lo == hi => write!(f, "{lo}"),
+            Field::Ports(lo, hi) => write!(f, "{lo}-{hi}"),
+            Field::Proto(p) => f.write_str(p.name()),
+            Field::Ifname(n) => write!(f, "\"{n}\""),
+            Field::Net(c) => write!(f, "{}", c.network()),
+            Field::Mark(m) => write!(f, "0x{m:08x}"),
+        }
+    }
+}
+
+fn concat(fields: &[Field]) -> String {
+    fields
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
+/// One element of a set or map of ours.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Elem {
+    /// [`NAT`] or [`FILTER`].
+    pub table: &'static str,
+    /// Set or map name.
+    pub set: &'static str,
+    /// Key fields.
+    pub key: Vec<Field>,
+    /// Value fields (maps only).
+    pub value: Option<Vec<Field>>,
+}
+
+impl Elem {
+    /// The key in nft syntax.
+    pub fn key_text(&self) -> String {
+        concat(&self.key)
+    }
+
+    /// `key` or `key : value` in nft syntax.
+    pub fn text(&self) -> String {
+        match &self.value {
+            Some(v) => format!("{} : {}", concat(&self.key), concat(v)),
+            None => concat(&self.key),
+        }
+    }
+}
+
+fn elem(
+    table: &'static str,
+    set: &'static str,
+    key: Vec<Field>,
+    value: Option<Vec<Field>>,
+) -> Elem {
+    Elem {
+        table,
+        set,
+        key,
+        value,
+    }
+}
+
+/// The name of the nic with `mac`, or the error naming `field` and the MAC.
+pub fn nic(inputs: &Inputs, mac: MacAddr, field: &str) -> Result<String, NatError> {
+    name_of(&inputs.names, mac)
+        .map(str::to_string)
+        .map_err(|reason| NatError::Nic {
+            field: field.to_string(),
+            reason,
+        })
+}
+
+/// An EIP bound to its public nic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoundEip {
+    /// The entry.
+    pub eip: Eip,
+    /// Name of the nic that carries the VIP (guest traffic leaving there is SNATed to it).
+    pub public_if: String,
+}
+
+impl BoundEip {
+    /// Key of the guest-side elements (`guest . "public nic"`), shared by EIPs of one guest.
+    pub fn guest_key(&self) -> String {
+        format!("{} . \"{}\"", self.eip.guest_ip, self.public_if)
+    }
+
+    /// Elements keyed by the VIP (exclusively this EIP's).
+    pub fn vip_elements(&self) -> Vec<Elem> {
+        let vip = || vec![Field::Addr(self.eip.vip_ip)];
+        let mut out = vec![
+            elem(
+                NAT,
+                "eip_dnat",
+                vip(),
+                Some(vec![Field::Addr(self.eip.guest_ip)]),
+            ),
+            elem(FILTER, "eip_vips", vip(), None),
+        ];
+        if self.eip.snat_inbound {
+            out.push(elem(NAT, "eip_masq", vip(), None));
+        }
+        out
+    }
+
+    /// Elements keyed by guest and public nic (owned by the lowest VIP of that guest there).
+    pub fn guest_elements(&self) -> Vec<Elem> {
+        let key = || {
+            vec![
+                Field::Addr(self.eip.guest_ip),
+                Field::Ifname(self.public_if.clone()),
+            ]
+        };
+        vec![
+            elem(
+                NAT,
+                "eip_snat",
+                key(),
+                Some(vec![Field::Addr(self.eip.vip_ip)]),
+            ),
+            elem(FILTER, "eip_out", key(), None),
+        ]
+    }
+}
+
+/// The public nic of an EIP: the owner of its VIP in the desired state, else a nic of the
+/// desired state whose subnet holds it, else the nic that holds it in the kernel.
+pub fn bind_eip(
+    eip: &Eip,
+    vips: &BTreeMap<Ipv4Addr, Vip>,
+    nics: &BTreeMap<MacAddr, Nic>,
+    inputs: &Inputs,
+    field: &str,
+) -> Result<BoundEip, NatError> {
+    nic(inputs, eip.private_mac, &format!("{field}.privateMac"))?;
+    let by_state = vips.get(&eip.vip_ip).map(|v| v.owner_mac).or_else(|| {
+        nics.values()
+            .filter(|n| Cidr::new(n.ip, n.prefix).contains(eip.vip_ip))
+            .max_by_key(|n| n.prefix.len())
+            .map(|n| n.mac)
+    });
+    let public_if = match by_state {
+        Some(mac) => nic(inputs, mac, &format!("vip {} owner", eip.vip_ip))?,
+        None => nic_holding(&inputs.addrs, eip.vip_ip)
+            .map(str::to_string)
+            .ok_or(NatError::NoPublicNic { vip: eip.vip_ip })?,
+    };
+    Ok(BoundEip {
+        eip: eip.clone(),
+        public_if,
+    })
+}
+
+/// True if the public nic of some EIP in `eips` can only be found from the kernel's addresses.
+pub fn needs_addresses<'a>(
+    eips: impl IntoIterator<Item = &'a Eip>,
+    vips: &BTreeMap<Ipv4Addr, Vip>,
+    nics: &BTreeMap<MacAddr, Nic>,
+) -> bool {
+    eips.into_iter().any(|e| {
+        !vips.contains_key(&e.vip_ip)
+            && !nics
+                .values()
+                .any(|n| Cidr::new(n.ip, n.prefix).contains(e.vip_ip))
+    })
+}
+
+/// Guest-side elements of a set of bound EIPs: for each `guest . nic`, the lowest VIP wins.
+pub fn guest_elements<'a>(eips: impl IntoIterator<Item = &'a BoundEip>) -> Vec<Elem> {
+    let mut owners: BTreeMap<String, &BoundEip> = BTreeMap::new();
+    for e in eips {
+        owners
+            .entry(e.guest_key())
+            .and_modify(|o| {
+                if e.eip.vip_ip < o.eip.vip_ip {
+                    *o = e;
+                }
+            })
+            .or_insert(e);
+    }
+    owners.values().flat_map(|e| e.guest_elements()).collect()
+}
+
+/// Elements of one port forward (all keyed by its VIP ports, which no other forward shares).
+pub fn pf_elements(pf: &PortForward) -> Vec<Elem> {
+    let vp = pf.vip_ports;
+    let claim = || {
+        vec![
+            Field::Addr(pf.vip_ip),
+            Field::Proto(pf.protocol),
+            Field::Ports(vp.start, vp.end),
+        ]
+    };
+    let mark = if pf.snat_inbound {
+        MARK_PF | MARK_PF_MASQ
+    } else {
+        MARK_PF
+    };
+    let mut out = vec![elem(NAT, "pf_mark", claim(), Some(vec![Field::Mark(mark)]))];
+    if let Some(cidr) = pf.allowed_cidr {
+        let mut allowed = claim();
+        allowed.push(Field::Net(cidr));
+        out.push(elem(NAT, "pf_allowed", allowed, None));
+        out.push(elem(NAT, "pf_restricted", claim(), None));
+    }
+    let (exact, ranged) = match pf.protocol {
+        L4Proto::Tcp => ("pf_tcp", "pf_tcp_range"),
+        L4Proto::Udp => ("pf_udp", "pf_udp_range"),
+    };
+    if pf.vip_ports == pf.private_ports && vp.start != vp.end {
+        out.push(elem(
+            NAT,
+            ranged,
+            vec![Field::Addr(pf.vip_ip), Field::Ports(vp.start, vp.end)],
+            Some(vec![Field::Addr(pf.private_ip)]),
+        ));
+    } else {
+        // A shifted range keeps each port's offset: one element per port.
+        for (v, p) in (vp.start..=vp.end).zip(pf.private_ports.start..=pf.private_ports.end) {
+            out.push(elem(
+                NAT,
+                exact,
+                vec![Field::Addr(pf.vip_ip), Field::Port(v)],
+                Some(vec![Field::Addr(pf.private_ip), Field::Port(p)]),
+            ));
+        }
+    }
+    out
+}
+
+/// Checks that a port forward's guest nic exists.
+pub fn check_pf(pf: &PortForward, inputs: &Inputs, field: &str) -> Result<(), NatError> {
+    nic(inputs, pf.private_mac, &format!("{field}.privateMac")).map(|_| ())
+}
+
+/// Source NAT of one guest subnet, bound to nic names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoundSnat {
+    /// Public nic.
+    pub public_if: String,
+    /// Guest nic.
+    pub private_if: String,
+    /// The entry.
+    pub snat: Snat,
+}
+
+impl BoundSnat {
+    /// The rule of the `snat_subnets` chain (NAT table).
+    pub fn nat_rule(&self) -> String {
+        format!(
+            "oifname \"{}\" ip saddr {} snat ip to {}",
+            self.public_if,
+            self.snat.private_net.network(),
+            self.snat.public_ip
+        )
+    }
+
+    /// The rule of the `snat_fwd` chain (filter table): guest -> public is forwarded.
+    pub fn forward_rule(&self) -> String {
+        format!(
+            "iifname \"{}\" oifname \"{}\" ip saddr {} accept",
+            self.private_if,
+            self.public_if,
+            self.snat.private_net.network()
+        )
+    }
+}
+
+/// Binds a SNAT entry to its nics.
+pub fn bind_snat(snat: &Snat, inputs: &Inputs, field: &str) -> Result<BoundSnat, NatError> {
+    Ok(BoundSnat {
+        public_if: nic(
+            inputs,
+            snat.public_nic_mac,
+            &format!("{field}.publicNicMac"),
+        )?,
+        private_if: nic(
+            inputs,
+            snat.private_nic_mac,
+            &format!("{field}.privateNicMac"),
+        )?,
+        snat: snat.clone(),
+    })
+}
+
+/// The rule of the `appliance` chain for one firewall rule.
+pub fn firewall_rule(
+    rule: &FirewallRule,
+    inputs: &Inputs,
+    field: &str,
+) -> Result<String, NatError> {
+    let ifname = nic(inputs, rule.nic_mac, &format!("{field}.nicMac"))?;
+    let mut r = format!("iifname \"{ifname}\"");
+    for (what, cidr) in [
+        ("saddr", rule.source),
+        ("daddr", rule.dest),
+        ("saddr", rule.allow_cidr),
+    ] {
+        if let Some(c) = cidr {
+            r.push_str(&format!(" ip {what} {}", c.network()));
+        }
+    }
+    let ports = if rule.ports.start == rule.ports.end {
+        rule.ports.start.to_string()
+    } else {
+        format!("{}-{}", rule.ports.start, rule.ports.end)
+    };
+    match rule.protocol {
+        FirewallProto::Tcp => r.push_str(&format!(" tcp dport {ports}")),
+        FirewallProto::Udp => r.push_str(&format!(" udp dport {ports}")),
+        FirewallProto::All => r.push_str(&format!(" meta l4proto {{ tcp, udp }} th dport {ports}")),
+    }
+    r.push_str(" accept");
+    Ok(r)
+}
+
+/// The router's nics on guest networks, where DHCP and DNS are served: nics whose subnet holds
+/// a DHCP host's gateway, guest nics of SNAT entries, and nics DHCP hosts name. Missing nics
+/// are skipped.
+pub fn guest_ifs<'a>(
+    nics: &BTreeMap<MacAddr, Nic>,
+    snats: impl IntoIterator<Item = &'a Snat>,
+    dhcp: &BTreeMap<MacAddr, DhcpHost>,
+    inputs: &Inputs,
+) -> BTreeSet<String> {
+    guest_macs(nics, snats, dhcp)
+        .into_iter()
+        .filter_map(|m| name_of(&inputs.names, m).ok().map(str::to_string))
+        .collect()
+}
+
+/// The MACs of the router's guest nics (see [`guest_ifs`]).
+pub fn guest_macs<'a>(
+    nics: &BTreeMap<MacAddr, Nic>,
+    snats: impl IntoIterator<Item = &'a Snat>,
+    dhcp: &BTreeMap<MacAddr, DhcpHost>,
+) -> BTreeSet<MacAddr> {
+    let mut macs: BTreeSet<MacAddr> = BTreeSet::new();
+    for n in nics.values() {
+        let net = Cidr::new(n.ip, n.prefix);
+        if dhcp
+            .values()
+            .any(|h| h.gateway.is_some_and(|g| net.contains(g)))
+        {
+            macs.insert(n.mac);
+        }
+    }
+    macs.extend(snats.into_iter().map(|s| s.private_nic_mac));
+    macs.extend(dhcp.values().filter_map(|h| h.vr_nic_mac));
+    macs
+}
+
+/// Everything our two tables hold for one desired state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    /// Set and map elements.
+    pub elements: BTreeSet<Elem>,
+    /// Rules of `snat_subnets` (NAT table).
+    pub snat_rules: Vec<String>,
+    /// Rules of `snat_fwd` (filter table).
+    pub snat_forward: Vec<String>,
+    /// Rules of `appliance` (filter table).
+    pub appliance: Vec<String>,
+    /// Guest nic names.
+    pub guest_ifs: BTreeSet<String>,
+    /// Management nic name.
+    pub mgmt_nic: String,
+    /// Agent ports.
+    pub agent_ports: Vec<u16>,
+}
+
+/// The sets and maps that hold EIPs.
+pub const EIP_SETS: &[(&str, &str)] = &[
+    (NAT, "eip_dnat"),
+    (NAT, "eip_snat"),
+    (NAT, "eip_masq"),
+    (FILTER, "eip_vips"),
+    (FILTER, "eip_out"),
+];
+
+/// The sets and maps that hold port forwards.
+pub const PF_SETS: &[(&str, &str)] = &[
+    (NAT, "pf_tcp"),
+    (NAT, "pf_udp"),
+    (NAT, "pf_tcp_range"),
+    (NAT, "pf_udp_range"),
+    (NAT, "pf_mark"),
+    (NAT, "pf_restricted"),
+    (NAT, "pf_allowed"),
+];
+
+/// Every EIP element of `state`; EIPs that do not resolve go to `skipped`.
+pub fn eip_set_elements(
+    state: &DesiredState,
+    inputs: &Inputs,
+    skipped: &mut Vec<NatError>,
+) -> Vec<Elem> {
+    let mut bound = Vec::new();
+    for eip in state.eips.values() {
+        match bind_eip(
+            eip,
+            &state.vips,
+            &state.nics,
+            inputs,
+            &format!("eip {}", eip.vip_ip),
+        ) {
+            Ok(b) => bound.push(b),
+            Err(e) => skipped.push(e),
+        }
+    }
+    let mut out: Vec<Elem> = bound.iter().flat_map(BoundEip::vip_elements).collect();
+    out.extend(guest_elements(&bound));
+    out
+}
+
+/// Every port forward element of `state`; forwards that do not resolve go to `skipped`.
+pub fn pf_set_elements(
+    state: &DesiredState,
+    inputs: &Inputs,
+    skipped: &mut Vec<NatError>,
+) -> Vec<Elem> {
+    let mut out = Vec::new();
+    for pf in state.port_forwards.values() {
+        let field = format!(
+            "port forward {} {}:{}-{}",
+            pf.protocol.name(),
+            pf.vip_ip,
+            pf.vip_ports.start,
+            pf.vip_ports.end
+        );
+        match check_pf(pf, inputs, &field) {
+            Ok(()) => out.extend(pf_elements(pf)),
+            Err(e) => skipped.push(e),
+        }
+    }
+    out
+}
+
+/// Resolves a whole desired state. Entries whose nics cannot be found are left out and
+/// returned with the reason, so the rest still applies.
+pub fn resolve(state: &DesiredState, inputs: &Inputs) -> (Ruleset, Vec<NatError>) {
+    let mut skipped = Vec::new();
+    let mut rs = Ruleset {
+        mgmt_nic: inputs.mgmt_nic.clone(),
+        agent_ports: inputs.agent_ports.clone(),
+        ..Ruleset::default()
+    };
+    rs.elements
+        .extend(eip_set_elements(state, inputs, &mut skipped));
+    rs.elements
+        .extend(pf_set_elements(state, inputs, &mut skipped));
+    for snat in state.snats.values() {
+        match bind_snat(snat, inputs, &format!("snat {}", snat.private_nic_mac)) {
+            Ok(b) => {
+                rs.snat_rules.push(b.nat_rule());
+                rs.snat_forward.push(b.forward_rule());
+            }
+            Err(e) => skipped.push(e),
+        }
+    }
+    for (i, rule) in state.firewall.iter().enumerate() {
+        match firewall_rule(rule, inputs, &format!("firewall rule {i}")) {
+            Ok(r) => rs.appliance.push(r),
+            Err(e) => skipped.push(e),
+        }
+    }
+    rs.guest_ifs = guest_ifs(&state.nics, state.snats.values(), &state.dhcp_hosts, inputs);
+    (rs, skipped)
+}

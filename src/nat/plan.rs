@@ -1,0 +1,336 @@
+//! What one command changes in our tables, pure: a small transaction of element and chain
+//! changes for single-entry commands (the same cost at 10 or 10,000 entries), or a replace of
+//! both tables for sync commands; plus the conntrack entries to delete afterwards.
+
+use super::conntrack::Flush;
+use super::inputs::Inputs;
+use super::model::{
+    self, BoundEip, Elem, FILTER, NAT, NatError, Ruleset, bind_eip, bind_snat, check_pf,
+    firewall_rule, guest_elements, pf_elements, resolve,
+};
+use super::render;
+use crate::state::model::{Eip, PortForward, Snat};
+use crate::state::types::MacAddr;
+use crate::state::{Command, DesiredState};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+/// The nft transaction and follow-up of one change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// nft input; empty when nothing changes in nft.
+    pub nft: String,
+    /// The transaction replaces both tables.
+    pub full: bool,
+    /// Conntrack entries to delete once the transaction is in.
+    pub flush: Vec<Flush>,
+    /// Entries a full replace left out because their nics are missing.
+    pub skipped: Vec<NatError>,
+    /// The guest nic set the transaction installs, when it installs one.
+    pub guest_ifs: Option<BTreeSet<String>>,
+    /// When the change is made of set flushes and element deletes and adds only: those
+    /// (for the netlink path; `nft` is the same change as text).
+    pub elements: Option<ElementChange>,
+}
+
+/// A transaction of set flushes, then element deletes, then element adds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ElementChange {
+    /// Sets emptied first (table, set).
+    pub flush: Vec<(&'static str, &'static str)>,
+    /// Elements deleted.
+    pub deletes: Vec<Elem>,
+    /// Elements added.
+    pub adds: Vec<Elem>,
+}
+
+/// A replace of both tables with `state`; entries with missing nics are left out.
+pub fn full(state: &DesiredState, inputs: &Inputs) -> Plan {
+    let (rs, skipped): (Ruleset, _) = resolve(state, inputs);
+    Plan {
+        nft: render::full(&rs),
+        full: true,
+        flush: Vec::new(),
+        skipped,
+        guest_ifs: Some(rs.guest_ifs),
+        elements: None,
+    }
+}
+
+/// The plan of `cmd` on top of `before`. Every entry the command brings must resolve (else the
+/// error names the field and MAC); entries already in the state that no longer resolve make the
+/// plan a full replace that leaves them out. Sync commands empty and refill the sets they
+/// cover, in one transaction.
+pub fn plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Plan, NatError> {
+    match cmd {
+        Command::CreateEip(eip) => eip_change(before, inputs, eip.vip_ip, Some(eip)),
+        Command::RemoveEip(eip) => eip_change(before, inputs, eip.vip_ip, None),
+        Command::SyncEips(eips) => {
+            for (i, e) in eips.iter().enumerate() {
+                bind_eip(e, &before.vips, &before.nics, inputs, &format!("eips[{i}]"))?;
+            }
+            let after = after(before, cmd)?;
+            let mut skipped = Vec::new();
+            let adds = model::eip_set_elements(&after, inputs, &mut skipped);
+            let conntrack = changed_vips(&before.eips, &after.eips);
+            Ok(replace_sets(model::EIP_SETS, adds, conntrack))
+        }
+        Command::CreatePortForwards(rules) => {
+            let mut deletes = Vec::new();
+            let mut adds = Vec::new();
+            let mut flush = Vec::new();
+            let mut seen = BTreeSet::new();
+            for (i, rule) in rules.iter().enumerate() {
+                check_pf(rule, inputs, &format!("rules[{i}]"))?;
+                if !seen.insert(rule.key()) {
+                    continue;
+                }
+                match before.port_forwards.get(&rule.key()) {
+                    Some(old) if old == rule => {}
+                    Some(old) => {
+                        deletes.extend(pf_elements(old));
+                        adds.extend(pf_elements(rule));
+                        flush.push(Flush::of_forward(old));
+                    }
+                    None => adds.extend(pf_elements(rule)),
+                }
+            }
+            Ok(elements(deletes, adds, flush))
+        }
+        Command::RevokePortForwards(rules) => {
+            let mut deletes = Vec::new();
+            let mut flush = Vec::new();
+            let mut seen = BTreeSet::new();
+            for rule in rules {
+                if !seen.insert(rule.key()) {
+                    continue;
+                }
+                if let Some(old) = before.port_forwards.get(&rule.key()) {
+                    deletes.extend(pf_elements(old));
+                    flush.push(Flush::of_forward(old));
+                }
+            }
+            Ok(elements(deletes, Vec::new(), flush))
+        }
+        Command::SyncPortForwards(rules) => {
+            for (i, rule) in rules.iter().enumerate() {
+                check_pf(rule, inputs, &format!("rules[{i}]"))?;
+            }
+            let after = after(before, cmd)?;
+            let mut skipped = Vec::new();
+            let adds = model::pf_set_elements(&after, inputs, &mut skipped);
+            let conntrack = changed_forwards(&before.port_forwards, &after.port_forwards);
+            Ok(replace_sets(model::PF_SETS, adds, conntrack))
+        }
+        Command::SetSnat(snat) => {
+            bind_snat(snat, inputs, "snat")?;
+            snat_change(before, inputs, std::slice::from_ref(snat), &[])
+        }
+        Command::SyncSnat(entries) => {
+            for (i, (snat, enabled)) in entries.iter().enumerate() {
+                if *enabled {
+                    bind_snat(snat, inputs, &format!("snats[{i}]"))?;
+                }
+            }
+            // In order: a later entry for the same nic wins, as in DesiredState::apply.
+            let mut snats = before.snats.clone();
+            for (snat, enabled) in entries {
+                if *enabled {
+                    snats.insert(snat.private_nic_mac, snat.clone());
+                } else {
+                    snats.remove(&snat.private_nic_mac);
+                }
+            }
+            snat_rewrite(before, inputs, &snats)
+        }
+        Command::RemoveSnat(snats) => {
+            let macs: Vec<MacAddr> = snats.iter().map(|s| s.private_nic_mac).collect();
+            snat_change(before, inputs, &[], &macs)
+        }
+        Command::RefreshFirewall(rules) => {
+            let mut lines = Vec::new();
+            for (i, rule) in rules.iter().enumerate() {
+                lines.push(firewall_rule(rule, inputs, &format!("rules[{i}]"))?);
+            }
+            Ok(Plan {
+                nft: render::chain_rewrite(FILTER, "appliance", &lines),
+                ..Plan::default()
+            })
+        }
+        _ => Ok(Plan::default()),
+    }
+}
+
+fn after(before: &DesiredState, cmd: &Command) -> Result<DesiredState, NatError> {
+    let mut after = before.clone();
+    after
+        .apply(cmd)
+        .map_err(|e| NatError::System(e.to_string()))?;
+    Ok(after)
+}
+
+fn elements(deletes: Vec<Elem>, adds: Vec<Elem>, flush: Vec<Flush>) -> Plan {
+    let (deletes, adds) = diff(deletes, adds);
+    let change = ElementChange {
+        flush: Vec::new(),
+        deletes,
+        adds,
+    };
+    Plan {
+        nft: render::element_ops(&change.flush, &change.deletes, &change.adds),
+        flush,
+        elements: Some(change),
+        ..Plan::default()
+    }
+}
+
+/// Replaces the content of `sets` with `adds` in one transaction (a sync command: it replaces
+/// everything it covers, whatever the kernel held).
+fn replace_sets(
+    sets: &[(&'static str, &'static str)],
+    mut adds: Vec<Elem>,
+    flush: Vec<Flush>,
+) -> Plan {
+    adds.sort();
+    adds.dedup();
+    let change = ElementChange {
+        flush: sets.to_vec(),
+        deletes: Vec::new(),
+        adds,
+    };
+    Plan {
+        nft: render::element_ops(&change.flush, &change.deletes, &change.adds),
+        flush,
+        elements: Some(change),
+        ..Plan::default()
+    }
+}
+
+/// Elements to delete and to add to go from `before` to `after`, leaving equal ones alone.
+pub fn diff(before: Vec<Elem>, after: Vec<Elem>) -> (Vec<Elem>, Vec<Elem>) {
+    let old: BTreeSet<Elem> = before.into_iter().collect();
+    let new: BTreeSet<Elem> = after.into_iter().collect();
+    let deletes = old.difference(&new).cloned().collect();
+    let adds = new.difference(&old).cloned().collect();
+    (deletes, adds)
+}
+
+/// One EIP created, replaced or removed: its VIP elements, and the guest elements of every
+/// guest it touches (where several EIPs share a guest, the lowest VIP owns the SNAT).
+fn eip_change(
+    before: &DesiredState,
+    inputs: &Inputs,
+    vip: Ipv4Addr,
+    new: Option<&Eip>,
+) -> Result<Plan, NatError> {
+    let bind = |e: &Eip, field: &str| bind_eip(e, &before.vips, &before.nics, inputs, field);
+    let new = new.map(|e| bind(e, "eip")).transpose()?;
+    let old = before.eips.get(&vip);
+    if old == new.as_ref().map(|b| &b.eip) {
+        return Ok(Plan::default());
+    }
+    let old = match old.map(|e| bind(e, &format!("eip {vip}"))).transpose() {
+        Ok(o) => o,
+        // The old entry's nic is gone: our tables may not hold it; replace them.
+        Err(_) => {
+            let mut after = before.clone();
+            match &new {
+                Some(b) => after.eips.insert(vip, b.eip.clone()),
+                None => after.eips.remove(&vip),
+            };
+            let mut p = full(&after, inputs);
+            p.flush = vec![Flush::Address(vip)];
+            return Ok(p);
+        }
+    };
+    let guests: BTreeSet<Ipv4Addr> = old
+        .iter()
+        .chain(new.iter())
+        .map(|b| b.eip.guest_ip)
+        .collect();
+    let sharing: Vec<BoundEip> = before
+        .eips
+        .values()
+        .filter(|e| e.vip_ip != vip && guests.contains(&e.guest_ip))
+        .filter_map(|e| bind(e, "").ok())
+        .collect();
+    let mut before_elems: Vec<Elem> = old.iter().flat_map(BoundEip::vip_elements).collect();
+    before_elems.extend(guest_elements(sharing.iter().chain(old.iter())));
+    let mut after_elems: Vec<Elem> = new.iter().flat_map(BoundEip::vip_elements).collect();
+    after_elems.extend(guest_elements(sharing.iter().chain(new.iter())));
+    let flush = if old.is_some() {
+        vec![Flush::Address(vip)]
+    } else {
+        Vec::new()
+    };
+    Ok(elements(before_elems, after_elems, flush))
+}
+
+fn snat_change(
+    before: &DesiredState,
+    inputs: &Inputs,
+    set: &[Snat],
+    unset: &[MacAddr],
+) -> Result<Plan, NatError> {
+    let mut snats = before.snats.clone();
+    for s in set {
+        snats.insert(s.private_nic_mac, s.clone());
+    }
+    for m in unset {
+        snats.remove(m);
+    }
+    snat_rewrite(before, inputs, &snats)
+}
+
+/// Rewrites the SNAT chains of both tables and the guest nic set (a handful of rules, one per
+/// guest nic). SNAT entries already in the state whose nics are missing are left out.
+fn snat_rewrite(
+    before: &DesiredState,
+    inputs: &Inputs,
+    snats: &BTreeMap<MacAddr, Snat>,
+) -> Result<Plan, NatError> {
+    if *snats == before.snats {
+        return Ok(Plan::default());
+    }
+    let mut nat_rules = Vec::new();
+    let mut fwd_rules = Vec::new();
+    let mut skipped = Vec::new();
+    for s in snats.values() {
+        match bind_snat(s, inputs, &format!("snat {}", s.private_nic_mac)) {
+            Ok(b) => {
+                nat_rules.push(b.nat_rule());
+                fwd_rules.push(b.forward_rule());
+            }
+            Err(e) => skipped.push(e),
+        }
+    }
+    let guest_ifs = model::guest_ifs(&before.nics, snats.values(), &before.dhcp_hosts, inputs);
+    let mut nft = render::chain_rewrite(NAT, "snat_subnets", &nat_rules);
+    nft.push_str(&render::chain_rewrite(FILTER, "snat_fwd", &fwd_rules));
+    nft.push_str(&render::guest_ifs_rewrite(&guest_ifs));
+    Ok(Plan {
+        nft,
+        skipped,
+        guest_ifs: Some(guest_ifs),
+        ..Plan::default()
+    })
+}
+
+fn changed_vips(before: &BTreeMap<Ipv4Addr, Eip>, after: &BTreeMap<Ipv4Addr, Eip>) -> Vec<Flush> {
+    before
+        .iter()
+        .filter(|(vip, e)| after.get(*vip) != Some(*e))
+        .map(|(vip, _)| Flush::Address(*vip))
+        .collect()
+}
+
+fn changed_forwards<K: Ord>(
+    before: &BTreeMap<K, PortForward>,
+    after: &BTreeMap<K, PortForward>,
+) -> Vec<Flush> {
+    before
+        .iter()
+        .filter(|(k, pf)| after.get(*k) != Some(*pf))
+        .map(|(_, pf)| Flush::of_forward(pf))
+        .collect()
+}

@@ -1,0 +1,263 @@
+//! Golden renderings of the NAT backend: whole tables for representative states and the small
+//! transactions of single-entry commands (`fixtures/nat/`). The first test needs no root; run
+//! with `UPDATE_GOLDEN=1` to rewrite the files. The second loads every rendering into a real
+//! nft inside a namespace and checks that each plan, applied to the rendering of the state
+//! before, gives exactly the rendering of the state after.
+
+mod common;
+
+use common::netns::Netns;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use vr_agent::nat::inputs::Inputs;
+use vr_agent::nat::netlink::Nfnl;
+use vr_agent::nat::plan;
+use vr_agent::state::{Command, DesiredState};
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/nat")
+}
+
+fn inputs() -> Inputs {
+    let text = std::fs::read_to_string(dir().join("inputs.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn state_of(case: &str) -> DesiredState {
+    let text = std::fs::read_to_string(dir().join(format!("{case}.json"))).unwrap();
+    let cmds: Vec<Command> = serde_json::from_str(&text).unwrap();
+    let mut s = DesiredState::default();
+    for c in &cmds {
+        s.apply(c).unwrap();
+    }
+    s
+}
+
+const STATES: &[&str] = &["empty", "full", "skipped"];
+
+fn plan_cases() -> Vec<(String, Command)> {
+    let mut out: Vec<(String, Command)> = std::fs::read_dir(dir().join("plans"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            let cmd: Command = serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (name, cmd)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn plan_text(p: &plan::Plan) -> String {
+    let mut out = String::new();
+    for f in &p.flush {
+        out.push_str(&format!("# then conntrack: {f:?}\n"));
+    }
+    if p.full {
+        out.push_str("# full replace\n");
+    }
+    out.push_str(&p.nft);
+    out
+}
+
+fn check(path: &Path, actual: &str) -> bool {
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, actual).unwrap();
+        return true;
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_default();
+    if expected != actual {
+        eprintln!(
+            "golden {} differs (UPDATE_GOLDEN=1 rewrites it):\n--- expected\n{expected}\n--- actual\n{actual}",
+            path.display()
+        );
+        return false;
+    }
+    true
+}
+
+#[test]
+fn renderings_match_golden_files() {
+    let inputs = inputs();
+    let mut ok = true;
+    for case in STATES {
+        let p = plan::full(&state_of(case), &inputs);
+        let mut text = String::new();
+        for s in &p.skipped {
+            text.push_str(&format!("# left out: {s}\n"));
+        }
+        text.push_str(&p.nft);
+        ok &= check(&dir().join(format!("{case}.nft")), &text);
+    }
+    let base = state_of("full");
+    for (name, cmd) in plan_cases() {
+        base.check(&cmd)
+            .unwrap_or_else(|e| panic!("{name}: the core refuses it: {e}"));
+        let p = plan::plan(&base, &cmd, &inputs).unwrap();
+        ok &= check(&dir().join(format!("plans/{name}.nft")), &plan_text(&p));
+    }
+    assert!(ok, "golden files differ");
+
+    // what the goldens must show
+    let skipped = std::fs::read_to_string(dir().join("skipped.nft")).unwrap();
+    assert!(skipped.contains("fa:7e:4b:ad:11:09"), "{skipped}");
+    assert!(skipped.contains("fa:7e:4b:ad:11:0a"), "{skipped}");
+    assert!(skipped.contains("fa:7e:4b:ad:11:0b"), "{skipped}");
+    let same = std::fs::read_to_string(dir().join("plans/createeip-same.nft")).unwrap();
+    assert_eq!(same, "", "re-creating an identical EIP changes nothing");
+}
+
+#[test]
+fn a_command_with_a_missing_mac_is_refused_naming_it() {
+    let base = state_of("full");
+    let cmd: Command = serde_json::from_str(
+        r#"{"cmd": "create_eip", "args": {"vip_ip": "10.10.1.70", "private_mac": "fa:7e:4b:ad:11:77", "guest_ip": "172.20.0.70", "snat_inbound": false}}"#,
+    )
+    .unwrap();
+    let err = plan::plan(&base, &cmd, &inputs()).unwrap_err().to_string();
+    assert!(err.contains("fa:7e:4b:ad:11:77"), "{err}");
+    assert!(err.contains("eip.privateMac"), "{err}");
+}
+
+/// `nft -j list table` of ours, without handles and with set elements sorted.
+fn dump(ns: &Netns) -> Value {
+    let mut all = Vec::new();
+    for table in [["ip", "vr_nat"], ["inet", "vr_filter"]] {
+        let out = ns.exec_ok(&["nft", "-j", "list", "table", table[0], table[1]]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        for item in v["nftables"].as_array().unwrap() {
+            if item.get("metainfo").is_some() {
+                continue;
+            }
+            let mut item = item.clone();
+            strip(&mut item);
+            all.push(item);
+        }
+    }
+    Value::Array(all)
+}
+
+fn strip(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.remove("handle");
+            if let Some(Value::Array(elems)) = m.get_mut("elem") {
+                elems.sort_by_key(|e| e.to_string());
+            }
+            m.values_mut().for_each(strip);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip),
+        _ => {}
+    }
+}
+
+fn load(ns: &Netns, text: &str) {
+    let path = std::env::temp_dir().join(format!("{}-{}.nft", ns.name, std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let out = ns.exec(&["nft", "-f", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "nft refused:\n{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn count_elements(dumped: &Value, set: &str) -> usize {
+    dumped
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i.get("set").or_else(|| i.get("map")))
+        .filter(|s| s["name"] == set)
+        .map(|s| s["elem"].as_array().map_or(0, Vec::len))
+        .sum()
+}
+
+#[test]
+fn golden_renderings_load_into_nft_and_plans_reach_the_state_after() {
+    let ns = Netns::new("vrngold");
+    let inputs = inputs();
+    for case in STATES {
+        let text = std::fs::read_to_string(dir().join(format!("{case}.nft"))).unwrap();
+        load(&ns, &text);
+        // loading twice replaces, never duplicates
+        load(&ns, &text);
+        let dumped = dump(&ns);
+        let (rs, _) = vr_agent::nat::model::resolve(&state_of(case), &inputs);
+        for set in [
+            "eip_dnat", "eip_snat", "pf_tcp", "pf_udp", "pf_mark", "eip_vips",
+        ] {
+            let want = rs.elements.iter().filter(|e| e.set == set).count();
+            assert_eq!(count_elements(&dumped, set), want, "{case}: set {set}");
+        }
+    }
+    let base = state_of("full");
+    let base_text = plan::full(&base, &inputs).nft;
+    for (name, cmd) in plan_cases() {
+        load(&ns, &base_text);
+        let p = plan::plan(&base, &cmd, &inputs).unwrap();
+        if !p.nft.is_empty() {
+            load(&ns, &p.nft);
+        }
+        let incremental = dump(&ns);
+        let mut after = base.clone();
+        after.apply(&cmd).unwrap();
+        load(&ns, &plan::full(&after, &inputs).nft);
+        let replaced = dump(&ns);
+        assert_eq!(
+            incremental, replaced,
+            "{name}: the plan applied to the state before differs from the state after"
+        );
+        // the same element changes over nfnetlink give the same tables
+        if let Some(change) = &p.elements {
+            load(&ns, &base_text);
+            ns.enter(|| {
+                let mut sock = Nfnl::open().unwrap();
+                sock.apply(&change.flush, &change.deletes, &change.adds)
+                    .unwrap();
+            });
+            assert_eq!(dump(&ns), replaced, "{name}: over nfnetlink");
+        }
+    }
+    // a refused netlink transaction names the reason and changes nothing
+    load(&ns, &base_text);
+    let before = dump(&ns);
+    let p = plan::plan(&base, &plan_cases()[0].1, &inputs).unwrap();
+    let adds = p.elements.unwrap().adds;
+    let err = ns.enter(|| {
+        let mut sock = Nfnl::open().unwrap();
+        sock.apply(&[], &adds, &adds).unwrap_err().to_string()
+    });
+    assert!(err.contains("missing"), "{err}");
+    assert_eq!(dump(&ns), before);
+}
+
+#[test]
+fn netlink_batches_match_golden_files() {
+    let inputs = inputs();
+    let base = state_of("full");
+    let mut ok = true;
+    for name in [
+        "createeip-new",
+        "createpf-shifted",
+        "removeeip-owner",
+        "synceip",
+    ] {
+        let (_, cmd) = plan_cases().into_iter().find(|(n, _)| n == name).unwrap();
+        let p = plan::plan(&base, &cmd, &inputs).unwrap();
+        let c = p.elements.unwrap();
+        let (bytes, acked) = vr_agent::nat::netlink::batch(&c.flush, &c.deletes, &c.adds, 100);
+        let mut text = format!("# acknowledged: {acked:?}\n");
+        for line in bytes.chunks(16) {
+            let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
+            text.push_str(&hex.join(" "));
+            text.push('\n');
+        }
+        ok &= check(&dir().join(format!("plans/{name}.netlink.hex")), &text);
+    }
+    assert!(ok, "golden files differ");
+}
