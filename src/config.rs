@@ -28,4 +28,11 @@ pub struct Config {
     /// Seconds a callback is retried on connection errors.
     #[arg(long, default_value_t = 60)]
     pub callback_retry_secs: u64,
+    /// dnsmasq's files (config, hosts, options, leases); default: `<run-dir>/dnsmasq`. It and
+    /// every directory above it must be searchable by `nobody`, the user dnsmasq drops to.
+    #[arg(long)]
+    pub dnsmasq_dir: Option<PathBuf>,
+    /// The dnsmasq binary (Debian's dnsmasq-base).
+    #[arg(long, default_value = "dnsmasq")]
+    pub dnsmasq_bin: PathBuf,
 }

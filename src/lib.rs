@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod backend;
 pub mod config;
+pub mod dnsmasq;
 pub mod health;
 pub mod md5sum;
 pub mod nics;

@@ -43,8 +43,15 @@ pub enum ServeError {
 }
 
 /// The backends of every feature built into this agent.
-pub fn backends(_config: &Config, _health: &Arc<Health>) -> Vec<Box<dyn Backend>> {
-    Vec::new()
+pub fn backends(config: &Config, health: &Arc<Health>) -> Vec<Box<dyn Backend>> {
+    vec![Box::new(crate::dnsmasq::DnsmasqBackend::new(
+        config
+            .dnsmasq_dir
+            .clone()
+            .unwrap_or_else(|| config.run_dir.join("dnsmasq")),
+        config.dnsmasq_bin.clone(),
+        Arc::clone(health),
+    ))]
 }
 
 /// Runs the agent until `shutdown` resolves, then drains and returns.

@@ -1,0 +1,338 @@
+//! Pure rendering of every dnsmasq file from the desired state and the router's interfaces.
+//!
+//! Hosts carry a tag naming their option profile (router, DNS servers, domain, netmask, MTU);
+//! hosts with equal options share one profile, so a subnet's options are written once and a
+//! host that differs gets a profile of its own. A profile's tag is a digest of its content, so
+//! the lines of one host never depend on the other hosts: the incremental files written for an
+//! added host are exactly its part of the full rendering.
+
+use crate::state::DesiredState;
+use crate::state::model::DhcpHost;
+use crate::state::types::{Cidr, MacAddr};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+/// A network interface of the router as the kernel shows it (plus the desired nics' addresses).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Iface {
+    /// Device name.
+    pub name: String,
+    /// Hardware address, if it has one.
+    pub mac: Option<MacAddr>,
+    /// IPv4 addresses with their prefixes.
+    pub addrs: Vec<Cidr>,
+}
+
+/// Where each file lives, all under one directory of the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paths {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl Paths {
+    /// The layout under `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Paths {
+        Paths { dir: dir.into() }
+    }
+    /// Main config (read at start only).
+    pub fn conf(&self) -> PathBuf {
+        self.dir.join("dnsmasq.conf")
+    }
+    /// `dhcp-hostsfile`: every host as of the last full rendering.
+    pub fn hosts(&self) -> PathBuf {
+        self.dir.join("hosts.dhcp")
+    }
+    /// `dhcp-hostsdir`: one file per host added since (read by inotify).
+    pub fn hosts_dir(&self) -> PathBuf {
+        self.dir.join("hosts.d")
+    }
+    /// `dhcp-optsfile`: every option profile.
+    pub fn opts(&self) -> PathBuf {
+        self.dir.join("hosts.option")
+    }
+    /// `dhcp-optsdir`: profiles added since the last full rendering.
+    pub fn opts_dir(&self) -> PathBuf {
+        self.dir.join("option.d")
+    }
+    /// `addn-hosts`: DNS names of default-network hosts.
+    pub fn addn_hosts(&self) -> PathBuf {
+        self.dir.join("hosts.dns")
+    }
+    /// `hostsdir`: DNS names added since the last full rendering.
+    pub fn dns_dir(&self) -> PathBuf {
+        self.dir.join("dns.d")
+    }
+    /// `resolv-file`: the upstream servers.
+    pub fn resolv(&self) -> PathBuf {
+        self.dir.join("resolv.conf")
+    }
+    /// `dhcp-leasefile`.
+    pub fn leases(&self) -> PathBuf {
+        self.dir.join("leases")
+    }
+    /// `pid-file`.
+    pub fn pid(&self) -> PathBuf {
+        self.dir.join("dnsmasq.pid")
+    }
+    /// The three incremental directories.
+    pub fn dirs(&self) -> [PathBuf; 3] {
+        [self.hosts_dir(), self.opts_dir(), self.dns_dir()]
+    }
+}
+
+/// Everything rendered for one desired state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    /// Main config.
+    pub conf: String,
+    /// `dhcp-hostsfile`.
+    pub hosts: String,
+    /// `dhcp-optsfile`.
+    pub opts: String,
+    /// `addn-hosts`.
+    pub addn_hosts: String,
+    /// `resolv-file`.
+    pub resolv: String,
+    /// Which guest nic serves each host (hosts without a nic are absent).
+    pub nic_of: BTreeMap<MacAddr, GuestNic>,
+    /// Hosts for which no nic of the router was found.
+    pub unplaced: Vec<MacAddr>,
+    /// The subnets with a DHCP range.
+    pub subnets: BTreeSet<Cidr>,
+    /// MACs of the guest nics dnsmasq listens on.
+    pub guest_macs: BTreeSet<MacAddr>,
+    /// Tags of every option profile written.
+    pub profiles: BTreeSet<String>,
+}
+
+/// The router nic serving a host, and the router's own address there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestNic {
+    /// Device name.
+    pub name: String,
+    /// The router's address on that nic in the host's subnet (the DHCP server id).
+    pub server: Option<Ipv4Addr>,
+}
+
+/// The interfaces with the addresses of `state.nics` merged in (a nic the links backend has
+/// not configured yet still counts with its desired address).
+pub fn merge_desired_nics(ifaces: &[Iface], state: &DesiredState) -> Vec<Iface> {
+    let mut out = ifaces.to_vec();
+    for iface in &mut out {
+        let Some(mac) = iface.mac else { continue };
+        if let Some(nic) = state.nics.get(&mac) {
+            let cidr = Cidr::new(nic.ip, nic.prefix);
+            if !iface.addrs.contains(&cidr) {
+                iface.addrs.push(cidr);
+            }
+        }
+    }
+    out
+}
+
+/// The subnet a host belongs to: its gateway's (or its own address's) network.
+pub fn subnet_of(host: &DhcpHost) -> Cidr {
+    Cidr::new(host.gateway.unwrap_or(host.ip), host.prefix).network()
+}
+
+/// The router nic serving `host`: the nic with its `vrNicMac`, else the nic with an address
+/// whose network holds the host's gateway (or the host's address when it has no gateway).
+pub fn nic_for<'a>(host: &DhcpHost, ifaces: &'a [Iface]) -> Option<&'a Iface> {
+    if let Some(mac) = host.vr_nic_mac
+        && let Some(i) = ifaces.iter().find(|i| i.mac == Some(mac))
+    {
+        return Some(i);
+    }
+    let target = host.gateway.unwrap_or(host.ip);
+    ifaces
+        .iter()
+        .filter(|i| i.name != "lo")
+        .find(|i| i.addrs.iter().any(|a| a.contains(target)))
+}
+
+fn server_id(iface: &Iface, host: &DhcpHost) -> Option<Ipv4Addr> {
+    let subnet = subnet_of(host);
+    iface
+        .addrs
+        .iter()
+        .find(|a| subnet.contains(a.addr))
+        .or_else(|| iface.addrs.first())
+        .map(|a| a.addr)
+}
+
+/// The host name dnsmasq hands out: as sent, else the address with dashes (plus the domain).
+pub fn hostname(host: &DhcpHost) -> String {
+    if let Some(h) = &host.hostname {
+        return h.clone();
+    }
+    let base = host.ip.to_string().replace('.', "-");
+    match &host.dns_domain {
+        Some(d) => format!("{base}.{d}"),
+        None => base,
+    }
+}
+
+/// The option lines of a host with `TAG` standing for the profile tag.
+fn profile_body(host: &DhcpHost) -> String {
+    let mut s = String::new();
+    if host.is_default_l3 {
+        if let Some(gw) = host.gateway {
+            let _ = writeln!(s, "tag:TAG,option:router,{gw}");
+        }
+        if !host.dns.is_empty() {
+            let list: Vec<String> = host.dns.iter().map(Ipv4Addr::to_string).collect();
+            let _ = writeln!(s, "tag:TAG,option:dns-server,{}", list.join(","));
+        }
+        if let Some(d) = &host.dns_domain {
+            let _ = writeln!(s, "tag:TAG,option:domain-name,{d}");
+        }
+    } else {
+        // Empty router and DNS options: no default route or resolver from a secondary network.
+        s.push_str("tag:TAG,3\ntag:TAG,6\n");
+    }
+    let _ = writeln!(s, "tag:TAG,option:netmask,{}", host.prefix.netmask());
+    if let Some(mtu) = host.mtu {
+        let _ = writeln!(s, "tag:TAG,option:mtu,{mtu}");
+    }
+    s
+}
+
+/// A host's option profile: its tag and its lines.
+pub fn profile(host: &DhcpHost) -> (String, String) {
+    let body = profile_body(host);
+    let digest = Sha256::digest(body.as_bytes());
+    let tag: String = std::iter::once("vr".to_string())
+        .chain(digest.iter().take(5).map(|b| format!("{b:02x}")))
+        .collect();
+    (tag.clone(), body.replace("TAG", &tag))
+}
+
+/// The `dhcp-host` line of a host whose profile tag is `tag`.
+pub fn host_line(host: &DhcpHost, tag: &str) -> String {
+    if host.is_default_l3 {
+        format!(
+            "{},set:{tag},{},{},infinite\n",
+            host.mac,
+            host.ip,
+            hostname(host)
+        )
+    } else {
+        format!("{},set:{tag},{},infinite\n", host.mac, host.ip)
+    }
+}
+
+/// The `addn-hosts` line of a host: only default-network hosts answer DNS for their name.
+pub fn dns_line(host: &DhcpHost) -> Option<String> {
+    host.is_default_l3
+        .then(|| format!("{} {}\n", host.ip, hostname(host)))
+}
+
+/// The resolv file of the forwarder.
+pub fn render_resolv(servers: &[Ipv4Addr]) -> String {
+    servers.iter().map(|s| format!("nameserver {s}\n")).collect()
+}
+
+/// The main config: fixed options, our file paths, the guest nics and the DHCP ranges.
+pub fn render_conf(paths: &Paths, nics: &BTreeSet<String>, subnets: &BTreeSet<Cidr>) -> String {
+    let p = |x: PathBuf| x.display().to_string();
+    let mut s = String::from("# Written by vr-agent; changes are overwritten.\n");
+    let fixed = [
+        "keep-in-foreground".to_string(),
+        "log-facility=-".to_string(),
+        format!("pid-file={}", p(paths.pid())),
+        "no-hosts".to_string(),
+        "domain-needed".to_string(),
+        "bogus-priv".to_string(),
+        "bind-dynamic".to_string(),
+        "except-interface=lo".to_string(),
+        // Limits for thousands of guests.
+        "cache-size=10000".to_string(),
+        "dns-forward-max=4096".to_string(),
+        "dhcp-lease-max=65535".to_string(),
+        format!("resolv-file={}", p(paths.resolv())),
+        format!("addn-hosts={}", p(paths.addn_hosts())),
+        format!("hostsdir={}", p(paths.dns_dir())),
+        format!("dhcp-hostsfile={}", p(paths.hosts())),
+        format!("dhcp-hostsdir={}", p(paths.hosts_dir())),
+        format!("dhcp-optsfile={}", p(paths.opts())),
+        format!("dhcp-optsdir={}", p(paths.opts_dir())),
+        format!("dhcp-leasefile={}", p(paths.leases())),
+        "dhcp-option=vendor:MSFT,2,1i".to_string(),
+    ];
+    for line in fixed {
+        s.push_str(&line);
+        s.push('\n');
+    }
+    for nic in nics {
+        let _ = writeln!(s, "interface={nic}");
+    }
+    for net in subnets {
+        let _ = writeln!(
+            s,
+            "dhcp-range={},static,{},infinite",
+            net.addr,
+            net.prefix.netmask()
+        );
+    }
+    s
+}
+
+/// Renders every file for `state`, given the router's interfaces.
+pub fn render(paths: &Paths, state: &DesiredState, ifaces: &[Iface]) -> Rendered {
+    let ifaces = merge_desired_nics(ifaces, state);
+    let mut hosts = String::new();
+    let mut addn = String::new();
+    let mut profiles: BTreeMap<String, String> = BTreeMap::new();
+    let mut nic_of = BTreeMap::new();
+    let mut unplaced = Vec::new();
+    let mut nics = BTreeSet::new();
+    let mut guest_macs = BTreeSet::new();
+    let mut subnets = BTreeSet::new();
+    for host in state.dhcp_hosts.values() {
+        let (tag, body) = profile(host);
+        hosts.push_str(&host_line(host, &tag));
+        if let Some(line) = dns_line(host) {
+            addn.push_str(&line);
+        }
+        profiles.entry(tag).or_insert(body);
+        match nic_for(host, &ifaces) {
+            Some(iface) => {
+                nics.insert(iface.name.clone());
+                if let Some(mac) = iface.mac {
+                    guest_macs.insert(mac);
+                }
+                subnets.insert(subnet_of(host));
+                nic_of.insert(
+                    host.mac,
+                    GuestNic {
+                        name: iface.name.clone(),
+                        server: server_id(iface, host),
+                    },
+                );
+            }
+            None => unplaced.push(host.mac),
+        }
+    }
+    Rendered {
+        conf: render_conf(paths, &nics, &subnets),
+        hosts,
+        opts: profiles.values().map(String::as_str).collect(),
+        addn_hosts: addn,
+        resolv: render_resolv(&state.dns_servers),
+        nic_of,
+        unplaced,
+        subnets,
+        guest_macs,
+        profiles: profiles.into_keys().collect(),
+    }
+}
+
+/// File name of a host's incremental files (the MAC without colons).
+pub fn host_file_name(mac: MacAddr) -> String {
+    mac.compact()
+}
+
