@@ -80,10 +80,17 @@ fn renderings_match_golden_files() {
         if update {
             std::fs::write(&golden, &text).unwrap();
         } else if std::fs::read_to_string(&golden).ok().as_deref() != Some(text.as_str()) {
-            failures.push(format!("{case}: rendering differs from {}:\n{text}", golden.display()));
+            failures.push(format!(
+                "{case}: rendering differs from {}:\n{text}",
+                golden.display()
+            ));
         }
     }
-    assert!(cases >= 3, "expected the golden cases in {}", fixtures().display());
+    assert!(
+        cases >= 3,
+        "expected the golden cases in {}",
+        fixtures().display()
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

@@ -145,7 +145,8 @@ impl DnsmasqBackend {
             if new.iter().any(|n| n.mac == h.mac || n.ip == h.ip)
                 || before.dhcp_hosts.values().any(|o| o.ip == h.ip)
                 || !applied.subnets.contains(&render::subnet_of(h))
-                || h.vr_nic_mac.is_some_and(|m| !applied.guest_macs.contains(&m))
+                || h.vr_nic_mac
+                    .is_some_and(|m| !applied.guest_macs.contains(&m))
             {
                 return None;
             }
@@ -311,8 +312,7 @@ impl Backend for DnsmasqBackend {
                     };
                     dns.apply(cmd).map_err(err)?;
                     let text = render::render_resolv(&dns.dns_servers);
-                    write::write_if_changed(&self.paths.resolv(), text.as_bytes())
-                        .map_err(err)?;
+                    write::write_if_changed(&self.paths.resolv(), text.as_bytes()).map_err(err)?;
                     return Ok(());
                 }
                 Command::AddDhcp { .. }

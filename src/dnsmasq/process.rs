@@ -217,7 +217,10 @@ impl Task {
             return;
         };
         if self.restart_after > 0 && self.reloads >= self.restart_after {
-            tracing::info!(reloads = self.reloads, "restarting dnsmasq instead of reloading");
+            tracing::info!(
+                reloads = self.reloads,
+                "restarting dnsmasq instead of reloading"
+            );
             if let Err(e) = self.start_now(None).await {
                 self.health
                     .set(HEALTH_SOURCE, format!("dnsmasq did not restart: {e}"));
@@ -240,7 +243,9 @@ impl Task {
         for r in releases.iter().filter(|r| held.contains(&(r.mac, r.ip))) {
             match leases::send(r) {
                 Ok(()) => tracing::debug!(mac = %r.mac, ip = %r.ip, nic = %r.nic, "lease released"),
-                Err(e) => tracing::warn!(mac = %r.mac, ip = %r.ip, error = %e, "cannot release the lease"),
+                Err(e) => {
+                    tracing::warn!(mac = %r.mac, ip = %r.ip, error = %e, "cannot release the lease")
+                }
             }
         }
     }
@@ -306,10 +311,7 @@ impl Task {
             tracing::warn!(error = %e, path = %leases.display(), "cannot prune the lease file");
         }
         let _ = std::fs::remove_file(self.paths.pid());
-        self.tail
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.tail.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let mut child = Command::new(&self.bin)
             .arg(format!("--conf-file={}", self.paths.conf().display()))
             .stdin(Stdio::null())
@@ -338,7 +340,10 @@ impl Task {
             if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
                 // Let the stderr reader catch up with dnsmasq's last words.
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                return Err(format!("dnsmasq exited with {status}: {}", self.tail_text()));
+                return Err(format!(
+                    "dnsmasq exited with {status}: {}",
+                    self.tail_text()
+                ));
             }
             let written = std::fs::read_to_string(self.paths.pid()).unwrap_or_default();
             if written.trim().parse::<u32>().ok() == Some(pid) {

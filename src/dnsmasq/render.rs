@@ -233,7 +233,10 @@ pub fn dns_line(host: &DhcpHost) -> Option<String> {
 
 /// The resolv file of the forwarder.
 pub fn render_resolv(servers: &[Ipv4Addr]) -> String {
-    servers.iter().map(|s| format!("nameserver {s}\n")).collect()
+    servers
+        .iter()
+        .map(|s| format!("nameserver {s}\n"))
+        .collect()
 }
 
 /// The main config: fixed options, our file paths, the guest nics and the DHCP ranges.
@@ -335,4 +338,3 @@ pub fn render(paths: &Paths, state: &DesiredState, ifaces: &[Iface]) -> Rendered
 pub fn host_file_name(mac: MacAddr) -> String {
     mac.compact()
 }
-

@@ -110,7 +110,10 @@ mod tests {
         assert!(!write_if_changed(&f, b"a\n").unwrap());
         assert!(write_if_changed(&f, b"b\n").unwrap());
         assert_eq!(fs::read(&f).unwrap(), b"b\n");
-        assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         assert_eq!(clear_dir(dir.path()).unwrap(), 1);
         assert_eq!(clear_dir(&dir.path().join("missing")).unwrap(), 0);
