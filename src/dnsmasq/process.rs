@@ -241,11 +241,10 @@ impl Task {
         }
         let held = leases::read(&self.paths.leases());
         for r in releases.iter().filter(|r| held.contains(&(r.mac, r.ip))) {
-            match leases::send(r) {
-                Ok(()) => tracing::debug!(mac = %r.mac, ip = %r.ip, nic = %r.nic, "lease released"),
-                Err(e) => {
-                    tracing::warn!(mac = %r.mac, ip = %r.ip, error = %e, "cannot release the lease")
-                }
+            if let Err(e) = leases::send(r) {
+                tracing::warn!(mac = %r.mac, ip = %r.ip, error = %e, "cannot release the lease");
+            } else {
+                tracing::debug!(mac = %r.mac, ip = %r.ip, nic = %r.nic, "lease released");
             }
         }
     }
