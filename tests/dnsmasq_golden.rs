@@ -124,3 +124,29 @@ fn a_hosts_incremental_files_are_its_part_of_the_full_rendering() {
     assert_eq!(r.opts.matches("option:netmask,255.255.255.0").count(), 3);
     assert_eq!(r.profiles.len(), 4);
 }
+
+#[test]
+fn memoized_rendering_equals_a_fresh_one() {
+    let (ifaces, mut state) = load(&fixtures().join("networks.input.json"));
+    let paths = Paths::new("/x");
+    let mut memo = render::LineMemo::default();
+    assert_eq!(
+        render::render_with(&paths, &state, &ifaces, &mut memo),
+        render::render(&paths, &state, &ifaces)
+    );
+    // One host removed, one changed, one added: the memo must not leak old lines.
+    let macs: Vec<_> = state.dhcp_hosts.keys().copied().collect();
+    state.dhcp_hosts.remove(&macs[0]);
+    assert!(state.dhcp_hosts.remove(&macs[1]).is_some());
+    let db1 = "fa:3c:91:5e:22:09".parse().unwrap();
+    let changed = state.dhcp_hosts.get_mut(&db1).unwrap();
+    changed.mtu = Some(9000);
+    changed.hostname = Some("renamed.zstack.local".into());
+    let mut added = changed.clone();
+    added.mac = "fa:3c:91:5e:22:ff".parse().unwrap();
+    added.ip = "172.20.0.200".parse().unwrap();
+    state.dhcp_hosts.insert(added.mac, added);
+    let warm = render::render_with(&paths, &state, &ifaces, &mut memo);
+    assert_eq!(warm, render::render(&paths, &state, &ifaces));
+    assert!(warm.hosts.contains("renamed.zstack.local"));
+}

@@ -90,6 +90,7 @@ pub struct DnsmasqBackend {
     /// dnsmasq was started and not stopped (the supervisor restarts it if it dies).
     running: bool,
     applied: Option<Applied>,
+    memo: render::LineMemo,
 }
 
 fn err(e: impl std::fmt::Display) -> BackendError {
@@ -106,6 +107,7 @@ impl DnsmasqBackend {
             supervisor: None,
             running: false,
             applied: None,
+            memo: render::LineMemo::default(),
         }
     }
 
@@ -203,10 +205,12 @@ impl DnsmasqBackend {
 
     /// Brings every file and the process in line with `state`.
     async fn sync(&mut self, state: &DesiredState) -> Result<(), BackendError> {
+        let started = std::time::Instant::now();
         self.applied = None;
         self.ensure_dirs()?;
         let ifaces = read_ifaces().map_err(|e| err(format!("reading interfaces: {e}")))?;
-        let r = render::render(&self.paths, state, &ifaces);
+        let r = render::render_with(&self.paths, state, &ifaces, &mut self.memo);
+        let rendered_us = started.elapsed().as_micros() as u64;
         if r.unplaced.is_empty() {
             self.health.clear(HEALTH_UNPLACED);
         } else {
@@ -234,7 +238,8 @@ impl DnsmasqBackend {
         }
         let conf_changed =
             write::write_if_changed(&self.paths.conf(), r.conf.as_bytes()).map_err(err)?;
-        let wanted = !r.nic_of.is_empty();
+        let written_us = started.elapsed().as_micros() as u64;
+        let wanted = r.placed > 0;
         if !wanted {
             if self.running
                 && let Some(s) = &self.supervisor
@@ -252,6 +257,15 @@ impl DnsmasqBackend {
             let restart_after = state.restart_dnsmasq_after;
             self.supervisor().reload(releases, restart_after);
         }
+        tracing::debug!(
+            hosts = state.dhcp_hosts.len(),
+            rendered_us,
+            written_us,
+            total_us = started.elapsed().as_micros() as u64,
+            changed,
+            conf_changed,
+            "dnsmasq files synced"
+        );
         self.applied = Some(Applied {
             running: wanted,
             subnets: r.subnets,

@@ -8,9 +8,9 @@
 
 use crate::state::DesiredState;
 use crate::state::model::DhcpHost;
-use crate::state::types::{Cidr, MacAddr};
+use crate::state::types::{Cidr, MacAddr, PrefixLen};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -97,8 +97,8 @@ pub struct Rendered {
     pub addn_hosts: String,
     /// `resolv-file`.
     pub resolv: String,
-    /// Which guest nic serves each host (hosts without a nic are absent).
-    pub nic_of: BTreeMap<MacAddr, GuestNic>,
+    /// How many hosts a guest nic serves.
+    pub placed: usize,
     /// Hosts for which no nic of the router was found.
     pub unplaced: Vec<MacAddr>,
     /// The subnets with a DHCP range.
@@ -107,15 +107,6 @@ pub struct Rendered {
     pub guest_macs: BTreeSet<MacAddr>,
     /// Tags of every option profile written.
     pub profiles: BTreeSet<String>,
-}
-
-/// The router nic serving a host, and the router's own address there.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GuestNic {
-    /// Device name.
-    pub name: String,
-    /// The router's address on that nic in the host's subnet (the DHCP server id).
-    pub server: Option<Ipv4Addr>,
 }
 
 /// The interfaces with the addresses of `state.nics` merged in (a nic the links backend has
@@ -154,16 +145,6 @@ pub fn nic_for<'a>(host: &DhcpHost, ifaces: &'a [Iface]) -> Option<&'a Iface> {
         .find(|i| i.addrs.iter().any(|a| a.contains(target)))
 }
 
-fn server_id(iface: &Iface, host: &DhcpHost) -> Option<Ipv4Addr> {
-    let subnet = subnet_of(host);
-    iface
-        .addrs
-        .iter()
-        .find(|a| subnet.contains(a.addr))
-        .or_else(|| iface.addrs.first())
-        .map(|a| a.addr)
-}
-
 /// The host name dnsmasq hands out: as sent, else the address with dashes (plus the domain).
 pub fn hostname(host: &DhcpHost) -> String {
     if let Some(h) = &host.hostname {
@@ -199,6 +180,31 @@ fn profile_body(host: &DhcpHost) -> String {
         let _ = writeln!(s, "tag:TAG,option:mtu,{mtu}");
     }
     s
+}
+
+/// What a host's option lines depend on (two hosts with equal keys share a profile).
+#[derive(PartialEq, Eq, Hash)]
+struct ProfileKey<'a> {
+    default: bool,
+    gateway: Option<Ipv4Addr>,
+    dns: &'a [Ipv4Addr],
+    domain: Option<&'a str>,
+    prefix: PrefixLen,
+    mtu: Option<u32>,
+}
+
+impl<'a> ProfileKey<'a> {
+    fn of(h: &'a DhcpHost) -> Self {
+        let default = h.is_default_l3;
+        ProfileKey {
+            default,
+            gateway: h.gateway.filter(|_| default),
+            dns: if default { &h.dns } else { &[] },
+            domain: h.dns_domain.as_deref().filter(|_| default),
+            prefix: h.prefix,
+            mtu: h.mtu,
+        }
+    }
 }
 
 /// A host's option profile: its tag and its lines.
@@ -284,53 +290,115 @@ pub fn render_conf(paths: &Paths, nics: &BTreeSet<String>, subnets: &BTreeSet<Ci
     s
 }
 
+/// The lines of one host, kept between renderings so that a host that did not change is not
+/// formatted again (a removal at 10,000 hosts then costs a copy, not a rendering).
+#[derive(Debug)]
+struct HostLines {
+    host: DhcpHost,
+    tag: String,
+    line: String,
+    dns: Option<String>,
+}
+
+/// Lines of earlier renderings. Only a cache: any memo gives the same output.
+#[derive(Debug, Default)]
+pub struct LineMemo {
+    hosts: HashMap<MacAddr, HostLines>,
+    profiles: HashMap<String, String>,
+}
+
 /// Renders every file for `state`, given the router's interfaces.
 pub fn render(paths: &Paths, state: &DesiredState, ifaces: &[Iface]) -> Rendered {
+    render_with(paths, state, ifaces, &mut LineMemo::default())
+}
+
+/// [`render`], reusing and refreshing the lines in `memo`.
+pub fn render_with(
+    paths: &Paths,
+    state: &DesiredState,
+    ifaces: &[Iface],
+    memo: &mut LineMemo,
+) -> Rendered {
     let ifaces = merge_desired_nics(ifaces, state);
-    let mut hosts = String::new();
+    let mut hosts = String::with_capacity(state.dhcp_hosts.len() * 80);
     let mut addn = String::new();
-    let mut profiles: BTreeMap<String, String> = BTreeMap::new();
-    let mut nic_of = BTreeMap::new();
+    let mut used: BTreeSet<String> = BTreeSet::new();
+    let mut placed = 0;
+    // Hosts of one subnet (and router nic) are all placed alike: look the nic up once.
+    let mut placed_on: HashMap<(Option<MacAddr>, Cidr), Option<()>> = HashMap::new();
     let mut unplaced = Vec::new();
     let mut nics = BTreeSet::new();
     let mut guest_macs = BTreeSet::new();
     let mut subnets = BTreeSet::new();
+    // Hosts with equal options share a profile: digest each distinct one once.
+    let mut tags: HashMap<ProfileKey, String> = HashMap::new();
+    let mut next: HashMap<MacAddr, HostLines> = HashMap::with_capacity(state.dhcp_hosts.len());
     for host in state.dhcp_hosts.values() {
-        let (tag, body) = profile(host);
-        hosts.push_str(&host_line(host, &tag));
-        if let Some(line) = dns_line(host) {
-            addn.push_str(&line);
-        }
-        profiles.entry(tag).or_insert(body);
-        match nic_for(host, &ifaces) {
-            Some(iface) => {
-                nics.insert(iface.name.clone());
-                if let Some(mac) = iface.mac {
-                    guest_macs.insert(mac);
+        let lines = match memo.hosts.remove(&host.mac) {
+            Some(l) if l.host == *host => l,
+            _ => {
+                let tag = tags
+                    .entry(ProfileKey::of(host))
+                    .or_insert_with(|| {
+                        let (tag, body) = profile(host);
+                        memo.profiles.entry(tag.clone()).or_insert(body);
+                        tag
+                    })
+                    .clone();
+                HostLines {
+                    host: host.clone(),
+                    line: host_line(host, &tag),
+                    dns: dns_line(host),
+                    tag,
                 }
-                subnets.insert(subnet_of(host));
-                nic_of.insert(
-                    host.mac,
-                    GuestNic {
-                        name: iface.name.clone(),
-                        server: server_id(iface, host),
-                    },
-                );
             }
+        };
+        hosts.push_str(&lines.line);
+        if let Some(line) = &lines.dns {
+            addn.push_str(line);
+        }
+        if !used.contains(&lines.tag) {
+            used.insert(lines.tag.clone());
+        }
+        let subnet = subnet_of(host);
+        let place = (host.vr_nic_mac, subnet);
+        let nic = match placed_on.get(&place) {
+            Some(nic) => *nic,
+            None => {
+                let nic = nic_for(host, &ifaces).map(|iface| {
+                    nics.insert(iface.name.clone());
+                    if let Some(mac) = iface.mac {
+                        guest_macs.insert(mac);
+                    }
+                    subnets.insert(subnet);
+                });
+                placed_on.insert(place, nic);
+                nic
+            }
+        };
+        match nic {
+            Some(()) => placed += 1,
             None => unplaced.push(host.mac),
         }
+        next.insert(host.mac, lines);
     }
+    memo.hosts = next;
+    memo.profiles.retain(|tag, _| used.contains(tag));
+    let opts = used
+        .iter()
+        .filter_map(|tag| memo.profiles.get(tag).map(String::as_str))
+        .collect();
     Rendered {
         conf: render_conf(paths, &nics, &subnets),
         hosts,
-        opts: profiles.values().map(String::as_str).collect(),
+        opts,
         addn_hosts: addn,
         resolv: render_resolv(&state.dns_servers),
-        nic_of,
+        placed,
         unplaced,
         subnets,
         guest_macs,
-        profiles: profiles.into_keys().collect(),
+        profiles: used,
     }
 }
 
