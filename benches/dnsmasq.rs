@@ -187,7 +187,7 @@ fn main() {
             median(rm_lat)
         );
         if std::env::var_os("BENCH_LOG").is_some() {
-            for l in agent.log().lines().filter(|l| l.contains("synced") || l.contains("applied")).rev().take(6) {
+            for l in agent.log().lines().filter(|l| l.contains("WARN") || l.contains("INFO") && l.contains("dnsmasq")) {
                 println!("{l}");
             }
         }

@@ -486,6 +486,26 @@ fn default_network_hostname_is_answered_locally() {
         // A non-default network's host has no name here.
         let none = query_from(&lab.guest, "172.20.0.1:53", "172-20-9-7").unwrap();
         assert!(none.1.is_empty(), "{none:?}");
+        // A host added incrementally (no reload) answers once its guest holds the lease.
+        lab.guest.ip(&["addr", "flush", "dev", "g0"]);
+        lab.guest
+            .ip(&["link", "set", "g0", "address", "fa:3c:91:5e:22:30"]);
+        let mut late = entry(
+            "172.20.0.30",
+            "fa:3c:91:5e:22:30",
+            "172.20.0.1",
+            "fa:7e:4b:ad:11:02",
+            true,
+        );
+        late["hostname"] = json!("late.zstack.local");
+        let body = json!({"dhcpEntries": [late], "rebuild": false});
+        assert_ok(&mn.call(agent.vr, "/adddhcp", &body).await);
+        assert!(lab.dnsmasq_dir().join("hosts.d/fa3c915e2230").exists());
+        assert_eq!(lab.dhcp("g0").expect("lease")["ip"], "172.20.0.30");
+        lab.guest
+            .ip(&["addr", "add", "172.20.0.30/24", "dev", "g0"]);
+        let late = query_from(&lab.guest, "172.20.0.1:53", "late.zstack.local").unwrap();
+        assert_eq!(late, (0, vec![Ipv4Addr::new(172, 20, 0, 30)]));
     });
 }
 

@@ -5,7 +5,10 @@
 //! releases the leases of forgotten hosts. This backend decides, per command, the cheapest way
 //! to bring dnsmasq along:
 //! - hosts added to known subnets: one new file per host (and per new option profile) in the
-//!   inotify-watched directories, no reload;
+//!   inotify-watched directories, no reload; the host's DNS name answers from its lease
+//!   (dnsmasq names leases in the subnet's domain) and from the additional-hosts file after
+//!   the next full write. (dnsmasq 2.90 crashes in a reload while it watches a `--hostsdir`
+//!   at 10,000 names, seen in the benchmark, so DNS names are never added through one.)
 //! - upstream DNS servers: the resolv file, which dnsmasq watches itself;
 //! - removals, changes and rebuilds: the full files, then one SIGHUP per batch window;
 //! - a new guest nic or subnet (the main config): a restart.
@@ -23,7 +26,7 @@ use crate::state::{Command, DesiredState, Feature};
 use leases::Release;
 use process::{LeaseSet, Supervisor};
 use render::{Iface, Paths};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -77,6 +80,8 @@ struct Applied {
     subnets: BTreeSet<Cidr>,
     /// Guest nics in the running config.
     guest_macs: BTreeSet<MacAddr>,
+    /// DNS domain of each subnet in the running config.
+    domains: BTreeMap<Cidr, String>,
     /// Option profiles dnsmasq has read.
     profiles: HashSet<String>,
 }
@@ -149,6 +154,12 @@ impl DnsmasqBackend {
                 || !applied.subnets.contains(&render::subnet_of(h))
                 || h.vr_nic_mac
                     .is_some_and(|m| !applied.guest_macs.contains(&m))
+                || (h.is_default_l3
+                    && h.dns_domain.as_deref().map(|d| d.trim_end_matches('.'))
+                        != applied
+                            .domains
+                            .get(&render::subnet_of(h))
+                            .map(String::as_str))
             {
                 return None;
             }
@@ -171,13 +182,7 @@ impl DnsmasqBackend {
                     written.push(p);
                     new_profiles.push(tag.clone());
                 }
-                let name = render::host_file_name(h.mac);
-                if let Some(line) = render::dns_line(h) {
-                    let p = self.paths.dns_dir().join(&name);
-                    write::write_new(&p, line.as_bytes()).map_err(err)?;
-                    written.push(p);
-                }
-                let p = self.paths.hosts_dir().join(&name);
+                let p = self.paths.hosts_dir().join(render::host_file_name(h.mac));
                 write::write_new(&p, render::host_line(h, &tag).as_bytes()).map_err(err)?;
                 written.push(p);
             }
@@ -270,6 +275,7 @@ impl DnsmasqBackend {
             running: wanted,
             subnets: r.subnets,
             guest_macs: r.guest_macs,
+            domains: r.domains,
             profiles: r.profiles.into_iter().collect(),
         });
         Ok(())

@@ -10,7 +10,7 @@ use crate::state::DesiredState;
 use crate::state::model::DhcpHost;
 use crate::state::types::{Cidr, MacAddr, PrefixLen};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -62,10 +62,6 @@ impl Paths {
     pub fn addn_hosts(&self) -> PathBuf {
         self.dir.join("hosts.dns")
     }
-    /// `hostsdir`: DNS names added since the last full rendering.
-    pub fn dns_dir(&self) -> PathBuf {
-        self.dir.join("dns.d")
-    }
     /// `resolv-file`: the upstream servers.
     pub fn resolv(&self) -> PathBuf {
         self.dir.join("resolv.conf")
@@ -78,9 +74,9 @@ impl Paths {
     pub fn pid(&self) -> PathBuf {
         self.dir.join("dnsmasq.pid")
     }
-    /// The three incremental directories.
-    pub fn dirs(&self) -> [PathBuf; 3] {
-        [self.hosts_dir(), self.opts_dir(), self.dns_dir()]
+    /// The incremental directories.
+    pub fn dirs(&self) -> [PathBuf; 2] {
+        [self.hosts_dir(), self.opts_dir()]
     }
 }
 
@@ -103,6 +99,8 @@ pub struct Rendered {
     pub unplaced: Vec<MacAddr>,
     /// The subnets with a DHCP range.
     pub subnets: BTreeSet<Cidr>,
+    /// The DNS domain of each served subnet (in the main config).
+    pub domains: BTreeMap<Cidr, String>,
     /// MACs of the guest nics dnsmasq listens on.
     pub guest_macs: BTreeSet<MacAddr>,
     /// Tags of every option profile written.
@@ -246,7 +244,12 @@ pub fn render_resolv(servers: &[Ipv4Addr]) -> String {
 }
 
 /// The main config: fixed options, our file paths, the guest nics and the DHCP ranges.
-pub fn render_conf(paths: &Paths, nics: &BTreeSet<String>, subnets: &BTreeSet<Cidr>) -> String {
+pub fn render_conf(
+    paths: &Paths,
+    nics: &BTreeSet<String>,
+    subnets: &BTreeSet<Cidr>,
+    domains: &BTreeMap<Cidr, String>,
+) -> String {
     let p = |x: PathBuf| x.display().to_string();
     let mut s = String::from("# Written by vr-agent; changes are overwritten.\n");
     let fixed = [
@@ -264,7 +267,6 @@ pub fn render_conf(paths: &Paths, nics: &BTreeSet<String>, subnets: &BTreeSet<Ci
         "dhcp-lease-max=65535".to_string(),
         format!("resolv-file={}", p(paths.resolv())),
         format!("addn-hosts={}", p(paths.addn_hosts())),
-        format!("hostsdir={}", p(paths.dns_dir())),
         format!("dhcp-hostsfile={}", p(paths.hosts())),
         format!("dhcp-hostsdir={}", p(paths.hosts_dir())),
         format!("dhcp-optsfile={}", p(paths.opts())),
@@ -287,7 +289,34 @@ pub fn render_conf(paths: &Paths, nics: &BTreeSet<String>, subnets: &BTreeSet<Ci
             net.prefix.netmask()
         );
     }
+    for (net, domain) in domains {
+        let _ = writeln!(s, "domain={domain},{net}");
+    }
     s
+}
+
+/// The DNS domain of each subnet: the `dnsDomain` most of its default-network hosts carry
+/// (ties: the first in order). dnsmasq names a guest's lease in that domain, so the name of a
+/// host added without a reload answers as soon as the guest holds its lease.
+pub fn subnet_domains(state: &DesiredState) -> BTreeMap<Cidr, String> {
+    let mut counts: BTreeMap<Cidr, BTreeMap<&str, usize>> = BTreeMap::new();
+    for h in state.dhcp_hosts.values().filter(|h| h.is_default_l3) {
+        if let Some(d) = &h.dns_domain {
+            *counts
+                .entry(subnet_of(h))
+                .or_default()
+                .entry(d.trim_end_matches('.'))
+                .or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .filter_map(|(net, c)| {
+            let best = c.values().copied().max()?;
+            let domain = c.into_iter().find(|(_, n)| *n == best)?.0;
+            Some((net, domain.to_string()))
+        })
+        .collect()
 }
 
 /// The lines of one host, kept between renderings so that a host that did not change is not
@@ -388,8 +417,13 @@ pub fn render_with(
         .iter()
         .filter_map(|tag| memo.profiles.get(tag).map(String::as_str))
         .collect();
+    let domains: BTreeMap<Cidr, String> = subnet_domains(state)
+        .into_iter()
+        .filter(|(net, _)| subnets.contains(net))
+        .collect();
     Rendered {
-        conf: render_conf(paths, &nics, &subnets),
+        conf: render_conf(paths, &nics, &subnets, &domains),
+        domains,
         hosts,
         opts,
         addn_hosts: addn,
