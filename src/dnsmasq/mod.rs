@@ -10,7 +10,9 @@
 //!   the next full write. (dnsmasq 2.90 crashes in a reload while it watches a `--hostsdir`
 //!   at 10,000 names, seen in the benchmark, so DNS names are never added through one.)
 //! - upstream DNS servers: the resolv file, which dnsmasq watches itself;
-//! - removals, changes and rebuilds: the full files, then one SIGHUP per batch window;
+//! - removals, changes and rebuilds: the full files, then one SIGHUP per batch window (a
+//!   restart instead when dnsmasq holds hosts read from its hosts directory: dnsmasq 2.90
+//!   crashes in that reload);
 //! - a new guest nic or subnet (the main config): a restart.
 
 pub mod leases;
@@ -201,7 +203,7 @@ impl DnsmasqBackend {
                     let _ = std::fs::remove_file(p);
                 }
                 if !written.is_empty() {
-                    self.supervisor().reload(Vec::new(), 0);
+                    self.supervisor().reload(Vec::new(), 0, true);
                 }
                 Err(e)
             }
@@ -238,9 +240,14 @@ impl DnsmasqBackend {
         ] {
             changed |= write::write_if_changed(&path, content.as_bytes()).map_err(err)?;
         }
+        // dnsmasq 2.90 crashes (SIGSEGV) in a reload once it holds hosts it read from its
+        // hosts directory (reproduced by removed_host_is_no_longer_served_and_its_lease_released):
+        // when those files go, it is restarted instead.
+        let mut dir_read = false;
         for d in self.paths.dirs() {
-            changed |= write::clear_dir(&d).map_err(err)? > 0;
+            dir_read |= write::clear_dir(&d).map_err(err)? > 0;
         }
+        changed |= dir_read;
         let conf_changed =
             write::write_if_changed(&self.paths.conf(), r.conf.as_bytes()).map_err(err)?;
         let written_us = started.elapsed().as_micros() as u64;
@@ -260,7 +267,7 @@ impl DnsmasqBackend {
         } else if changed {
             let releases = releases(&self.paths, state, &ifaces);
             let restart_after = state.restart_dnsmasq_after;
-            self.supervisor().reload(releases, restart_after);
+            self.supervisor().reload(releases, restart_after, dir_read);
         }
         tracing::debug!(
             hosts = state.dhcp_hosts.len(),

@@ -45,6 +45,7 @@ enum Msg {
     Reload {
         releases: Vec<Release>,
         restart_after: u32,
+        restart: bool,
     },
     Stop {
         reply: oneshot::Sender<()>,
@@ -68,6 +69,7 @@ impl Supervisor {
             wanted: false,
             reloads: 0,
             restart_after: 0,
+            restart_instead: false,
             reload_at: None,
             reload_first: None,
             releases: Vec::new(),
@@ -91,11 +93,13 @@ impl Supervisor {
     }
 
     /// Asks for a reload (folded with others, within [`RELOAD_MAX_DELAY`]), then the release
-    /// of `releases`.
-    pub fn reload(&self, releases: Vec<Release>, restart_after: u32) {
+    /// of `releases`. `restart`: restart instead of reloading (dnsmasq read hosts from files
+    /// that are gone now).
+    pub fn reload(&self, releases: Vec<Release>, restart_after: u32, restart: bool) {
         let _ = self.tx.send(Msg::Reload {
             releases,
             restart_after,
+            restart,
         });
     }
 
@@ -117,6 +121,8 @@ struct Task {
     wanted: bool,
     reloads: u32,
     restart_after: u32,
+    /// The next reload must be a restart.
+    restart_instead: bool,
     reload_at: Option<Instant>,
     /// When the oldest reload request still waiting came.
     reload_first: Option<Instant>,
@@ -156,8 +162,9 @@ impl Task {
                         }
                         let _ = reply.send(r);
                     }
-                    Some(Msg::Reload { releases, restart_after }) => {
+                    Some(Msg::Reload { releases, restart_after, restart }) => {
                         self.releases.extend(releases);
+                        self.restart_instead |= restart;
                         self.restart_after = restart_after;
                         let now = Instant::now();
                         let first = *self.reload_first.get_or_insert(now);
@@ -224,9 +231,19 @@ impl Task {
         let Some(pid) = self.child.as_ref().and_then(Child::id) else {
             return;
         };
-        if self.restart_after > 0 && self.reloads >= self.restart_after {
+        // A SIGHUP while dnsmasq holds hosts read from its watched directories crashes
+        // dnsmasq 2.90: restart instead, also when an add raced in since the files were folded.
+        let dirs_in_use = self
+            .paths
+            .dirs()
+            .iter()
+            .any(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()));
+        let limit = self.restart_after > 0 && self.reloads >= self.restart_after;
+        if limit || self.restart_instead || dirs_in_use {
             tracing::info!(
                 reloads = self.reloads,
+                limit,
+                dirs_in_use,
                 "restarting dnsmasq instead of reloading"
             );
             if let Err(e) = self.start_now(None).await {
@@ -370,6 +387,7 @@ impl Task {
         tracing::info!(pid, "dnsmasq started");
         self.child = Some(child);
         self.reloads = 0;
+        self.restart_instead = false;
         Ok(())
     }
 }
