@@ -356,6 +356,7 @@ fn removed_host_is_no_longer_served_and_its_lease_released() {
         let mn = MgmtNode::start().await;
         let body = json!({"dhcpEntries": [
             default_entry(),
+            entry("172.20.0.98", "fa:3c:91:5e:22:97", "172.20.0.1", "fa:7e:4b:ad:11:02", true),
             entry("172.20.0.99", "fa:3c:91:5e:22:98", "172.20.0.1", "fa:7e:4b:ad:11:02", true),
             entry("172.20.9.99", "fa:3c:91:5e:22:99", "172.20.9.1", "fa:7e:4b:ad:11:04", false),
         ], "rebuild": false});
@@ -380,6 +381,7 @@ fn removed_host_is_no_longer_served_and_its_lease_released() {
                 .unwrap()
                 .contains(GUEST_MAC)
         );
+        let pid = dnsmasq_pid(&lab.dnsmasq_dir()).unwrap();
 
         let removal = json!({"dhcpEntries": [default_entry()]});
         assert_ok(&mn.call(agent.vr, "/removedhcp", &removal).await);
@@ -392,21 +394,29 @@ fn removed_host_is_no_longer_served_and_its_lease_released() {
             None,
             "the removed host still gets an address"
         );
-        // The other host is still served. dnsmasq was restarted, not reloaded, since it held
-        // a host read from its hosts directory (dnsmasq 2.90 crashes in that reload); it did
-        // not die.
+        // The other host (added incrementally) is still served, by the same dnsmasq: reloaded,
+        // not restarted.
         assert_eq!(lab.dhcp("g1").expect("the other host")["ip"], "172.20.9.7");
-        assert!(!agent.log().contains("dnsmasq exited"), "dnsmasq died");
-        let ping = mn.call(agent.vr, "/ping", &json!({})).await;
-        assert_eq!(ping["healthy"], json!(true), "{ping}");
-        // A further removal is a plain reload: same process.
-        let pid = dnsmasq_pid(&lab.dnsmasq_dir()).unwrap();
+        assert_eq!(dnsmasq_pid(&lab.dnsmasq_dir()), Some(pid));
+
+        // A host whose options differ from its subnet's sets tags, and dnsmasq 2.90 dies in a
+        // reload while such a host holds a lease: then the agent restarts it instead.
+        let mut own = default_entry();
+        own["mtu"] = json!(1300);
+        let body = json!({"dhcpEntries": [own], "rebuild": false});
+        assert_ok(&mn.call(agent.vr, "/adddhcp", &body).await);
+        let lease = lab.dhcp("g0").expect("lease with its own options");
+        assert_eq!(lease["mtu"], "1300");
         let removal = json!({"dhcpEntries": [
             entry("172.20.9.99", "fa:3c:91:5e:22:99", "172.20.9.1", "fa:7e:4b:ad:11:04", false),
         ]});
         assert_ok(&mn.call(agent.vr, "/removedhcp", &removal).await);
         std::thread::sleep(Duration::from_secs(1));
-        assert_eq!(dnsmasq_pid(&lab.dnsmasq_dir()), Some(pid));
+        assert_ne!(dnsmasq_pid(&lab.dnsmasq_dir()), Some(pid));
+        assert!(!agent.log().contains("dnsmasq exited"), "dnsmasq died");
+        let ping = mn.call(agent.vr, "/ping", &json!({})).await;
+        assert_eq!(ping["healthy"], json!(true), "{ping}");
+        assert_eq!(lab.dhcp("g0").expect("tagged host")["mtu"], "1300");
         assert_eq!(lab.dhcp("g1").expect("the other host")["ip"], "172.20.9.7");
     });
 }

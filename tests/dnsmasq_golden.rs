@@ -114,15 +114,26 @@ fn a_hosts_incremental_files_are_its_part_of_the_full_rendering() {
     let r = render::render(&Paths::new("/x"), &state, &ifaces);
     for host in state.dhcp_hosts.values() {
         let (tag, body) = render::profile(host);
-        assert!(r.hosts.contains(&render::host_line(host, &tag)), "{host:?}");
-        assert!(r.opts.contains(&body), "{host:?}");
+        let subnet = render::subnet_of(host);
+        let own = r.subnet_profiles.get(&subnet) != Some(&tag);
+        let line = render::host_line(host, own.then_some(tag.as_str()));
+        assert!(r.hosts.contains(&line), "{host:?}");
+        let opts = if own {
+            render::own_profile_lines(&tag, &body)
+        } else {
+            render::subnet_profile_lines(subnet, &body)
+        };
+        assert!(r.opts.contains(&opts), "{host:?}");
+        assert_eq!(own, r.tagged.contains(&host.mac));
         if let Some(line) = render::dns_line(host) {
             assert!(r.addn_hosts.contains(&line));
         }
     }
-    // Shared options are written once: three default-network hosts of 172.20.0.0/24, two alike.
+    // Shared options are written once per subnet; only the one host that differs from its
+    // subnet (MTU, DNS list) sets tags: 172.20.0.0/24 has 3 hosts, 2 alike.
     assert_eq!(r.opts.matches("option:netmask,255.255.255.0").count(), 3);
-    assert_eq!(r.profiles.len(), 4);
+    assert_eq!(r.tagged.len(), 1);
+    assert_eq!(r.profiles.len(), 1);
 }
 
 #[test]

@@ -11,8 +11,8 @@
 //!   at 10,000 names, seen in the benchmark, so DNS names are never added through one.)
 //! - upstream DNS servers: the resolv file, which dnsmasq watches itself;
 //! - removals, changes and rebuilds: the full files, then one SIGHUP per batch window (a
-//!   restart instead when dnsmasq holds hosts read from its hosts directory: dnsmasq 2.90
-//!   crashes in that reload);
+//!   restart instead while a host whose `dhcp-host` sets tags holds a lease: dnsmasq 2.90
+//!   dies in that reload, see `render`);
 //! - a new guest nic or subnet (the main config): a restart.
 
 pub mod leases;
@@ -30,7 +30,7 @@ use process::{LeaseSet, Supervisor};
 use render::{Iface, Paths};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Health source for hosts no nic of the router serves.
 pub const HEALTH_UNPLACED: &str = "dhcp";
@@ -84,8 +84,10 @@ struct Applied {
     guest_macs: BTreeSet<MacAddr>,
     /// DNS domain of each subnet in the running config.
     domains: BTreeMap<Cidr, String>,
-    /// Option profiles dnsmasq has read.
+    /// Hosts' own option profiles dnsmasq has read.
     profiles: HashSet<String>,
+    /// The profile of each subnet.
+    subnet_profiles: BTreeMap<Cidr, String>,
 }
 
 /// The DHCP and DNS backend.
@@ -98,6 +100,9 @@ pub struct DnsmasqBackend {
     running: bool,
     applied: Option<Applied>,
     memo: render::LineMemo,
+    /// Hosts whose `dhcp-host` sets tags, as dnsmasq may hold them now (shared with the
+    /// supervisor, which must not reload dnsmasq while one of them holds a lease).
+    tagged_loaded: Arc<Mutex<HashSet<MacAddr>>>,
 }
 
 fn err(e: impl std::fmt::Display) -> BackendError {
@@ -115,13 +120,20 @@ impl DnsmasqBackend {
             running: false,
             applied: None,
             memo: render::LineMemo::default(),
+            tagged_loaded: Arc::default(),
         }
     }
 
     fn supervisor(&mut self) -> &Supervisor {
         let (bin, paths, health) = (&self.bin, &self.paths, &self.health);
+        let tagged = &self.tagged_loaded;
         self.supervisor.get_or_insert_with(|| {
-            Supervisor::spawn(bin.clone(), paths.clone(), Arc::clone(health))
+            Supervisor::spawn(
+                bin.clone(),
+                paths.clone(),
+                Arc::clone(health),
+                Arc::clone(tagged),
+            )
         })
     }
 
@@ -154,6 +166,7 @@ impl DnsmasqBackend {
             if new.iter().any(|n| n.mac == h.mac || n.ip == h.ip)
                 || before.dhcp_hosts.values().any(|o| o.ip == h.ip)
                 || !applied.subnets.contains(&render::subnet_of(h))
+                || !applied.subnet_profiles.contains_key(&render::subnet_of(h))
                 || h.vr_nic_mac
                     .is_some_and(|m| !applied.guest_macs.contains(&m))
                 || (h.is_default_l3
@@ -178,14 +191,23 @@ impl DnsmasqBackend {
             let applied = self.applied.as_ref().ok_or_else(|| err("state unknown"))?;
             for h in hosts {
                 let (tag, body) = render::profile(h);
-                if !applied.profiles.contains(&tag) && !new_profiles.contains(&tag) {
+                let own = applied.subnet_profiles.get(&render::subnet_of(h)) != Some(&tag);
+                if own && !applied.profiles.contains(&tag) && !new_profiles.contains(&tag) {
                     let p = self.paths.opts_dir().join(&tag);
-                    write::write_new(&p, body.as_bytes()).map_err(err)?;
+                    let lines = render::own_profile_lines(&tag, &body);
+                    write::write_new(&p, lines.as_bytes()).map_err(err)?;
                     written.push(p);
                     new_profiles.push(tag.clone());
                 }
+                if own {
+                    self.tagged_loaded
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(h.mac);
+                }
                 let p = self.paths.hosts_dir().join(render::host_file_name(h.mac));
-                write::write_new(&p, render::host_line(h, &tag).as_bytes()).map_err(err)?;
+                let line = render::host_line(h, own.then_some(tag.as_str()));
+                write::write_new(&p, line.as_bytes()).map_err(err)?;
                 written.push(p);
             }
             Ok(())
@@ -203,7 +225,7 @@ impl DnsmasqBackend {
                     let _ = std::fs::remove_file(p);
                 }
                 if !written.is_empty() {
-                    self.supervisor().reload(Vec::new(), 0, true);
+                    self.supervisor().reload(Vec::new(), 0);
                 }
                 Err(e)
             }
@@ -240,14 +262,9 @@ impl DnsmasqBackend {
         ] {
             changed |= write::write_if_changed(&path, content.as_bytes()).map_err(err)?;
         }
-        // dnsmasq 2.90 crashes (SIGSEGV) in a reload once it holds hosts it read from its
-        // hosts directory (reproduced by removed_host_is_no_longer_served_and_its_lease_released):
-        // when those files go, it is restarted instead.
-        let mut dir_read = false;
         for d in self.paths.dirs() {
-            dir_read |= write::clear_dir(&d).map_err(err)? > 0;
+            changed |= write::clear_dir(&d).map_err(err)? > 0;
         }
-        changed |= dir_read;
         let conf_changed =
             write::write_if_changed(&self.paths.conf(), r.conf.as_bytes()).map_err(err)?;
         let written_us = started.elapsed().as_micros() as u64;
@@ -262,12 +279,19 @@ impl DnsmasqBackend {
         } else if conf_changed || !self.running {
             self.running = false;
             let keep: LeaseSet = state.dhcp_hosts.values().map(|h| (h.mac, h.ip)).collect();
+            *self.tagged_loaded.lock().unwrap_or_else(|e| e.into_inner()) =
+                r.tagged.iter().copied().collect();
             self.supervisor().start(keep).await.map_err(err)?;
             self.running = true;
         } else if changed {
             let releases = releases(&self.paths, state, &ifaces);
             let restart_after = state.restart_dnsmasq_after;
-            self.supervisor().reload(releases, restart_after, dir_read);
+            // Until the reload, dnsmasq holds the old tagged hosts as well as the new ones.
+            self.tagged_loaded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(r.tagged.iter().copied());
+            self.supervisor().reload(releases, restart_after);
         }
         tracing::debug!(
             hosts = state.dhcp_hosts.len(),
@@ -284,6 +308,7 @@ impl DnsmasqBackend {
             guest_macs: r.guest_macs,
             domains: r.domains,
             profiles: r.profiles.into_iter().collect(),
+            subnet_profiles: r.subnet_profiles,
         });
         Ok(())
     }

@@ -45,7 +45,6 @@ enum Msg {
     Reload {
         releases: Vec<Release>,
         restart_after: u32,
-        restart: bool,
     },
     Stop {
         reply: oneshot::Sender<()>,
@@ -59,7 +58,12 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Spawns the supervisor (on the current tokio runtime); nothing runs until `start`.
-    pub fn spawn(bin: PathBuf, paths: Paths, health: Arc<Health>) -> Supervisor {
+    pub fn spawn(
+        bin: PathBuf,
+        paths: Paths,
+        health: Arc<Health>,
+        tagged: Arc<Mutex<HashSet<MacAddr>>>,
+    ) -> Supervisor {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = Task {
             bin,
@@ -69,7 +73,7 @@ impl Supervisor {
             wanted: false,
             reloads: 0,
             restart_after: 0,
-            restart_instead: false,
+            tagged,
             reload_at: None,
             reload_first: None,
             releases: Vec::new(),
@@ -93,13 +97,11 @@ impl Supervisor {
     }
 
     /// Asks for a reload (folded with others, within [`RELOAD_MAX_DELAY`]), then the release
-    /// of `releases`. `restart`: restart instead of reloading (dnsmasq read hosts from files
-    /// that are gone now).
-    pub fn reload(&self, releases: Vec<Release>, restart_after: u32, restart: bool) {
+    /// of `releases`.
+    pub fn reload(&self, releases: Vec<Release>, restart_after: u32) {
         let _ = self.tx.send(Msg::Reload {
             releases,
             restart_after,
-            restart,
         });
     }
 
@@ -121,8 +123,8 @@ struct Task {
     wanted: bool,
     reloads: u32,
     restart_after: u32,
-    /// The next reload must be a restart.
-    restart_instead: bool,
+    /// Hosts whose `dhcp-host` sets tags, as dnsmasq may hold them now.
+    tagged: Arc<Mutex<HashSet<MacAddr>>>,
     reload_at: Option<Instant>,
     /// When the oldest reload request still waiting came.
     reload_first: Option<Instant>,
@@ -162,9 +164,8 @@ impl Task {
                         }
                         let _ = reply.send(r);
                     }
-                    Some(Msg::Reload { releases, restart_after, restart }) => {
+                    Some(Msg::Reload { releases, restart_after }) => {
                         self.releases.extend(releases);
-                        self.restart_instead |= restart;
                         self.restart_after = restart_after;
                         let now = Instant::now();
                         let first = *self.reload_first.get_or_insert(now);
@@ -231,19 +232,19 @@ impl Task {
         let Some(pid) = self.child.as_ref().and_then(Child::id) else {
             return;
         };
-        // A SIGHUP while dnsmasq holds hosts read from its watched directories crashes
-        // dnsmasq 2.90: restart instead, also when an add raced in since the files were folded.
-        let dirs_in_use = self
-            .paths
-            .dirs()
-            .iter()
-            .any(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()));
+        // dnsmasq 2.90 dies (SIGSEGV) in a SIGHUP while a host whose dhcp-host line sets a
+        // tag holds a lease: restart it instead then.
+        let held = leases::read(&self.paths.leases());
+        let tagged_lease = {
+            let tagged = self.tagged.lock().unwrap_or_else(|e| e.into_inner());
+            held.iter().any(|(mac, _)| tagged.contains(mac))
+        };
         let limit = self.restart_after > 0 && self.reloads >= self.restart_after;
-        if limit || self.restart_instead || dirs_in_use {
+        if limit || tagged_lease {
             tracing::info!(
                 reloads = self.reloads,
                 limit,
-                dirs_in_use,
+                tagged_lease,
                 "restarting dnsmasq instead of reloading"
             );
             if let Err(e) = self.start_now(None).await {
@@ -264,7 +265,6 @@ impl Task {
         if releases.is_empty() {
             return;
         }
-        let held = leases::read(&self.paths.leases());
         for r in releases.iter().filter(|r| held.contains(&(r.mac, r.ip))) {
             if let Err(e) = leases::send(r) {
                 tracing::warn!(mac = %r.mac, ip = %r.ip, error = %e, "cannot release the lease");
@@ -387,7 +387,6 @@ impl Task {
         tracing::info!(pid, "dnsmasq started");
         self.child = Some(child);
         self.reloads = 0;
-        self.restart_instead = false;
         Ok(())
     }
 }

@@ -1,10 +1,13 @@
 //! Pure rendering of every dnsmasq file from the desired state and the router's interfaces.
 //!
-//! Hosts carry a tag naming their option profile (router, DNS servers, domain, netmask, MTU);
-//! hosts with equal options share one profile, so a subnet's options are written once and a
-//! host that differs gets a profile of its own. A profile's tag is a digest of its content, so
-//! the lines of one host never depend on the other hosts: the incremental files written for an
-//! added host are exactly its part of the full rendering.
+//! Options (router, DNS servers, domain, netmask, MTU) come in profiles. Each subnet's DHCP
+//! range sets a tag for the subnet, and the profile most of its hosts share is written once,
+//! for that tag. A host whose options differ sets two tags, [`OWN_TAG`] (which turns the
+//! subnet's profile off) and its own profile's, named by a digest of the profile's content.
+//!
+//! Tags on hosts are kept to those few on purpose: dnsmasq 2.90 dies (SIGSEGV) on a SIGHUP once
+//! a host whose `dhcp-host` sets a tag holds a lease, so a reload is only safe while no leased
+//! host carries one (the backend restarts dnsmasq otherwise).
 
 use crate::state::DesiredState;
 use crate::state::model::DhcpHost;
@@ -103,8 +106,12 @@ pub struct Rendered {
     pub domains: BTreeMap<Cidr, String>,
     /// MACs of the guest nics dnsmasq listens on.
     pub guest_macs: BTreeSet<MacAddr>,
-    /// Tags of every option profile written.
+    /// The profile of each subnet (for its hosts without one of their own).
+    pub subnet_profiles: BTreeMap<Cidr, String>,
+    /// Tags of the hosts' own profiles.
     pub profiles: BTreeSet<String>,
+    /// Hosts with a profile of their own (their `dhcp-host` sets tags).
+    pub tagged: BTreeSet<MacAddr>,
 }
 
 /// The interfaces with the addresses of `state.nics` merged in (a nic the links backend has
@@ -205,27 +212,53 @@ impl<'a> ProfileKey<'a> {
     }
 }
 
-/// A host's option profile: its tag and its lines.
+/// Set by every host with a profile of its own; the subnets' profiles exclude it.
+pub const OWN_TAG: &str = "vrown";
+
+/// A host's option profile: its tag and its lines with the placeholder `TAG`.
 pub fn profile(host: &DhcpHost) -> (String, String) {
     let body = profile_body(host);
     let digest = Sha256::digest(body.as_bytes());
     let tag: String = std::iter::once("vr".to_string())
         .chain(digest.iter().take(5).map(|b| format!("{b:02x}")))
         .collect();
-    (tag.clone(), body.replace("TAG", &tag))
+    (tag, body)
 }
 
-/// The `dhcp-host` line of a host whose profile tag is `tag`.
-pub fn host_line(host: &DhcpHost, tag: &str) -> String {
+/// The profile's lines for a host that sets the profile's own tag.
+pub fn own_profile_lines(tag: &str, body: &str) -> String {
+    body.replace("TAG", tag)
+}
+
+/// The profile's lines for every host of `net` without a profile of its own.
+pub fn subnet_profile_lines(net: Cidr, body: &str) -> String {
+    body.replace("TAG", &format!("{},tag:!{OWN_TAG}", subnet_tag(net)))
+}
+
+/// The tag a subnet's DHCP range sets.
+pub fn subnet_tag(net: Cidr) -> String {
+    format!(
+        "net-{}-{}",
+        net.addr.to_string().replace('.', "-"),
+        net.prefix.len()
+    )
+}
+
+/// The `dhcp-host` line of a host; `own`: the tag of its own profile, when it differs from
+/// its subnet's.
+pub fn host_line(host: &DhcpHost, own: Option<&str>) -> String {
+    let tags = own
+        .map(|t| format!(",set:{OWN_TAG},set:{t}"))
+        .unwrap_or_default();
     if host.is_default_l3 {
         format!(
-            "{},set:{tag},{},{},infinite\n",
+            "{}{tags},{},{},infinite\n",
             host.mac,
             host.ip,
             hostname(host)
         )
     } else {
-        format!("{},set:{tag},{},infinite\n", host.mac, host.ip)
+        format!("{}{tags},{},infinite\n", host.mac, host.ip)
     }
 }
 
@@ -284,7 +317,8 @@ pub fn render_conf(
     for net in subnets {
         let _ = writeln!(
             s,
-            "dhcp-range={},static,{},infinite",
+            "dhcp-range=set:{},{},static,{},infinite",
+            subnet_tag(*net),
             net.addr,
             net.prefix.netmask()
         );
@@ -325,6 +359,8 @@ pub fn subnet_domains(state: &DesiredState) -> BTreeMap<Cidr, String> {
 struct HostLines {
     host: DhcpHost,
     tag: String,
+    /// The line was made with the host's own profile tag.
+    own: bool,
     line: String,
     dns: Option<String>,
 }
@@ -333,12 +369,26 @@ struct HostLines {
 #[derive(Debug, Default)]
 pub struct LineMemo {
     hosts: HashMap<MacAddr, HostLines>,
+    /// Profile bodies (with the `TAG` placeholder) by tag.
     profiles: HashMap<String, String>,
 }
 
 /// Renders every file for `state`, given the router's interfaces.
 pub fn render(paths: &Paths, state: &DesiredState, ifaces: &[Iface]) -> Rendered {
     render_with(paths, state, ifaces, &mut LineMemo::default())
+}
+
+/// The profile most hosts of each subnet share (ties: the smallest tag).
+fn subnet_profiles(counts: HashMap<Cidr, HashMap<&str, usize>>) -> BTreeMap<Cidr, String> {
+    counts
+        .into_iter()
+        .filter_map(|(net, c)| {
+            let best = c
+                .into_iter()
+                .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0)))?;
+            Some((net, best.0.to_string()))
+        })
+        .collect()
 }
 
 /// [`render`], reusing and refreshing the lines in `memo`.
@@ -349,9 +399,38 @@ pub fn render_with(
     memo: &mut LineMemo,
 ) -> Rendered {
     let ifaces = merge_desired_nics(ifaces, state);
+    // Pass 1: each host's profile; hosts with equal options share one (digested once).
+    let mut tags: HashMap<ProfileKey, String> = HashMap::new();
+    let mut host_tags: Vec<String> = Vec::with_capacity(state.dhcp_hosts.len());
+    for host in state.dhcp_hosts.values() {
+        let tag = match memo.hosts.get(&host.mac) {
+            Some(l) if l.host == *host => l.tag.clone(),
+            _ => tags
+                .entry(ProfileKey::of(host))
+                .or_insert_with(|| {
+                    let (tag, body) = profile(host);
+                    memo.profiles.entry(tag.clone()).or_insert(body);
+                    tag
+                })
+                .clone(),
+        };
+        host_tags.push(tag);
+    }
+    let mut counts: HashMap<Cidr, HashMap<&str, usize>> = HashMap::new();
+    for (host, tag) in state.dhcp_hosts.values().zip(&host_tags) {
+        *counts
+            .entry(subnet_of(host))
+            .or_default()
+            .entry(tag.as_str())
+            .or_default() += 1;
+    }
+    let by_subnet = subnet_profiles(counts);
+
+    // Pass 2: the lines.
     let mut hosts = String::with_capacity(state.dhcp_hosts.len() * 80);
     let mut addn = String::new();
-    let mut used: BTreeSet<String> = BTreeSet::new();
+    let mut own_tags: BTreeSet<String> = BTreeSet::new();
+    let mut tagged = BTreeSet::new();
     let mut placed = 0;
     // Hosts of one subnet (and router nic) are all placed alike: look the nic up once.
     let mut placed_on: HashMap<(Option<MacAddr>, Cidr), Option<()>> = HashMap::new();
@@ -359,37 +438,30 @@ pub fn render_with(
     let mut nics = BTreeSet::new();
     let mut guest_macs = BTreeSet::new();
     let mut subnets = BTreeSet::new();
-    // Hosts with equal options share a profile: digest each distinct one once.
-    let mut tags: HashMap<ProfileKey, String> = HashMap::new();
     let mut next: HashMap<MacAddr, HostLines> = HashMap::with_capacity(state.dhcp_hosts.len());
-    for host in state.dhcp_hosts.values() {
+    for (host, tag) in state.dhcp_hosts.values().zip(host_tags) {
+        let subnet = subnet_of(host);
+        let own = by_subnet.get(&subnet) != Some(&tag);
         let lines = match memo.hosts.remove(&host.mac) {
-            Some(l) if l.host == *host => l,
-            _ => {
-                let tag = tags
-                    .entry(ProfileKey::of(host))
-                    .or_insert_with(|| {
-                        let (tag, body) = profile(host);
-                        memo.profiles.entry(tag.clone()).or_insert(body);
-                        tag
-                    })
-                    .clone();
-                HostLines {
-                    host: host.clone(),
-                    line: host_line(host, &tag),
-                    dns: dns_line(host),
-                    tag,
-                }
-            }
+            Some(l) if l.host == *host && l.own == own => l,
+            _ => HostLines {
+                host: host.clone(),
+                line: host_line(host, own.then_some(tag.as_str())),
+                dns: dns_line(host),
+                tag,
+                own,
+            },
         };
         hosts.push_str(&lines.line);
         if let Some(line) = &lines.dns {
             addn.push_str(line);
         }
-        if !used.contains(&lines.tag) {
-            used.insert(lines.tag.clone());
+        if own {
+            tagged.insert(host.mac);
+            if !own_tags.contains(&lines.tag) {
+                own_tags.insert(lines.tag.clone());
+            }
         }
-        let subnet = subnet_of(host);
         let place = (host.vr_nic_mac, subnet);
         let nic = match placed_on.get(&place) {
             Some(nic) => *nic,
@@ -412,11 +484,19 @@ pub fn render_with(
         next.insert(host.mac, lines);
     }
     memo.hosts = next;
-    memo.profiles.retain(|tag, _| used.contains(tag));
-    let opts = used
-        .iter()
-        .filter_map(|tag| memo.profiles.get(tag).map(String::as_str))
-        .collect();
+    memo.profiles
+        .retain(|tag, _| own_tags.contains(tag) || by_subnet.values().any(|t| t == tag));
+    let mut opts = String::new();
+    for (net, tag) in &by_subnet {
+        if let Some(body) = memo.profiles.get(tag) {
+            opts.push_str(&subnet_profile_lines(*net, body));
+        }
+    }
+    for tag in &own_tags {
+        if let Some(body) = memo.profiles.get(tag) {
+            opts.push_str(&own_profile_lines(tag, body));
+        }
+    }
     let domains: BTreeMap<Cidr, String> = subnet_domains(state)
         .into_iter()
         .filter(|(net, _)| subnets.contains(net))
@@ -432,7 +512,9 @@ pub fn render_with(
         unplaced,
         subnets,
         guest_macs,
-        profiles: used,
+        subnet_profiles: by_subnet,
+        profiles: own_tags,
+        tagged,
     }
 }
 
