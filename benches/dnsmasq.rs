@@ -30,13 +30,20 @@ fn host(i: usize) -> Value {
     })
 }
 
-fn dnsmasq_cpu_ms(dir: &Path) -> f64 {
+/// utime + stime (fields 14, 15) or cutime + cstime (16, 17) of a process, in clock ticks.
+fn ticks(pid: &str, children: bool) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    let i = if children { 13 } else { 11 };
+    f[i].parse::<f64>().unwrap() + f[i + 1].parse::<f64>().unwrap()
+}
+
+/// CPU time of every dnsmasq the agent ran so far: the live one plus the ones it reaped.
+fn dnsmasq_cpu_ms(dir: &Path, agent_pid: u32) -> f64 {
     let pid = std::fs::read_to_string(dir.join("dnsmasq.pid")).unwrap();
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap();
-    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after_comm.split_whitespace().collect();
-    // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the command name.
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    let total = ticks(pid.trim(), false) + ticks(&agent_pid.to_string(), true);
     let hz: f64 = String::from_utf8(
         std::process::Command::new("getconf")
             .arg("CLK_TCK")
@@ -48,7 +55,7 @@ fn dnsmasq_cpu_ms(dir: &Path) -> f64 {
     .trim()
     .parse()
     .unwrap();
-    ticks * 1000.0 / hz
+    total * 1000.0 / hz
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -127,7 +134,7 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await;
 
         // 100 incremental adds on top of 10,000.
-        let cpu0 = dnsmasq_cpu_ms(&dir);
+        let cpu0 = dnsmasq_cpu_ms(&dir, agent.pid());
         let mut lat = Vec::new();
         for i in N..N + 100 {
             let body = json!({"dhcpEntries": [host(i)], "rebuild": false});
@@ -137,7 +144,7 @@ fn main() {
             assert_ok(&r);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let add_cpu = dnsmasq_cpu_ms(&dir) - cpu0;
+        let add_cpu = dnsmasq_cpu_ms(&dir, agent.pid()) - cpu0;
 
         // Time until a client holds its lease after the add.
         let mut client = host(N + 500);
@@ -158,7 +165,7 @@ fn main() {
 
         // 100 single-host removals with 10,000 present.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let cpu0 = dnsmasq_cpu_ms(&dir);
+        let cpu0 = dnsmasq_cpu_ms(&dir, agent.pid());
         let t = Instant::now();
         let mut rm_lat = Vec::new();
         for i in N..N + 100 {
@@ -170,7 +177,7 @@ fn main() {
         }
         let burst_ms = t.elapsed().as_secs_f64() * 1e3;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let rm_cpu = dnsmasq_cpu_ms(&dir) - cpu0;
+        let rm_cpu = dnsmasq_cpu_ms(&dir, agent.pid()) - cpu0;
 
         println!("dnsmasq benchmark, {N} hosts (agent release build, real dnsmasq, HTTP sync calls)");
         println!("  /adddhcp rebuild of {N} hosts (dnsmasq start):        {rebuild_ms:8.1} ms");
@@ -187,10 +194,24 @@ fn main() {
             median(rm_lat)
         );
         if std::env::var_os("BENCH_LOG").is_some() {
-            for l in agent.log().lines().filter(|l| l.contains("WARN") || l.contains("INFO") && l.contains("dnsmasq")) {
+            for l in agent
+                .log()
+                .lines()
+                .filter(|l| {
+                    l.contains("WARN")
+                        || l.contains("INFO") && l.contains("dnsmasq")
+                        || l.contains("removedhcp") && l.contains("synced")
+                })
+            {
                 println!("{l}");
             }
         }
+        let log = agent.log();
+        println!(
+            "  dnsmasq starts: {}, deaths: {}",
+            log.matches("dnsmasq started").count(),
+            log.matches("dnsmasq exited").count()
+        );
         drop(agent);
     });
 }

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::path::PathBuf;
 
 /// A network interface of the router as the kernel shows it (plus the desired nics' addresses).
@@ -358,9 +359,9 @@ pub fn subnet_domains(state: &DesiredState) -> BTreeMap<Cidr, String> {
 #[derive(Debug)]
 struct HostLines {
     host: DhcpHost,
-    tag: String,
-    /// The line was made with the host's own profile tag.
-    own: bool,
+    tag: Arc<str>,
+    /// `line` was made with (`Some(true)`) or without the host's own profile tag.
+    own: Option<bool>,
     line: String,
     dns: Option<String>,
 }
@@ -370,7 +371,7 @@ struct HostLines {
 pub struct LineMemo {
     hosts: HashMap<MacAddr, HostLines>,
     /// Profile bodies (with the `TAG` placeholder) by tag.
-    profiles: HashMap<String, String>,
+    profiles: HashMap<Arc<str>, String>,
 }
 
 /// Renders every file for `state`, given the router's interfaces.
@@ -379,17 +380,20 @@ pub fn render(paths: &Paths, state: &DesiredState, ifaces: &[Iface]) -> Rendered
 }
 
 /// The profile most hosts of each subnet share (ties: the smallest tag).
-fn subnet_profiles(counts: HashMap<Cidr, HashMap<&str, usize>>) -> BTreeMap<Cidr, String> {
+fn subnet_profiles(counts: HashMap<Cidr, HashMap<Arc<str>, usize>>) -> BTreeMap<Cidr, Arc<str>> {
     counts
         .into_iter()
         .filter_map(|(net, c)| {
             let best = c
                 .into_iter()
-                .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0)))?;
-            Some((net, best.0.to_string()))
+                .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))?;
+            Some((net, best.0))
         })
         .collect()
 }
+
+/// Where a host is served: its `vrNicMac` and subnet.
+type Place = (Option<MacAddr>, Cidr);
 
 /// [`render`], reusing and refreshing the lines in `memo`.
 pub fn render_with(
@@ -400,58 +404,75 @@ pub fn render_with(
 ) -> Rendered {
     let ifaces = merge_desired_nics(ifaces, state);
     // Pass 1: each host's profile; hosts with equal options share one (digested once).
-    let mut tags: HashMap<ProfileKey, String> = HashMap::new();
-    let mut host_tags: Vec<String> = Vec::with_capacity(state.dhcp_hosts.len());
+    let mut tags: HashMap<ProfileKey, Arc<str>> = HashMap::new();
+    let mut counts: HashMap<Cidr, HashMap<Arc<str>, usize>> = HashMap::new();
+    let mut last: Option<(Cidr, Arc<str>, usize)> = None;
     for host in state.dhcp_hosts.values() {
         let tag = match memo.hosts.get(&host.mac) {
-            Some(l) if l.host == *host => l.tag.clone(),
-            _ => tags
-                .entry(ProfileKey::of(host))
-                .or_insert_with(|| {
+            Some(l) if l.host == *host => Arc::clone(&l.tag),
+            _ => {
+                let tag = Arc::clone(tags.entry(ProfileKey::of(host)).or_insert_with(|| {
                     let (tag, body) = profile(host);
-                    memo.profiles.entry(tag.clone()).or_insert(body);
+                    let tag: Arc<str> = tag.into();
+                    memo.profiles.entry(Arc::clone(&tag)).or_insert(body);
                     tag
-                })
-                .clone(),
+                }));
+                memo.hosts.insert(
+                    host.mac,
+                    HostLines {
+                        host: host.clone(),
+                        tag: Arc::clone(&tag),
+                        own: None,
+                        line: String::new(),
+                        dns: dns_line(host),
+                    },
+                );
+                tag
+            }
         };
-        host_tags.push(tag);
+        // Runs of hosts of one subnet and profile are counted at once.
+        let subnet = subnet_of(host);
+        match &mut last {
+            Some((net, t, n)) if *net == subnet && *t == tag => *n += 1,
+            _ => {
+                if let Some((net, t, n)) = last.take() {
+                    *counts.entry(net).or_default().entry(t).or_default() += n;
+                }
+                last = Some((subnet, tag, 1));
+            }
+        }
     }
-    let mut counts: HashMap<Cidr, HashMap<&str, usize>> = HashMap::new();
-    for (host, tag) in state.dhcp_hosts.values().zip(&host_tags) {
-        *counts
-            .entry(subnet_of(host))
-            .or_default()
-            .entry(tag.as_str())
-            .or_default() += 1;
+    if let Some((net, t, n)) = last {
+        *counts.entry(net).or_default().entry(t).or_default() += n;
+    }
+    if memo.hosts.len() > state.dhcp_hosts.len() {
+        memo.hosts.retain(|mac, _| state.dhcp_hosts.contains_key(mac));
     }
     let by_subnet = subnet_profiles(counts);
 
     // Pass 2: the lines.
     let mut hosts = String::with_capacity(state.dhcp_hosts.len() * 80);
     let mut addn = String::new();
-    let mut own_tags: BTreeSet<String> = BTreeSet::new();
+    let mut own_tags: BTreeSet<Arc<str>> = BTreeSet::new();
     let mut tagged = BTreeSet::new();
     let mut placed = 0;
     // Hosts of one subnet (and router nic) are all placed alike: look the nic up once.
-    let mut placed_on: HashMap<(Option<MacAddr>, Cidr), Option<()>> = HashMap::new();
+    let mut placed_on: HashMap<Place, Option<()>> = HashMap::new();
+    let mut last_place: Option<(Place, Option<()>)> = None;
     let mut unplaced = Vec::new();
     let mut nics = BTreeSet::new();
     let mut guest_macs = BTreeSet::new();
     let mut subnets = BTreeSet::new();
-    let mut next: HashMap<MacAddr, HostLines> = HashMap::with_capacity(state.dhcp_hosts.len());
-    for (host, tag) in state.dhcp_hosts.values().zip(host_tags) {
-        let subnet = subnet_of(host);
-        let own = by_subnet.get(&subnet) != Some(&tag);
-        let lines = match memo.hosts.remove(&host.mac) {
-            Some(l) if l.host == *host && l.own == own => l,
-            _ => HostLines {
-                host: host.clone(),
-                line: host_line(host, own.then_some(tag.as_str())),
-                dns: dns_line(host),
-                tag,
-                own,
-            },
+    for host in state.dhcp_hosts.values() {
+        let Some(lines) = memo.hosts.get_mut(&host.mac) else {
+            continue;
         };
+        let subnet = subnet_of(host);
+        let own = by_subnet.get(&subnet) != Some(&lines.tag);
+        if lines.own != Some(own) {
+            lines.line = host_line(host, own.then_some(&*lines.tag));
+            lines.own = Some(own);
+        }
         hosts.push_str(&lines.line);
         if let Some(line) = &lines.dns {
             addn.push_str(line);
@@ -459,21 +480,23 @@ pub fn render_with(
         if own {
             tagged.insert(host.mac);
             if !own_tags.contains(&lines.tag) {
-                own_tags.insert(lines.tag.clone());
+                own_tags.insert(Arc::clone(&lines.tag));
             }
         }
         let place = (host.vr_nic_mac, subnet);
-        let nic = match placed_on.get(&place) {
-            Some(nic) => *nic,
-            None => {
-                let nic = nic_for(host, &ifaces).map(|iface| {
-                    nics.insert(iface.name.clone());
-                    if let Some(mac) = iface.mac {
-                        guest_macs.insert(mac);
-                    }
-                    subnets.insert(subnet);
+        let nic = match &last_place {
+            Some((p, nic)) if *p == place => *nic,
+            _ => {
+                let nic = *placed_on.entry(place).or_insert_with(|| {
+                    nic_for(host, &ifaces).map(|iface| {
+                        nics.insert(iface.name.clone());
+                        if let Some(mac) = iface.mac {
+                            guest_macs.insert(mac);
+                        }
+                        subnets.insert(subnet);
+                    })
                 });
-                placed_on.insert(place, nic);
+                last_place = Some((place, nic));
                 nic
             }
         };
@@ -481,9 +504,7 @@ pub fn render_with(
             Some(()) => placed += 1,
             None => unplaced.push(host.mac),
         }
-        next.insert(host.mac, lines);
     }
-    memo.hosts = next;
     memo.profiles
         .retain(|tag, _| own_tags.contains(tag) || by_subnet.values().any(|t| t == tag));
     let mut opts = String::new();
@@ -512,8 +533,11 @@ pub fn render_with(
         unplaced,
         subnets,
         guest_macs,
-        subnet_profiles: by_subnet,
-        profiles: own_tags,
+        subnet_profiles: by_subnet
+            .into_iter()
+            .map(|(net, t)| (net, t.to_string()))
+            .collect(),
+        profiles: own_tags.into_iter().map(|t| t.to_string()).collect(),
         tagged,
     }
 }
