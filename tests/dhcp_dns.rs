@@ -322,6 +322,14 @@ fn guest_gets_ip_router_dns_domain_netmask_and_mtu() {
         assert_eq!(lease["hostname"], "web1");
         let host_file = lab.dnsmasq_dir().join("hosts.d/fa3c915e2207");
         assert!(host_file.exists(), "not added through the hosts directory");
+        // The agent's dnsmasq stops with the agent.
+        let pid = dnsmasq_pid(&lab.dnsmasq_dir()).expect("dnsmasq running");
+        let mut agent = agent;
+        assert!(agent.stop().success());
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "dnsmasq outlived the agent"
+        );
     });
 }
 

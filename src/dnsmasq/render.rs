@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// A network interface of the router as the kernel shows it (plus the desired nics' addresses).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -446,7 +446,8 @@ pub fn render_with(
         *counts.entry(net).or_default().entry(t).or_default() += n;
     }
     if memo.hosts.len() > state.dhcp_hosts.len() {
-        memo.hosts.retain(|mac, _| state.dhcp_hosts.contains_key(mac));
+        memo.hosts
+            .retain(|mac, _| state.dhcp_hosts.contains_key(mac));
     }
     let by_subnet = subnet_profiles(counts);
 
