@@ -7,8 +7,8 @@
 //! - hosts added to known subnets: one new file per host (and per new option profile) in the
 //!   inotify-watched directories, no reload; the host's DNS name answers from its lease
 //!   (dnsmasq names leases in the subnet's domain) and from the additional-hosts file after
-//!   the next full write. (dnsmasq 2.90 crashes in a reload while it watches a `--hostsdir`
-//!   at 10,000 names, seen in the benchmark, so DNS names are never added through one.)
+//!   the next full write (a DNS `--hostsdir` would cost dnsmasq a pass over every DHCP host per
+//!   file, and deleting its files on the next full write one more each);
 //! - upstream DNS servers: the resolv file, which dnsmasq watches itself;
 //! - removals, changes and rebuilds: the full files, then one SIGHUP per batch window (a
 //!   restart instead while a host whose `dhcp-host` sets tags holds a lease: dnsmasq 2.90
