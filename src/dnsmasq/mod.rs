@@ -269,6 +269,9 @@ impl DnsmasqBackend {
             write::write_if_changed(&self.paths.conf(), r.conf.as_bytes()).map_err(err)?;
         let written_us = started.elapsed().as_micros() as u64;
         let wanted = r.placed > 0;
+        if wanted {
+            write::check_reachable(&self.paths.dir).map_err(err)?;
+        }
         if !wanted {
             if self.running
                 && let Some(s) = &self.supervisor

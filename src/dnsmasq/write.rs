@@ -47,6 +47,32 @@ pub fn ensure_dir(dir: &Path) -> Result<(), WriteError> {
     }
 }
 
+/// Refuses a directory that `nobody` (the user dnsmasq drops to) cannot reach: dnsmasq would
+/// start, then answer REFUSED and offer no address.
+pub fn check_reachable(dir: &Path) -> Result<(), WriteError> {
+    for d in dir.ancestors() {
+        let mode = fs::metadata(d)
+            .map_err(err("inspect", d))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(WriteError {
+                op: "use",
+                path: dir.to_path_buf(),
+                source: io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} (mode {:o}) is not searchable by other users, and dnsmasq reads its files as nobody",
+                        d.display(),
+                        mode & 0o7777
+                    ),
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Writes `content` to `path` unless the file already holds exactly that. Returns whether it
 /// wrote.
 pub fn write_if_changed(path: &Path, content: &[u8]) -> Result<bool, WriteError> {
@@ -117,5 +143,17 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         assert_eq!(clear_dir(dir.path()).unwrap(), 1);
         assert_eq!(clear_dir(&dir.path().join("missing")).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_private_parent_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("dnsmasq");
+        ensure_dir(&inner).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let e = check_reachable(&inner).unwrap_err();
+        assert!(e.to_string().contains("not searchable"), "{e}");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        check_reachable(&inner).unwrap();
     }
 }
