@@ -31,6 +31,13 @@ pub struct Config {
     /// The management nic: ssh and the agent's ports are accepted only there.
     #[arg(long, default_value = "eth0")]
     pub mgmt_nic: String,
+    /// dnsmasq's files (config, hosts, options, leases); default: `<run-dir>/dnsmasq`. It and
+    /// every directory above it must be searchable by `nobody`, the user dnsmasq drops to.
+    #[arg(long)]
+    pub dnsmasq_dir: Option<PathBuf>,
+    /// The dnsmasq binary (Debian's dnsmasq-base).
+    #[arg(long, default_value = "dnsmasq")]
+    pub dnsmasq_bin: PathBuf,
 }
 
 /// Settings of `vr-agent bootstrap`.

@@ -6,6 +6,7 @@ pub mod api;
 pub mod backend;
 pub mod bootstrap;
 pub mod config;
+pub mod dnsmasq;
 pub mod health;
 pub mod link;
 pub mod md5sum;

@@ -51,6 +51,14 @@ pub fn backends(config: &Config, health: &Arc<Health>) -> Vec<Box<dyn Backend>> 
             Arc::clone(health),
         )),
         Box::new(crate::nat::NatBackend::new(config, Arc::clone(health))),
+        Box::new(crate::dnsmasq::DnsmasqBackend::new(
+            config
+                .dnsmasq_dir
+                .clone()
+                .unwrap_or_else(|| config.run_dir.join("dnsmasq")),
+            config.dnsmasq_bin.clone(),
+            Arc::clone(health),
+        )),
     ]
 }
 

@@ -5,7 +5,7 @@ use super::command::Command;
 use super::model::{Eip, L4Proto, PortForward, PortForwardKey};
 use super::types::{MacAddr, PortRange};
 use super::{DesiredState, Invalid};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 impl DesiredState {
@@ -61,18 +61,22 @@ impl DesiredState {
                 if *rebuild {
                     self.dhcp_hosts.clear();
                 }
+                // A new MAC for an address replaces the old host of that address. The index
+                // keeps a rebuild of thousands of hosts linear.
+                let mut mac_of_ip: HashMap<Ipv4Addr, MacAddr> =
+                    self.dhcp_hosts.values().map(|h| (h.ip, h.mac)).collect();
                 for host in hosts {
-                    // A new MAC for an address replaces the old host of that address.
-                    let stale: Vec<MacAddr> = self
-                        .dhcp_hosts
-                        .values()
-                        .filter(|old| old.ip == host.ip && old.mac != host.mac)
-                        .map(|old| old.mac)
-                        .collect();
-                    for mac in stale {
-                        self.dhcp_hosts.remove(&mac);
+                    if let Some(old) = mac_of_ip.insert(host.ip, host.mac)
+                        && old != host.mac
+                    {
+                        self.dhcp_hosts.remove(&old);
                     }
-                    self.dhcp_hosts.insert(host.mac, host.clone());
+                    if let Some(prev) = self.dhcp_hosts.insert(host.mac, host.clone())
+                        && prev.ip != host.ip
+                        && mac_of_ip.get(&prev.ip) == Some(&host.mac)
+                    {
+                        mac_of_ip.remove(&prev.ip);
+                    }
                 }
             }
             Command::RemoveDhcp(hosts) => {
@@ -217,6 +221,57 @@ fn check_port_forwards(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dhcp(mac: &str, ip: &str) -> crate::state::model::DhcpHost {
+        crate::state::model::DhcpHost {
+            mac: mac.parse().unwrap(),
+            ip: ip.parse().unwrap(),
+            prefix: crate::state::types::PrefixLen::new(24).unwrap(),
+            gateway: None,
+            dns: Vec::new(),
+            hostname: None,
+            vr_nic_mac: None,
+            dns_domain: None,
+            is_default_l3: true,
+            mtu: None,
+        }
+    }
+
+    #[test]
+    fn a_dhcp_address_has_one_owner() {
+        let mut s = DesiredState::default();
+        let add = |hosts| Command::AddDhcp {
+            hosts,
+            rebuild: false,
+        };
+        s.apply(&add(vec![dhcp("fa:00:00:00:00:01", "10.0.0.1")]))
+            .unwrap();
+        // The address moves to another MAC and the first MAC moves to another address.
+        s.apply(&add(vec![
+            dhcp("fa:00:00:00:00:02", "10.0.0.1"),
+            dhcp("fa:00:00:00:00:01", "10.0.0.2"),
+        ]))
+        .unwrap();
+        let owners: Vec<(String, String)> = s
+            .dhcp_hosts
+            .values()
+            .map(|h| (h.mac.to_string(), h.ip.to_string()))
+            .collect();
+        assert_eq!(
+            owners,
+            [
+                ("fa:00:00:00:00:01".into(), "10.0.0.2".into()),
+                ("fa:00:00:00:00:02".into(), "10.0.0.1".into())
+            ]
+        );
+        // A MAC moving away frees its old address; a later claim of it displaces no one.
+        s.apply(&add(vec![
+            dhcp("fa:00:00:00:00:02", "10.0.0.3"),
+            dhcp("fa:00:00:00:00:03", "10.0.0.1"),
+        ]))
+        .unwrap();
+        assert_eq!(s.dhcp_hosts.len(), 3);
+    }
 
     fn pf(start: u16, end: u16, private: &str) -> PortForward {
         PortForward {

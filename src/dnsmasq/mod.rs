@@ -1,0 +1,407 @@
+//! DHCP and DNS for the guests through a dnsmasq process the agent owns.
+//!
+//! `render` turns the desired state (plus the router's interfaces) into dnsmasq's files; `write`
+//! puts them on disk atomically and only when they change; `process` runs dnsmasq; `leases`
+//! releases the leases of forgotten hosts. This backend decides, per command, the cheapest way
+//! to bring dnsmasq along:
+//! - hosts added to known subnets: one new file per host (and per new option profile) in the
+//!   inotify-watched directories, no reload; the host's DNS name answers from its lease
+//!   (dnsmasq names leases in the subnet's domain) and from the additional-hosts file after
+//!   the next full write (a DNS `--hostsdir` would cost dnsmasq a pass over every DHCP host per
+//!   file, and deleting its files on the next full write one more each);
+//! - upstream DNS servers: the resolv file, which dnsmasq watches itself;
+//! - removals, changes and rebuilds: the full files, then one SIGHUP per batch window (a
+//!   restart instead while a host whose `dhcp-host` sets tags holds a lease: dnsmasq 2.90
+//!   dies in that reload, see `render`);
+//! - a new guest nic or subnet (the main config): a restart.
+
+pub mod leases;
+pub mod process;
+pub mod render;
+pub mod write;
+
+use crate::backend::{Backend, BackendError, BoxFuture};
+use crate::health::Health;
+use crate::state::model::DhcpHost;
+use crate::state::types::{Cidr, MacAddr, PrefixLen};
+use crate::state::{Command, DesiredState, Feature};
+use leases::Release;
+use process::{LeaseSet, Supervisor};
+use render::{Iface, Paths};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Health source for hosts no nic of the router serves.
+pub const HEALTH_UNPLACED: &str = "dhcp";
+
+/// The interfaces of the current network namespace with their MACs and IPv4 addresses.
+pub fn read_ifaces() -> std::io::Result<Vec<Iface>> {
+    let mut out: Vec<Iface> = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().map_err(std::io::Error::from)? {
+        let pos = match out.iter().position(|i| i.name == ifa.interface_name) {
+            Some(p) => p,
+            None => {
+                out.push(Iface {
+                    name: ifa.interface_name.clone(),
+                    mac: None,
+                    addrs: Vec::new(),
+                });
+                out.len() - 1
+            }
+        };
+        let iface = &mut out[pos];
+        let Some(addr) = ifa.address.as_ref() else {
+            continue;
+        };
+        if let Some(link) = addr.as_link_addr() {
+            if let Some(mac) = link.addr().filter(|m| *m != [0; 6]) {
+                iface.mac = Some(MacAddr(mac));
+            }
+        } else if let Some(v4) = addr.as_sockaddr_in() {
+            let prefix = ifa
+                .netmask
+                .as_ref()
+                .and_then(|m| m.as_sockaddr_in())
+                .and_then(|m| PrefixLen::from_netmask(m.ip()))
+                .or_else(|| PrefixLen::new(32));
+            if let Some(prefix) = prefix {
+                iface.addrs.push(Cidr::new(v4.ip(), prefix));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What dnsmasq holds now (valid after a successful apply or reconcile).
+#[derive(Debug)]
+struct Applied {
+    /// dnsmasq runs (there are guest nics).
+    running: bool,
+    /// Subnets with a DHCP range in the running config.
+    subnets: BTreeSet<Cidr>,
+    /// Guest nics in the running config.
+    guest_macs: BTreeSet<MacAddr>,
+    /// DNS domain of each subnet in the running config.
+    domains: BTreeMap<Cidr, String>,
+    /// Hosts' own option profiles dnsmasq has read.
+    profiles: HashSet<String>,
+    /// The profile of each subnet.
+    subnet_profiles: BTreeMap<Cidr, String>,
+}
+
+/// The DHCP and DNS backend.
+pub struct DnsmasqBackend {
+    paths: Paths,
+    bin: PathBuf,
+    health: Arc<Health>,
+    supervisor: Option<Supervisor>,
+    /// dnsmasq was started and not stopped (the supervisor restarts it if it dies).
+    running: bool,
+    applied: Option<Applied>,
+    memo: render::LineMemo,
+    /// Hosts whose `dhcp-host` sets tags, as dnsmasq may hold them now (shared with the
+    /// supervisor, which must not reload dnsmasq while one of them holds a lease).
+    tagged_loaded: Arc<Mutex<HashSet<MacAddr>>>,
+}
+
+fn err(e: impl std::fmt::Display) -> BackendError {
+    BackendError::new(format!("dnsmasq: {e}"))
+}
+
+impl DnsmasqBackend {
+    /// A backend keeping its files in `dir` and running `bin`.
+    pub fn new(dir: PathBuf, bin: PathBuf, health: Arc<Health>) -> DnsmasqBackend {
+        DnsmasqBackend {
+            paths: Paths::new(dir),
+            bin,
+            health,
+            supervisor: None,
+            running: false,
+            applied: None,
+            memo: render::LineMemo::default(),
+            tagged_loaded: Arc::default(),
+        }
+    }
+
+    fn supervisor(&mut self) -> &Supervisor {
+        let (bin, paths, health) = (&self.bin, &self.paths, &self.health);
+        let tagged = &self.tagged_loaded;
+        self.supervisor.get_or_insert_with(|| {
+            Supervisor::spawn(
+                bin.clone(),
+                paths.clone(),
+                Arc::clone(health),
+                Arc::clone(tagged),
+            )
+        })
+    }
+
+    fn ensure_dirs(&self) -> Result<(), BackendError> {
+        write::ensure_dir(&self.paths.dir).map_err(err)?;
+        for d in self.paths.dirs() {
+            write::ensure_dir(&d).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Hosts added on top of `before` that only need new files, or `None` when the command
+    /// needs the full path (a changed or displaced host, a new subnet or nic, dnsmasq down).
+    fn incremental_adds<'a>(
+        &self,
+        before: &DesiredState,
+        hosts: &'a [DhcpHost],
+    ) -> Option<Vec<&'a DhcpHost>> {
+        let applied = self.applied.as_ref()?;
+        if !applied.running {
+            return None;
+        }
+        let mut new: Vec<&DhcpHost> = Vec::new();
+        for h in hosts {
+            match before.dhcp_hosts.get(&h.mac) {
+                Some(old) if old == h => continue,
+                Some(_) => return None,
+                None => {}
+            }
+            if new.iter().any(|n| n.mac == h.mac || n.ip == h.ip)
+                || before.dhcp_hosts.values().any(|o| o.ip == h.ip)
+                || !applied.subnets.contains(&render::subnet_of(h))
+                || !applied.subnet_profiles.contains_key(&render::subnet_of(h))
+                || h.vr_nic_mac
+                    .is_some_and(|m| !applied.guest_macs.contains(&m))
+                || (h.is_default_l3
+                    && h.dns_domain.as_deref().map(|d| d.trim_end_matches('.'))
+                        != applied
+                            .domains
+                            .get(&render::subnet_of(h))
+                            .map(String::as_str))
+            {
+                return None;
+            }
+            new.push(h);
+        }
+        Some(new)
+    }
+
+    /// Adds hosts through new files in the watched directories (no reload).
+    fn add_files(&mut self, hosts: &[&DhcpHost]) -> Result<(), BackendError> {
+        let mut written: Vec<PathBuf> = Vec::new();
+        let mut new_profiles: Vec<String> = Vec::new();
+        let result = (|| {
+            let applied = self.applied.as_ref().ok_or_else(|| err("state unknown"))?;
+            for h in hosts {
+                let (tag, body) = render::profile(h);
+                let own = applied.subnet_profiles.get(&render::subnet_of(h)) != Some(&tag);
+                if own && !applied.profiles.contains(&tag) && !new_profiles.contains(&tag) {
+                    let p = self.paths.opts_dir().join(&tag);
+                    let lines = render::own_profile_lines(&tag, &body);
+                    write::write_new(&p, lines.as_bytes()).map_err(err)?;
+                    written.push(p);
+                    new_profiles.push(tag.clone());
+                }
+                if own {
+                    self.tagged_loaded
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(h.mac);
+                }
+                let p = self.paths.hosts_dir().join(render::host_file_name(h.mac));
+                let line = render::host_line(h, own.then_some(tag.as_str()));
+                write::write_new(&p, line.as_bytes()).map_err(err)?;
+                written.push(p);
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                if let Some(a) = self.applied.as_mut() {
+                    a.profiles.extend(new_profiles);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // dnsmasq may have read some already: take them out and reload.
+                for p in &written {
+                    let _ = std::fs::remove_file(p);
+                }
+                if !written.is_empty() {
+                    self.supervisor().reload(Vec::new(), 0);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Brings every file and the process in line with `state`.
+    async fn sync(&mut self, state: &DesiredState) -> Result<(), BackendError> {
+        let started = std::time::Instant::now();
+        self.applied = None;
+        self.ensure_dirs()?;
+        let ifaces = read_ifaces().map_err(|e| err(format!("reading interfaces: {e}")))?;
+        let r = render::render_with(&self.paths, state, &ifaces, &mut self.memo);
+        let rendered_us = started.elapsed().as_micros() as u64;
+        if r.unplaced.is_empty() {
+            self.health.clear(HEALTH_UNPLACED);
+        } else {
+            let first: Vec<String> = r.unplaced.iter().take(5).map(|m| m.to_string()).collect();
+            self.health.set(
+                HEALTH_UNPLACED,
+                format!(
+                    "no nic of this router serves {} DHCP host(s) (e.g. {}); they get no address yet",
+                    r.unplaced.len(),
+                    first.join(", ")
+                ),
+            );
+        }
+        write::write_if_changed(&self.paths.resolv(), r.resolv.as_bytes()).map_err(err)?;
+        let mut changed = false;
+        for (path, content) in [
+            (self.paths.hosts(), &r.hosts),
+            (self.paths.opts(), &r.opts),
+            (self.paths.addn_hosts(), &r.addn_hosts),
+        ] {
+            changed |= write::write_if_changed(&path, content.as_bytes()).map_err(err)?;
+        }
+        for d in self.paths.dirs() {
+            changed |= write::clear_dir(&d).map_err(err)? > 0;
+        }
+        let conf_changed =
+            write::write_if_changed(&self.paths.conf(), r.conf.as_bytes()).map_err(err)?;
+        let written_us = started.elapsed().as_micros() as u64;
+        let wanted = r.placed > 0;
+        if wanted {
+            write::check_reachable(&self.paths.dir).map_err(err)?;
+        }
+        if !wanted {
+            if self.running
+                && let Some(s) = &self.supervisor
+            {
+                s.stop().await;
+            }
+            self.running = false;
+        } else if conf_changed || !self.running {
+            self.running = false;
+            let keep: LeaseSet = state.dhcp_hosts.values().map(|h| (h.mac, h.ip)).collect();
+            *self.tagged_loaded.lock().unwrap_or_else(|e| e.into_inner()) =
+                r.tagged.iter().copied().collect();
+            self.supervisor().start(keep).await.map_err(err)?;
+            self.running = true;
+        } else if changed {
+            let releases = releases(&self.paths, state, &ifaces);
+            let restart_after = state.restart_dnsmasq_after;
+            // Until the reload, dnsmasq holds the old tagged hosts as well as the new ones.
+            self.tagged_loaded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(r.tagged.iter().copied());
+            self.supervisor().reload(releases, restart_after);
+        }
+        tracing::debug!(
+            hosts = state.dhcp_hosts.len(),
+            rendered_us,
+            written_us,
+            total_us = started.elapsed().as_micros() as u64,
+            changed,
+            conf_changed,
+            "dnsmasq files synced"
+        );
+        self.applied = Some(Applied {
+            running: wanted,
+            subnets: r.subnets,
+            guest_macs: r.guest_macs,
+            domains: r.domains,
+            profiles: r.profiles.into_iter().collect(),
+            subnet_profiles: r.subnet_profiles,
+        });
+        Ok(())
+    }
+}
+
+/// Leases in dnsmasq's lease file that no desired host accounts for, with the nic and server
+/// address to release each from.
+fn releases(paths: &Paths, state: &DesiredState, ifaces: &[Iface]) -> Vec<Release> {
+    leases::read(&paths.leases())
+        .into_iter()
+        .filter(|(mac, ip)| state.dhcp_hosts.get(mac).map(|h| h.ip) != Some(*ip))
+        .filter_map(|(mac, ip)| {
+            let iface = ifaces
+                .iter()
+                .filter(|i| i.name != "lo")
+                .find(|i| i.addrs.iter().any(|a| a.contains(ip)))?;
+            let server = iface.addrs.iter().find(|a| a.contains(ip))?.addr;
+            Some(Release {
+                mac,
+                ip,
+                nic: iface.name.clone(),
+                server,
+            })
+        })
+        .collect()
+}
+
+impl Backend for DnsmasqBackend {
+    fn features(&self) -> &'static [Feature] {
+        &[Feature::Dhcp, Feature::Dns]
+    }
+
+    fn apply<'a>(
+        &'a mut self,
+        before: &'a DesiredState,
+        cmd: &'a Command,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            match cmd {
+                Command::AddDhcp {
+                    hosts,
+                    rebuild: false,
+                } => {
+                    if let Some(new) = self.incremental_adds(before, hosts) {
+                        return self.add_files(&new);
+                    }
+                }
+                Command::SetDns(_) | Command::RemoveDns(_) if self.applied.is_some() => {
+                    // The forwarder's servers only: dnsmasq watches its resolv file itself.
+                    let mut dns = DesiredState {
+                        dns_servers: before.dns_servers.clone(),
+                        ..DesiredState::default()
+                    };
+                    dns.apply(cmd).map_err(err)?;
+                    let text = render::render_resolv(&dns.dns_servers);
+                    write::write_if_changed(&self.paths.resolv(), text.as_bytes()).map_err(err)?;
+                    return Ok(());
+                }
+                Command::AddDhcp { .. }
+                | Command::RemoveDhcp(_)
+                | Command::SetDns(_)
+                | Command::RemoveDns(_) => {}
+                _ => return Ok(()),
+            }
+            let mut after = before.clone();
+            after.apply(cmd).map_err(err)?;
+            if let Err(e) = self.sync(&after).await {
+                tracing::warn!(error = %e, "dnsmasq change failed; restoring the previous state");
+                if let Err(undo) = self.sync(before).await {
+                    tracing::error!(error = %undo, "restoring dnsmasq failed");
+                }
+                return Err(e);
+            }
+            Ok(())
+        })
+    }
+
+    fn reconcile<'a>(
+        &'a mut self,
+        state: &'a DesiredState,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(self.sync(state))
+    }
+
+    fn shutdown(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(s) = self.supervisor.take() {
+                s.stop().await;
+            }
+            self.running = false;
+        })
+    }
+}
