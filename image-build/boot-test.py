@@ -222,6 +222,9 @@ def main():
             check(f"{dev} carries {cidr}", any(dev in l.split() and cidr in l for l in out.splitlines()), out)
         rc, out = ssh("nft list ruleset")
         check("nftables holds the EIP 10.10.1.55 -> 172.20.0.15", "10.10.1.55" in out and "172.20.0.15" in out, out[-2000:])
+        if failed:
+            rc, out = ssh("journalctl -b --no-pager -u vr-agent -u vr-agent-bootstrap | tail -60")
+            print("---- agent journal (tail) ----\n" + out)
         rc, out = ssh("ps -o rss= -C vr-agent")
         rss = out.split()[0] if rc == 0 and out.split() else "?"
         print(f"     agent RSS inside the VM: {rss} KiB")

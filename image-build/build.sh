@@ -52,7 +52,7 @@ mmdebstrap --mode=root --variant=minbase --quiet \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-  --include=linux-image-cloud-amd64,initramfs-tools,systemd,systemd-sysv,udev,dbus,iproute2,nftables,dnsmasq-base,conntrack,openssh-server,procps,kmod,ifupdown- \
+  --include=linux-image-cloud-amd64,initramfs-tools,systemd,systemd-sysv,udev,dbus,iproute2,nftables,dnsmasq-base,conntrack,openssh-server,netbase,procps,kmod,ifupdown- \
   --customize-hook='chroot "$1" update-initramfs -u -k all >/dev/null' \
   bookworm "$rootfs" "$mirror"
 

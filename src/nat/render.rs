@@ -163,7 +163,7 @@ pub fn full(rs: &Ruleset) -> String {
         s("ct state established,related accept"),
         s("ct state invalid drop"),
         s("iif \"lo\" accept"),
-        s("meta l4proto { icmp, ipv6-icmp } accept"),
+        s("meta l4proto { icmp, icmpv6 } accept"),
     ];
     let mut ports = vec![22u16];
     ports.extend(rs.agent_ports.iter().copied().filter(|p| *p != 0));
