@@ -215,6 +215,8 @@ def main():
             r = mn.call(path, body, which)
             check(path, r.get("success") is True, r)
 
+        r = mn.call("/ping", fixture("ping"))
+        check("/ping healthy after the commands", r.get("healthy") is True and r.get("healthDetail") == "", r)
         rc, out = ssh("ip -4 -o addr show", tries=30)
         check("ssh with the bootstrap key", rc == 0, out)
         for dev, cidr in [("eth0", "192.168.100.20/24"), ("eth1", "10.10.1.20/24"),
@@ -252,6 +254,7 @@ def main():
         check("VIP restored after reboot", "10.10.1.55/24" in out, out)
         r = mn.call("/ping", fixture("ping"))
         check("/ping after reboot keeps the uuid", r.get("uuid") == fixture("init")["uuid"], r)
+        check("/ping healthy after reboot", r.get("healthy") is True, r)
     except Exception as e:  # noqa: BLE001 - report and fail
         check("boot test ran to the end", False, repr(e))
         if os.path.exists(os.path.join(tmp, "serial.log")):
@@ -266,7 +269,7 @@ def main():
                 qemu.kill()
                 qemu.wait()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"boot test: {passed} passed, {failed} failed")
+    print(f"boot-test: {passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
 
 
