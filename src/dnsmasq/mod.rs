@@ -23,7 +23,7 @@ pub mod write;
 use crate::backend::{Backend, BackendError, BoxFuture};
 use crate::health::Health;
 use crate::state::model::DhcpHost;
-use crate::state::types::{Cidr, MacAddr, PrefixLen};
+use crate::state::types::{Cidr, MacAddr};
 use crate::state::{Command, DesiredState, Feature};
 use leases::Release;
 use process::{LeaseSet, Supervisor};
@@ -37,40 +37,7 @@ pub const HEALTH_UNPLACED: &str = "dhcp";
 
 /// The interfaces of the current network namespace with their MACs and IPv4 addresses.
 pub fn read_ifaces() -> std::io::Result<Vec<Iface>> {
-    let mut out: Vec<Iface> = Vec::new();
-    for ifa in nix::ifaddrs::getifaddrs().map_err(std::io::Error::from)? {
-        let pos = match out.iter().position(|i| i.name == ifa.interface_name) {
-            Some(p) => p,
-            None => {
-                out.push(Iface {
-                    name: ifa.interface_name.clone(),
-                    mac: None,
-                    addrs: Vec::new(),
-                });
-                out.len() - 1
-            }
-        };
-        let iface = &mut out[pos];
-        let Some(addr) = ifa.address.as_ref() else {
-            continue;
-        };
-        if let Some(link) = addr.as_link_addr() {
-            if let Some(mac) = link.addr().filter(|m| *m != [0; 6]) {
-                iface.mac = Some(MacAddr(mac));
-            }
-        } else if let Some(v4) = addr.as_sockaddr_in() {
-            let prefix = ifa
-                .netmask
-                .as_ref()
-                .and_then(|m| m.as_sockaddr_in())
-                .and_then(|m| PrefixLen::from_netmask(m.ip()))
-                .or_else(|| PrefixLen::new(32));
-            if let Some(prefix) = prefix {
-                iface.addrs.push(Cidr::new(v4.ip(), prefix));
-            }
-        }
-    }
-    Ok(out)
+    crate::nics::interfaces()
 }
 
 /// What dnsmasq holds now (valid after a successful apply or reconcile).

@@ -20,15 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A network interface of the router as the kernel shows it (plus the desired nics' addresses).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Iface {
-    /// Device name.
-    pub name: String,
-    /// Hardware address, if it has one.
-    pub mac: Option<MacAddr>,
-    /// IPv4 addresses with their prefixes.
-    pub addrs: Vec<Cidr>,
-}
+pub use crate::nics::Interface as Iface;
 
 /// Where each file lives, all under one directory of the agent.
 #[derive(Clone, Debug, PartialEq, Eq)]

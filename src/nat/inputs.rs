@@ -3,7 +3,7 @@
 //! backend and passed to the pure renderer as plain data.
 
 use crate::nics::NicNames;
-use crate::state::types::{Cidr, PrefixLen};
+use crate::state::types::Cidr;
 use std::net::Ipv4Addr;
 
 /// Explicit inputs of the renderer.
@@ -23,22 +23,7 @@ pub struct Inputs {
 
 /// Reads every IPv4 address of the current namespace with the name of its interface.
 pub fn addresses() -> std::io::Result<Vec<(String, Cidr)>> {
-    let mut out = Vec::new();
-    for ifa in nix::ifaddrs::getifaddrs().map_err(std::io::Error::from)? {
-        let Some(addr) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) else {
-            continue;
-        };
-        let prefix = ifa
-            .netmask
-            .as_ref()
-            .and_then(|m| m.as_sockaddr_in())
-            .and_then(|m| PrefixLen::from_netmask(m.ip()))
-            .or_else(|| PrefixLen::new(32));
-        if let Some(prefix) = prefix {
-            out.push((ifa.interface_name.clone(), Cidr::new(addr.ip(), prefix)));
-        }
-    }
-    Ok(out)
+    crate::nics::addresses()
 }
 
 /// The interface whose address or subnet holds `ip` (longest prefix wins).
