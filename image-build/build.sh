@@ -37,6 +37,9 @@ fi
 
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || echo 1700000000)}
 export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
+# mkfs.ext4 and syslinux stamp the current time into the filesystems they write: run them
+# with the clock frozen at SOURCE_DATE_EPOCH.
+frozen() { TZ=UTC faketime "$(TZ=UTC date -d "@$SOURCE_DATE_EPOCH" '+%Y-%m-%d %H:%M:%S')" "$@"; }
 root_uuid=6f1e3a52-7b0c-4d2e-9a41-5c3b2d1e0f72
 boot_volid=5652a901
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -114,15 +117,15 @@ LABEL vr
   APPEND root=UUID=$root_uuid ro console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0 quiet
 CFG
 boot_mib=96
-mkfs.vfat -C -n VRBOOT -i "$boot_volid" --invariant "$work/boot.img" $((boot_mib * 1024)) >/dev/null
-mcopy -m -i "$work/boot.img" "$rootfs/boot/$kernel" ::/vmlinuz
-mcopy -m -i "$work/boot.img" "$rootfs/boot/$initrd" ::/initrd.img
-mcopy -m -i "$work/boot.img" "$work/syslinux.cfg" ::/syslinux.cfg
-syslinux --install "$work/boot.img"
+frozen mkfs.vfat -C -n VRBOOT -i "$boot_volid" --invariant "$work/boot.img" $((boot_mib * 1024)) >/dev/null
+frozen mcopy -m -i "$work/boot.img" "$rootfs/boot/$kernel" ::/vmlinuz
+frozen mcopy -m -i "$work/boot.img" "$rootfs/boot/$initrd" ::/initrd.img
+frozen mcopy -m -i "$work/boot.img" "$work/syslinux.cfg" ::/syslinux.cfg
+frozen syslinux --install "$work/boot.img"
 
 echo "== root partition (ext4)"
 root_mib=$(( $(du -sm "$rootfs" | cut -f1) * 13 / 10 + 256 ))
-mkfs.ext4 -q -F -d "$rootfs" -U "$root_uuid" -E "hash_seed=$root_uuid,root_owner=0:0" -L vr-root \
+frozen mkfs.ext4 -q -F -d "$rootfs" -U "$root_uuid" -E "hash_seed=$root_uuid,root_owner=0:0" -L vr-root \
   -T default "$work/root.img" "${root_mib}M"
 
 echo "== disk"

@@ -16,7 +16,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
   apt-get update
 fi
-pkgs=(mmdebstrap syslinux syslinux-common mtools dosfstools fdisk e2fsprogs openssh-client curl python3 systemd)
+pkgs=(faketime mmdebstrap syslinux syslinux-common mtools dosfstools fdisk e2fsprogs openssh-client curl python3 systemd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -201,7 +201,16 @@ impl Agent {
                 });
             }
         }
-        if let Err(e) = self.store.append(cmd) {
+        let persisted = if self.store.needs_snapshot() {
+            // The journal holds a record that could not be taken back: replace it by a
+            // snapshot of the state before this command, then journal the command.
+            self.store
+                .compact(&self.desired)
+                .and_then(|()| self.store.append(cmd))
+        } else {
+            self.store.append(cmd)
+        };
+        if let Err(e) = persisted {
             if let Some(i) = index
                 && let Err(undo) = self.backends[i].reconcile(&self.desired).await
             {

@@ -220,12 +220,17 @@ pub fn profile(host: &DhcpHost) -> (String, String) {
 
 /// The profile's lines for a host that sets the profile's own tag.
 pub fn own_profile_lines(tag: &str, body: &str) -> String {
-    body.replace("TAG", tag)
+    // Only the `tag:TAG,` prefixes: validated names cannot hold ':' or ',', so a domain that
+    // happens to contain "TAG" is left alone.
+    body.replace("tag:TAG,", &format!("tag:{tag},"))
 }
 
 /// The profile's lines for every host of `net` without a profile of its own.
 pub fn subnet_profile_lines(net: Cidr, body: &str) -> String {
-    body.replace("TAG", &format!("{},tag:!{OWN_TAG}", subnet_tag(net)))
+    body.replace(
+        "tag:TAG,",
+        &format!("tag:{},tag:!{OWN_TAG},", subnet_tag(net)),
+    )
 }
 
 /// The tag a subnet's DHCP range sets.
@@ -538,4 +543,21 @@ pub fn render_with(
 /// File name of a host's incremental files (the MAC without colons).
 pub fn host_file_name(mac: MacAddr) -> String {
     mac.compact()
+}
+
+#[cfg(test)]
+mod placeholder_tests {
+    use super::*;
+
+    #[test]
+    fn a_domain_containing_tag_is_not_rewritten() {
+        let body =
+            "tag:TAG,option:domain-name,TAGGED.example\ntag:TAG,option:netmask,255.255.255.0\n";
+        assert_eq!(
+            own_profile_lines("vr0102", body),
+            "tag:vr0102,option:domain-name,TAGGED.example\ntag:vr0102,option:netmask,255.255.255.0\n"
+        );
+        let net: Cidr = "172.20.0.0/24".parse().unwrap();
+        assert!(subnet_profile_lines(net, body).contains("option:domain-name,TAGGED.example"));
+    }
 }

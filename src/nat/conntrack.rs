@@ -35,11 +35,14 @@ impl Flush {
 }
 
 async fn conntrack(args: &[String]) -> Result<String, String> {
-    let out = Command::new("conntrack")
+    let run = Command::new("conntrack")
         .args(args)
         .stdin(std::process::Stdio::null())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run)
         .await
+        .map_err(|_| format!("conntrack {} did not finish within 60 s", args.join(" ")))?
         .map_err(|e| format!("cannot run conntrack: {e}"))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     // conntrack exits 1 when nothing matched; that is not a failure here.

@@ -3,8 +3,12 @@
 
 use super::model::NatError;
 use std::process::Stdio;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
+
+/// Longest an nft run may take before it is killed (the writer waits for it).
+const NFT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Applies `input` as one transaction.
 pub async fn apply(input: &str) -> Result<(), NatError> {
@@ -13,24 +17,38 @@ pub async fn apply(input: &str) -> Result<(), NatError> {
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .map_err(|e| NatError::System(format!("cannot run nft: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.as_bytes())
+    // Feed stdin from a task of its own: nft may refuse the input and exit before reading all
+    // of it, and its message on stderr is what the management node must see.
+    let feeder = child.stdin.take().map(|mut stdin| {
+        let input = input.as_bytes().to_vec();
+        tokio::spawn(async move { stdin.write_all(&input).await })
+    });
+    let out = match tokio::time::timeout(NFT_TIMEOUT, child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return Err(NatError::System(format!("nft did not finish: {e}"))),
+        Err(_) => {
+            return Err(NatError::System(format!(
+                "nft did not finish within {} s and was killed",
+                NFT_TIMEOUT.as_secs()
+            )));
+        }
+    };
+    let fed = match feeder {
+        Some(task) => task
             .await
-            .map_err(|e| NatError::System(format!("cannot write to nft: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| NatError::System(format!("nft did not finish: {e}")))?;
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string())),
+        None => Ok(()),
+    };
     if out.status.success() {
-        Ok(())
-    } else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        Err(NatError::Nft(summarise(&stderr)))
+        // A success with input it could not have read whole would be a lie: refuse it.
+        return fed.map_err(|e| NatError::System(format!("cannot write to nft: {e}")));
     }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(NatError::Nft(summarise(&stderr)))
 }
 
 /// nft's message without the caret lines, at most a few errors, on one line.

@@ -71,6 +71,8 @@ pub struct Store {
     generation: u64,
     journal: File,
     journal_records: usize,
+    /// An append failed and could not be taken back.
+    poisoned: bool,
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -135,6 +137,7 @@ impl Store {
             generation,
             journal,
             journal_records,
+            poisoned: false,
         };
         Ok((store, Loaded { state, problem }))
     }
@@ -244,12 +247,45 @@ impl Store {
         line.extend_from_slice(&body);
         line.push(b'\n');
         let path = self.journal_path();
-        self.journal
+        if self.poisoned {
+            return Err(StoreError::Io {
+                op: "append to",
+                path,
+                source: io::Error::other(
+                    "an earlier append could not be taken back; a snapshot is needed first",
+                ),
+            });
+        }
+        let len_before = self
+            .journal
+            .metadata()
+            .map_err(io_err("stat", &path))?
+            .len();
+        let written = self
+            .journal
             .write_all(&line)
-            .map_err(io_err("append to", &path))?;
-        self.journal.sync_data().map_err(io_err("fsync", &path))?;
+            .map_err(io_err("append to", &path))
+            .and_then(|()| self.journal.sync_data().map_err(io_err("fsync", &path)));
+        if let Err(e) = written {
+            // Take the record back: a refused command must not return at the next start, and
+            // half a line would break the next record. If even that fails, refuse appends
+            // until a snapshot has replaced this journal.
+            let undone = self
+                .journal
+                .set_len(len_before)
+                .and_then(|()| self.journal.sync_data());
+            if undone.is_err() {
+                self.poisoned = true;
+            }
+            return Err(e);
+        }
         self.journal_records += 1;
         Ok(())
+    }
+
+    /// True when the journal must be replaced by a snapshot before the next append.
+    pub fn needs_snapshot(&self) -> bool {
+        self.poisoned
     }
 
     /// True when the journal has grown enough that a new snapshot pays off.
@@ -266,22 +302,24 @@ impl Store {
         })?;
         let mut bytes = format!("sha256:{}\n", sha256_hex(&body)).into_bytes();
         bytes.extend_from_slice(&body);
+        // Open the next journal before the snapshot switches generations, so nothing can fail
+        // between the switch and the first append to it.
         let next_journal = self.dir.join(format!("journal.{generation}"));
         let journal = OpenOptions::new()
             .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&next_journal)
-            .map_err(io_err("create", &next_journal))?;
-        write_atomic(&self.dir.join(SNAPSHOT), &bytes)?;
-        let old = self.journal_path();
-        self.generation = generation;
-        self.journal = OpenOptions::new()
             .append(true)
             .open(&next_journal)
-            .map_err(io_err("open", &next_journal))?;
-        drop(journal);
+            .and_then(|f| f.set_len(0).map(|()| f))
+            .map_err(io_err("create", &next_journal))?;
+        if let Err(e) = write_atomic(&self.dir.join(SNAPSHOT), &bytes) {
+            let _ = fs::remove_file(&next_journal);
+            return Err(e);
+        }
+        let old = self.journal_path();
+        self.generation = generation;
+        self.journal = journal;
         self.journal_records = 0;
+        self.poisoned = false;
         let _ = fs::remove_file(old);
         Ok(())
     }
@@ -399,6 +437,28 @@ mod tests {
         assert!(loaded.problem.is_none(), "{:?}", loaded.problem);
         assert_eq!(loaded.state, s);
         assert_eq!(loaded.state.port_forwards.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_append_is_not_replayed_and_a_snapshot_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        store.append(&init("a")).unwrap();
+        // A handle that refuses writes and truncation: the append fails and cannot be taken
+        // back, so the store refuses further appends until a snapshot.
+        store.journal = File::open(dir.path().join("journal.0")).unwrap();
+        assert!(store.append(&init("b")).is_err());
+        assert!(store.needs_snapshot());
+        assert!(store.append(&init("c")).is_err());
+        let mut s = DesiredState::default();
+        s.apply(&init("a")).unwrap();
+        store.compact(&s).unwrap();
+        assert!(!store.needs_snapshot());
+        store.append(&init("d")).unwrap();
+        drop(store);
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        assert!(loaded.problem.is_none());
+        assert_eq!(loaded.state.uuid.as_deref(), Some("d"));
     }
 
     #[test]
