@@ -39,7 +39,7 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%
 export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
 # mkfs.ext4 and syslinux stamp the current time into the filesystems they write: run them
 # with the clock frozen at SOURCE_DATE_EPOCH.
-frozen() { TZ=UTC faketime "$(TZ=UTC date -d "@$SOURCE_DATE_EPOCH" '+%Y-%m-%d %H:%M:%S')" "$@"; }
+frozen() { TZ=UTC faketime -f "$(TZ=UTC date -d "@$SOURCE_DATE_EPOCH" '+%Y-%m-%d %H:%M:%S')" "$@"; }
 root_uuid=6f1e3a52-7b0c-4d2e-9a41-5c3b2d1e0f72
 boot_volid=5652a901
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
