@@ -55,7 +55,9 @@ impl LinksBackend {
     }
 
     fn netlink(&mut self) -> Result<Netlink, BackendError> {
-        if let Some(nl) = &self.nl {
+        if let Some(nl) = &self.nl
+            && nl.is_alive()
+        {
             return Ok(nl.clone());
         }
         let nl = Netlink::connect()?;
@@ -125,6 +127,8 @@ impl LinksBackend {
         let links = nl.links().await?;
         let wanted = Wanted::new(&self.bootstrap, &after);
         let mut keep = BTreeSet::new();
+        let mut removed: Vec<Undo> = Vec::new();
+        let mut result: Result<(), BackendError> = Ok(());
         for mac in macs {
             // A nic that is gone has no address left to remove.
             let Ok(link) = plan::find(&links, *mac) else {
@@ -136,18 +140,29 @@ impl LinksBackend {
             } else if let Some((ip, prefix)) = self.primary(before, *mac)
                 && !after.vips.contains_key(&ip)
             {
-                nl.del_addr(link, ip, prefix).await?;
+                if let Err(e) = nl.del_addr(link, ip, prefix).await {
+                    result = Err(e.into());
+                    break;
+                }
+                removed.push(Undo::Add(link.clone(), ip, prefix));
             }
         }
-        if !keep.is_empty() {
+        if result.is_ok() && !keep.is_empty() {
             let opts = SyncOptions {
                 prune: true,
                 strict: false,
-                scope: Some(keep),
+                scope: Some(keep.clone()),
             };
-            sync::sync(&nl, &mut self.announcer, &wanted, &opts).await?;
+            if let Err(e) = sync::sync(&nl, &mut self.announcer, &wanted, &opts).await {
+                self.undo(&nl, before, Some(keep)).await;
+                result = Err(e.into());
+            }
         }
-        Ok(())
+        if result.is_err() {
+            // All or nothing: put back the addresses this command already removed.
+            run_undo(&nl, removed).await;
+        }
+        result
     }
 
     async fn create_vips(

@@ -68,6 +68,7 @@ pub struct Addr {
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
+    driver: std::sync::Arc<tokio::task::JoinHandle<()>>,
 }
 
 impl Netlink {
@@ -78,8 +79,13 @@ impl Netlink {
             reason: e.to_string(),
             errno: e.raw_os_error(),
         })?;
-        tokio::spawn(conn);
-        Ok(Netlink { handle })
+        let driver = std::sync::Arc::new(tokio::spawn(conn));
+        Ok(Netlink { handle, driver })
+    }
+
+    /// False once the connection's driver task has ended (every request would then fail).
+    pub fn is_alive(&self) -> bool {
+        !self.driver.is_finished()
     }
 
     /// Every link of the namespace.
