@@ -67,28 +67,39 @@ fn main() {
         }
         report("/ping sync round trip", samples);
 
+        // A command with no kernel work: the writer queue and the journal's fdatasync.
+        let url = format!("http://{}/appliancevm/init", agent.vr);
+        let mut samples = Vec::new();
+        for _ in 0..1000 {
+            let t = Instant::now();
+            let r = client.post(&url).body("{}").send().await.unwrap();
+            r.bytes().await.unwrap();
+            samples.push(t.elapsed());
+        }
+        report(
+            "/appliancevm/init sync (writer + journal fdatasync)",
+            samples,
+        );
+
+        let mut samples = Vec::new();
+        for _ in 0..200 {
+            let t = Instant::now();
+            mn.call(agent.vr, "/appliancevm/init", &json!({})).await;
+            samples.push(t.elapsed());
+        }
+        report("/appliancevm/init async (ack + callback)", samples);
+
+        // /init re-applies everything (links, both nft tables, dnsmasq files).
         let url = format!("http://{}/init", agent.vr);
         let mut samples = Vec::new();
-        for i in 0..1000 {
+        for i in 0..100 {
             let body = json!({"uuid": format!("u{i}")}).to_string();
             let t = Instant::now();
             let r = client.post(&url).body(body).send().await.unwrap();
             r.bytes().await.unwrap();
             samples.push(t.elapsed());
         }
-        report(
-            "/init sync round trip (writer + journal fdatasync)",
-            samples,
-        );
-
-        let mut samples = Vec::new();
-        for i in 0..200 {
-            let t = Instant::now();
-            mn.call(agent.vr, "/init", &json!({"uuid": format!("a{i}")}))
-                .await;
-            samples.push(t.elapsed());
-        }
-        report("/init async (ack + callback)", samples);
+        report("/init sync (full re-apply of an empty state)", samples);
 
         tokio::time::sleep(Duration::from_secs(2)).await;
         println!("agent RSS when idle: {} KiB", rss_kib(agent.pid()));
