@@ -400,3 +400,59 @@ fn unbuilt_features_fail_loudly() {
         assert_fails(&reply, "not supported");
     });
 }
+
+#[test]
+fn ping_is_answered_while_a_long_command_holds_the_writer() {
+    let ns = Netns::new("vrapi");
+    // A nic with a known MAC for the firewall rules to name.
+    ns.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "address",
+        "fa:7e:4b:ad:11:00",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peer0",
+    ]);
+    ns.block_on(|| async {
+        let agent = AgentProc::start(&[]);
+        let mn = Arc::new(MgmtNode::start().await);
+        // Thousands of firewall rules: one long nft transaction in the writer.
+        let rules: Vec<Value> = (0..4000)
+            .map(|i| {
+                json!({"protocol": "tcp", "startPort": 10000 + i, "endPort": 10000 + i,
+                       "sourceIp": format!("10.{}.{}.1", i / 250, i % 250),
+                       "nicMac": "fa:7e:4b:ad:11:00"})
+            })
+            .collect();
+        let body = json!({ "rules": rules });
+        // Acked means queued: the long command holds the writer, the second waits behind it.
+        let sent = std::time::Instant::now();
+        let long = mn
+            .send(agent.vr, "/appliancevm/refreshfirewall", &body)
+            .await;
+        let queued = mn.send(agent.vr, "/appliancevm/init", &json!({})).await;
+        let mut pinged = Vec::new();
+        for _ in 0..5 {
+            let ping = mn.call_sync(agent.vr, "/ping", &json!({})).await;
+            assert_ok(&ping);
+            pinged.push(sent.elapsed());
+        }
+        let reply = long.await.unwrap();
+        let long_done = sent.elapsed();
+        assert_ok(&reply);
+        let reply = queued.await.unwrap();
+        let queued_done = sent.elapsed();
+        assert_ok(&reply);
+        eprintln!("pings answered at {pinged:?}; long command done at {long_done:?}");
+        // The pings were answered before the command queued behind the long one was: they did
+        // not wait for the writer.
+        assert!(
+            pinged.iter().all(|t| *t < queued_done),
+            "a ping waited behind the writer"
+        );
+    });
+}

@@ -122,6 +122,31 @@ impl MgmtNode {
         }
     }
 
+    /// Sends `body` to `path` the way the management node does, returns once the agent acked
+    /// it (the command is then queued), with the future reply.
+    pub async fn send(
+        &self,
+        agent: SocketAddr,
+        path: &str,
+        body: &Value,
+    ) -> oneshot::Receiver<Value> {
+        let uuid = new_uuid();
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().unwrap().insert(uuid.clone(), tx);
+        let ack = self
+            .client
+            .post(format!("http://{agent}{path}"))
+            .header("Content-Type", "application/json; charset=utf-8")
+            .header("taskuuid", &uuid)
+            .header("callbackurl", &self.callback_url)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        assert_eq!(ack.status().as_u16(), 200, "ack of {path}");
+        rx
+    }
+
     /// Sends `body` to `path` the way the management node does and waits for the callback.
     pub async fn call(&self, agent: SocketAddr, path: &str, body: &Value) -> Value {
         let uuid = new_uuid();
