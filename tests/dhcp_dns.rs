@@ -618,3 +618,41 @@ fn killed_dnsmasq_is_back_within_a_second_with_the_same_leases() {
         assert_eq!(lab.dhcp("g0").expect("served again")["ip"], "172.20.0.15");
     });
 }
+
+#[test]
+fn dns_is_forwarded_on_a_snat_guest_network_without_dhcp_hosts() {
+    let mut lab = Lab::new();
+    lab.start_upstream();
+    let lab = &lab;
+    lab.router.block_on(|| async {
+        let agent = lab.agent();
+        let mn = MgmtNode::start().await;
+        lab.guest
+            .ip(&["addr", "add", "172.20.0.15/24", "dev", "g0"]);
+        // The management node's order: DNS first, then SNAT; no DHCP host at all.
+        let setdns = json!({"dns": [{"dnsAddress": "10.99.0.2"}]});
+        assert_ok(&mn.call(agent.vr, "/setdns", &setdns).await);
+        let snat = json!({"snats": [{"publicNicMac": "fa:7e:4b:ad:11:01", "publicIp": "10.99.0.1",
+            "privateNicMac": "fa:7e:4b:ad:11:02", "privateNicIp": "172.20.0.1",
+            "snatNetmask": "255.255.255.0"}]});
+        assert_ok(&mn.call(agent.vr, "/syncsnat", &snat).await);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let got = query_from(&lab.guest, "172.20.0.1:53", "outside.test");
+            if matches!(&got, Ok((0, a)) if a == &[Ipv4Addr::new(192, 0, 2, 77)]) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not forwarded: {got:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Never on the public side.
+        assert!(
+            query_from(&lab.upstream, "10.99.0.1:53", "outside.test").is_err(),
+            "dnsmasq answers on the public nic"
+        );
+        let conf = std::fs::read_to_string(lab.dnsmasq_dir().join("dnsmasq.conf")).unwrap();
+        assert!(conf.contains("interface=rg0"), "{conf}");
+        assert!(!conf.contains("interface=rup"), "{conf}");
+        assert!(!conf.contains("dhcp-range"), "{conf}");
+    });
+}

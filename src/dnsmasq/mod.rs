@@ -32,6 +32,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+/// Health source while the DNS forwarder could not follow a change of SNAT guest nics.
+pub const HEALTH_DNS_GUESTS: &str = "dns";
+
 /// Health source for hosts no nic of the router serves.
 pub const HEALTH_UNPLACED: &str = "dhcp";
 
@@ -70,6 +73,19 @@ pub struct DnsmasqBackend {
     /// Hosts whose `dhcp-host` sets tags, as dnsmasq may hold them now (shared with the
     /// supervisor, which must not reload dnsmasq while one of them holds a lease).
     tagged_loaded: Arc<Mutex<HashSet<MacAddr>>>,
+    /// What the last sync saw of the inputs other features own (SNAT guest nics, with or
+    /// without upstream servers): a change of it from a SNAT command needs a sync.
+    dns_guests: Option<DnsGuests>,
+}
+
+/// Whether DNS is forwarded, and the SNAT guest nics it is forwarded on.
+type DnsGuests = (bool, BTreeSet<MacAddr>);
+
+fn dns_guests(state: &DesiredState) -> DnsGuests {
+    (
+        !state.dns_servers.is_empty(),
+        state.snats.values().map(|s| s.private_nic_mac).collect(),
+    )
 }
 
 fn err(e: impl std::fmt::Display) -> BackendError {
@@ -88,6 +104,7 @@ impl DnsmasqBackend {
             applied: None,
             memo: render::LineMemo::default(),
             tagged_loaded: Arc::default(),
+            dns_guests: None,
         }
     }
 
@@ -203,6 +220,7 @@ impl DnsmasqBackend {
     async fn sync(&mut self, state: &DesiredState) -> Result<(), BackendError> {
         let started = std::time::Instant::now();
         self.applied = None;
+        self.dns_guests = Some(dns_guests(state));
         self.ensure_dirs()?;
         let ifaces = read_ifaces().map_err(|e| err(format!("reading interfaces: {e}")))?;
         let r = render::render_with(&self.paths, state, &ifaces, &mut self.memo);
@@ -235,7 +253,7 @@ impl DnsmasqBackend {
         let conf_changed =
             write::write_if_changed(&self.paths.conf(), r.conf.as_bytes()).map_err(err)?;
         let written_us = started.elapsed().as_micros() as u64;
-        let wanted = r.placed > 0;
+        let wanted = r.placed > 0 || r.listening > 0;
         if wanted {
             write::check_reachable(&self.paths.dir).map_err(err)?;
         }
@@ -327,15 +345,22 @@ impl Backend for DnsmasqBackend {
                     }
                 }
                 Command::SetDns(_) | Command::RemoveDns(_) if self.applied.is_some() => {
-                    // The forwarder's servers only: dnsmasq watches its resolv file itself.
                     let mut dns = DesiredState {
                         dns_servers: before.dns_servers.clone(),
                         ..DesiredState::default()
                     };
                     dns.apply(cmd).map_err(err)?;
-                    let text = render::render_resolv(&dns.dns_servers);
-                    write::write_if_changed(&self.paths.resolv(), text.as_bytes()).map_err(err)?;
-                    return Ok(());
+                    // Going from no upstream to some (or back) changes where dnsmasq listens
+                    // when there are SNAT guest nics: that needs a full sync below.
+                    let listening_changes = !before.snats.is_empty()
+                        && before.dns_servers.is_empty() != dns.dns_servers.is_empty();
+                    if !listening_changes {
+                        // The forwarder's servers only: dnsmasq watches its resolv file itself.
+                        let text = render::render_resolv(&dns.dns_servers);
+                        write::write_if_changed(&self.paths.resolv(), text.as_bytes())
+                            .map_err(err)?;
+                        return Ok(());
+                    }
                 }
                 Command::AddDhcp { .. }
                 | Command::RemoveDhcp(_)
@@ -361,6 +386,19 @@ impl Backend for DnsmasqBackend {
         state: &'a DesiredState,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(self.sync(state))
+    }
+
+    fn observe<'a>(&'a mut self, after: &'a DesiredState) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if self.dns_guests.as_ref() == Some(&dns_guests(after)) {
+                return;
+            }
+            // A SNAT command added or removed a guest nic the DNS forwarder listens on.
+            match self.sync(after).await {
+                Ok(()) => self.health.clear(HEALTH_DNS_GUESTS),
+                Err(e) => self.health.set(HEALTH_DNS_GUESTS, e.to_string()),
+            }
+        })
     }
 
     fn shutdown(&mut self) -> BoxFuture<'_, ()> {

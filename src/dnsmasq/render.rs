@@ -91,6 +91,8 @@ pub struct Rendered {
     pub resolv: String,
     /// How many hosts a guest nic serves.
     pub placed: usize,
+    /// Guest nics dnsmasq listens on (DHCP hosts' nics, plus SNAT guest nics for DNS).
+    pub listening: usize,
     /// Hosts for which no nic of the router was found.
     pub unplaced: Vec<MacAddr>,
     /// The subnets with a DHCP range.
@@ -503,6 +505,19 @@ pub fn render_with(
             None => unplaced.push(host.mac),
         }
     }
+    // The DNS forwarder also serves guest networks without DHCP hosts: a SNAT guest nic is a
+    // guest nic (never the public or management nic), and its guests may use the router's DNS.
+    if !state.dns_servers.is_empty() {
+        for snat in state.snats.values() {
+            if let Some(iface) = ifaces
+                .iter()
+                .find(|i| i.mac == Some(snat.private_nic_mac) && i.name != "lo")
+            {
+                nics.insert(iface.name.clone());
+                guest_macs.insert(snat.private_nic_mac);
+            }
+        }
+    }
     memo.profiles
         .retain(|tag, _| own_tags.contains(tag) || by_subnet.values().any(|t| t == tag));
     let mut opts = String::new();
@@ -528,6 +543,7 @@ pub fn render_with(
         addn_hosts: addn,
         resolv: render_resolv(&state.dns_servers),
         placed,
+        listening: nics.len(),
         unplaced,
         subnets,
         guest_macs,
