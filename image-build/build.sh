@@ -127,6 +127,19 @@ echo "== root partition (ext4)"
 root_mib=$(( $(du -sm "$rootfs" | cut -f1) * 13 / 10 + 256 ))
 frozen mkfs.ext4 -q -F -d "$rootfs" -U "$root_uuid" -E "hash_seed=$root_uuid,root_owner=0:0" -L vr-root \
   -T default "$work/root.img" "${root_mib}M"
+# mkfs.ext4 -d copies each inode's change and access times (ctime, atime) from the build
+# folder, where the kernel set them during this build: pin them to SOURCE_DATE_EPOCH.
+stamp=$(TZ=UTC date -d "@$SOURCE_DATE_EPOCH" +%Y%m%d%H%M%S)
+{
+  echo "sif / ctime $stamp"
+  echo "sif / atime $stamp"
+  (cd "$rootfs" && find . -xdev -mindepth 1 -printf '%P\n') |
+    sed "s|^\(.*\)\$|sif \"/\1\" ctime $stamp\nsif \"/\1\" atime $stamp|"
+} > "$work/ctime.debugfs"
+frozen debugfs -w -f "$work/ctime.debugfs" "$work/root.img" > "$work/ctime.log" 2>&1
+if grep -v '^sif \|^debugfs ' "$work/ctime.log" | grep -q .; then
+  echo "debugfs could not pin every ctime:" >&2; grep -v '^sif \|^debugfs ' "$work/ctime.log" | head >&2; exit 1
+fi
 
 echo "== disk"
 disk=$work/disk.raw

@@ -18,6 +18,8 @@ diff <(cd "$a/rootfs" && find . -xdev -printf '%p %T@\n' | sort) \
      <(cd "$b/rootfs" && find . -xdev -printf '%p %T@\n' | sort) || true
 echo "boot partition: $(cmp "$a/boot.img" "$b/boot.img" >/dev/null && echo identical || echo differs)"
 echo "root partition: $(cmp -l "$a/root.img" "$b/root.img" | wc -l) bytes differ"
+echo "qcow2 images: $(cmp "$out/1.qcow2" "$out/2.qcow2" >/dev/null && echo identical || echo differ)"
+md5sum "$out/1.qcow2" "$out/2.qcow2" | sed 's/^/  /' 
 debugfs -R "stat /etc/hostname" "$a/root.img" 2>/dev/null | grep -E 'time' | sed 's/^/  build 1 /'
 debugfs -R "stat /etc/hostname" "$b/root.img" 2>/dev/null | grep -E 'time' | sed 's/^/  build 2 /'
 diff <(dumpe2fs -h "$a/root.img" 2>/dev/null) <(dumpe2fs -h "$b/root.img" 2>/dev/null) | sed 's/^/  superblock /' || true
