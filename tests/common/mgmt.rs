@@ -149,21 +149,8 @@ impl MgmtNode {
 
     /// Sends `body` to `path` the way the management node does and waits for the callback.
     pub async fn call(&self, agent: SocketAddr, path: &str, body: &Value) -> Value {
-        let uuid = new_uuid();
-        let (tx, rx) = oneshot::channel();
-        self.waiters.lock().unwrap().insert(uuid.clone(), tx);
-        let ack = self
-            .client
-            .post(format!("http://{agent}{path}"))
-            .header("Content-Type", "application/json; charset=utf-8")
-            .header("taskuuid", &uuid)
-            .header("callbackurl", &self.callback_url)
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        assert_eq!(ack.status().as_u16(), 200, "ack of {path}");
-        tokio::time::timeout(Duration::from_secs(300), rx)
+        let reply = self.send(agent, path, body).await;
+        tokio::time::timeout(Duration::from_secs(300), reply)
             .await
             .unwrap_or_else(|_| panic!("no callback for {path} within 300 s"))
             .expect("callback sender dropped")
