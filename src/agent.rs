@@ -14,6 +14,8 @@ use tracing::{Instrument, Span};
 
 /// Health source set when the stored state had to be moved aside.
 pub const HEALTH_STATE: &str = "state";
+/// Health source while the stored state is being re-applied after a start.
+pub const HEALTH_REAPPLY: &str = "startup";
 
 /// Why a command was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -146,16 +148,52 @@ impl Agent {
     /// Starts the writer task; it ends when every handle is dropped, after shutting the
     /// backends down.
     pub fn spawn(self) -> (AgentHandle, tokio::task::JoinHandle<()>) {
+        self.spawn_with(false)
+    }
+
+    /// Starts the writer task, which first re-applies the whole desired state (commands
+    /// queue behind it; `/ping` says it is re-applying meanwhile).
+    pub fn spawn_reapplying(self) -> (AgentHandle, tokio::task::JoinHandle<()>) {
+        self.spawn_with(true)
+    }
+
+    fn spawn_with(self, reapply: bool) -> (AgentHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = AgentHandle {
             tx,
             snapshot: Arc::clone(&self.snapshot),
         };
-        let task = tokio::spawn(self.run(rx));
+        let task = tokio::spawn(self.run(rx, reapply));
         (handle, task)
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
+    async fn reapply_at_start(&mut self) {
+        let span = tracing::info_span!("reapply", state = %self.desired.summary());
+        async {
+            self.health.set(
+                HEALTH_REAPPLY,
+                format!(
+                    "re-applying the stored state ({}); commands wait for it",
+                    self.desired.summary()
+                ),
+            );
+            let started = std::time::Instant::now();
+            let failures = self.reconcile_all().await;
+            self.health.clear(HEALTH_REAPPLY);
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                failures = failures.len(),
+                "re-applied desired state"
+            );
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>, reapply: bool) {
+        if reapply {
+            self.reapply_at_start().await;
+        }
         while let Some(job) = rx.recv().await {
             let span = tracing::info_span!(parent: &job.span, "apply", path = job.path);
             let result = self

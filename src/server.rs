@@ -80,15 +80,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     tracing::info!(state = %loaded.state.summary(), "loaded desired state");
     let backends = backends(&config, &health);
-    let mut agent = Agent::new(loaded.state, store, backends, Arc::clone(&health));
-    let started = std::time::Instant::now();
-    let failures = agent.reconcile_all().await;
-    tracing::info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        failures = failures.len(),
-        "re-applied desired state"
-    );
-
+    let agent = Agent::new(loaded.state, store, backends, Arc::clone(&health));
+    // Serve first: the listeners are bound and `/echo`, `/ping` answered while the writer
+    // re-applies the stored state; commands queue behind the re-apply.
     let vr = TcpListener::bind(config.vr_listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -127,7 +121,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         tracing::warn!(error = %e, "cannot record the listener addresses");
     }
 
-    let (handle, writer) = agent.spawn();
+    let (handle, writer) = agent.spawn_reapplying();
     let inflight = InFlight::default();
     let state = Arc::new(ApiState {
         agent: handle,

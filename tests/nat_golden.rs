@@ -107,7 +107,12 @@ fn renderings_match_golden_files() {
     assert!(skipped.contains("fa:7e:4b:ad:11:0a"), "{skipped}");
     assert!(skipped.contains("fa:7e:4b:ad:11:0b"), "{skipped}");
     let same = std::fs::read_to_string(dir().join("plans/createeip-same.nft")).unwrap();
-    assert_eq!(same, "", "re-creating an identical EIP changes nothing");
+    // a command is an ensure: re-creating an identical EIP only re-adds its elements (a no-op
+    // when they are there, a repair when they were deleted behind our back)
+    assert!(
+        same.lines().all(|l| l.starts_with("add element")) && same.contains("eip_dnat"),
+        "re-creating an identical EIP re-adds its elements and deletes nothing: {same}"
+    );
 }
 
 #[test]

@@ -79,6 +79,7 @@ pub fn plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Pla
             let mut deletes = Vec::new();
             let mut adds = Vec::new();
             let mut flush = Vec::new();
+            let mut ensured = Vec::new();
             let mut seen = BTreeSet::new();
             for (i, rule) in rules.iter().enumerate() {
                 check_pf(rule, inputs, &format!("rules[{i}]"))?;
@@ -86,7 +87,8 @@ pub fn plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Pla
                     continue;
                 }
                 match before.port_forwards.get(&rule.key()) {
-                    Some(old) if old == rule => {}
+                    // an ensure: re-adding elements that are there changes nothing
+                    Some(old) if old == rule => ensured.extend(pf_elements(rule)),
                     Some(old) => {
                         deletes.extend(pf_elements(old));
                         adds.extend(pf_elements(rule));
@@ -95,7 +97,14 @@ pub fn plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Pla
                     None => adds.extend(pf_elements(rule)),
                 }
             }
-            Ok(elements(deletes, adds, flush))
+            let mut p = elements(deletes, adds, flush);
+            if let Some(change) = p.elements.as_mut()
+                && !ensured.is_empty()
+            {
+                change.adds.extend(ensured);
+                p.nft = render::element_ops(&change.flush, &change.deletes, &change.adds);
+            }
+            Ok(p)
         }
         Command::RevokePortForwards(rules) => {
             let mut deletes = Vec::new();
@@ -184,6 +193,12 @@ fn elements(deletes: Vec<Elem>, adds: Vec<Elem>, flush: Vec<Flush>) -> Plan {
     }
 }
 
+/// Adds elements that the state already holds (an ensure after a drift): no deletes, no
+/// conntrack flush.
+fn ensure(adds: Vec<Elem>) -> Plan {
+    elements(Vec::new(), adds, Vec::new())
+}
+
 /// Replaces the content of `sets` with `adds` in one transaction (a sync command: it replaces
 /// everything it covers, whatever the kernel held).
 fn replace_sets(
@@ -226,7 +241,10 @@ fn eip_change(
     let bind = |e: &Eip, field: &str| bind_eip(e, &before.vips, &before.nics, inputs, field);
     let new = new.map(|e| bind(e, "eip")).transpose()?;
     let old = before.eips.get(&vip);
-    if old == new.as_ref().map(|b| &b.eip) {
+    // A command is an ensure: re-sending an entry the state already holds puts back its
+    // elements should they have gone missing (adding an element that is there is a no-op).
+    let unchanged = old == new.as_ref().map(|b| &b.eip);
+    if unchanged && new.is_none() {
         return Ok(Plan::default());
     }
     let old = match old.map(|e| bind(e, &format!("eip {vip}"))).transpose() {
@@ -258,6 +276,9 @@ fn eip_change(
     before_elems.extend(guest_elements(sharing.iter().chain(old.iter())));
     let mut after_elems: Vec<Elem> = new.iter().flat_map(BoundEip::vip_elements).collect();
     after_elems.extend(guest_elements(sharing.iter().chain(new.iter())));
+    if unchanged {
+        return Ok(ensure(after_elems));
+    }
     let flush = if old.is_some() {
         vec![Flush::Address(vip)]
     } else {

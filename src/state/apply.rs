@@ -152,7 +152,8 @@ impl DesiredState {
     }
 }
 
-/// The forwards of `existing` on the same VIP and protocol whose ports overlap `ports`.
+/// The forward of `existing` (free of overlaps) on the same VIP and protocol whose ports
+/// overlap `ports`, if any.
 fn overlapping<'a>(
     existing: &'a BTreeMap<PortForwardKey, PortForward>,
     vip_ip: Ipv4Addr,
@@ -172,9 +173,14 @@ fn overlapping<'a>(
             end: u16::MAX,
         },
     };
+    // The forwards of one VIP and protocol never overlap each other, so ordered by start they
+    // are ordered by end too: of those starting at or below `ports.end`, only the last can
+    // reach `ports.start`. One lookup, whatever the number of forwards on the VIP.
     existing
         .range(lo..=hi)
+        .next_back()
         .map(|(_, pf)| pf)
+        .into_iter()
         .filter(move |pf| pf.vip_ports.overlaps(ports))
 }
 

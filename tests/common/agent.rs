@@ -93,6 +93,7 @@ impl AgentProc {
                     .as_str()
                     .and_then(|s| s.parse().ok())
                     .expect("appliance addr");
+                self.wait_reapplied(deadline);
                 return;
             }
             if let Some(status) = self
@@ -108,6 +109,23 @@ impl AgentProc {
             assert!(
                 Instant::now() < deadline,
                 "vr-agent did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `/ping` no longer reports the start-up re-apply (the agent serves first and
+    /// re-applies its stored state behind the listeners).
+    fn wait_reapplied(&mut self, deadline: Instant) {
+        loop {
+            let detail = raw_ping(self.vr).unwrap_or_else(|| "startup: no answer".into());
+            if !detail.contains("startup:") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vr-agent did not finish its start-up re-apply:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -165,6 +183,20 @@ impl AgentProc {
         *self = Self::spawn(&self.dir.clone(), self.extra.clone());
         self._tmp = tmp;
     }
+}
+
+/// A synchronous `/ping` (no runtime needed): the reply body, or `None` if nothing answered.
+pub fn raw_ping(addr: SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(
+        b"POST /ping HTTP/1.1\r\nHost: agent\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
 
 impl Drop for AgentProc {
