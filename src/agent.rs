@@ -14,6 +14,8 @@ use tracing::{Instrument, Span};
 
 /// Health source set when the stored state had to be moved aside.
 pub const HEALTH_STATE: &str = "state";
+/// Health source prefix of a drift being repaired (`drift:<feature>`).
+pub const HEALTH_DRIFT: &str = "drift";
 /// Health source while the stored state is being re-applied after a start.
 pub const HEALTH_REAPPLY: &str = "startup";
 
@@ -56,10 +58,33 @@ struct Job {
     reply: oneshot::Sender<Result<(), ApplyError>>,
 }
 
+/// Upkeep the writer does between commands, when the system drifted (or may have).
+enum Upkeep {
+    /// Replace what `feature`'s backend owns: it is known to have changed behind our back.
+    Repair {
+        /// The feature whose backend repairs.
+        feature: Feature,
+        /// What changed, for health and the log.
+        what: String,
+    },
+    /// Ask backends (all, or one feature's) to compare the system with the state and repair.
+    Verify {
+        /// Only this feature's backend.
+        only: Option<Feature>,
+        /// Why now.
+        trigger: String,
+    },
+}
+
+enum Work {
+    Command(Job),
+    Upkeep(Upkeep, oneshot::Sender<()>),
+}
+
 /// Sends commands to the writer. Cheap to clone.
 #[derive(Clone)]
 pub struct AgentHandle {
-    tx: mpsc::UnboundedSender<Job>,
+    tx: mpsc::UnboundedSender<Work>,
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
 }
 
@@ -73,12 +98,12 @@ impl AgentHandle {
         let (reply, rx) = oneshot::channel();
         let queued = self
             .tx
-            .send(Job {
+            .send(Work::Command(Job {
                 cmd,
                 path,
                 span: Span::current(),
                 reply,
-            })
+            }))
             .is_ok();
         async move {
             if !queued {
@@ -86,6 +111,24 @@ impl AgentHandle {
             }
             rx.await.unwrap_or(Err(ApplyError::ShuttingDown))
         }
+    }
+
+    /// Queues a repair of what `feature`'s backend owns and waits until it is done.
+    pub async fn repair(&self, feature: Feature, what: String) -> Result<(), ApplyError> {
+        self.upkeep(Upkeep::Repair { feature, what }).await
+    }
+
+    /// Queues a verify (of every backend, or one feature's) and waits until it is done.
+    pub async fn verify(&self, only: Option<Feature>, trigger: String) -> Result<(), ApplyError> {
+        self.upkeep(Upkeep::Verify { only, trigger }).await
+    }
+
+    async fn upkeep(&self, u: Upkeep) -> Result<(), ApplyError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Work::Upkeep(u, done))
+            .map_err(|_| ApplyError::ShuttingDown)?;
+        rx.await.map_err(|_| ApplyError::ShuttingDown)
     }
 
     /// The latest applied state, without waiting for the writer.
@@ -190,11 +233,19 @@ impl Agent {
         .await;
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>, reapply: bool) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Work>, reapply: bool) {
         if reapply {
             self.reapply_at_start().await;
         }
-        while let Some(job) = rx.recv().await {
+        while let Some(work) = rx.recv().await {
+            let job = match work {
+                Work::Command(job) => job,
+                Work::Upkeep(u, done) => {
+                    self.upkeep(u).await;
+                    let _ = done.send(());
+                    continue;
+                }
+            };
             let span = tracing::info_span!(parent: &job.span, "apply", path = job.path);
             let result = self
                 .handle(&job.cmd, job.path)
@@ -282,6 +333,81 @@ impl Agent {
         }
         self.publish();
         Ok(())
+    }
+
+    async fn upkeep(&mut self, u: Upkeep) {
+        match u {
+            Upkeep::Repair { feature, what } => {
+                let span = tracing::info_span!("repair", feature = feature.name());
+                self.repair(feature, &what).instrument(span).await;
+            }
+            Upkeep::Verify { only, trigger } => {
+                let span = tracing::info_span!("verify", %trigger);
+                self.verify(only).instrument(span).await;
+            }
+        }
+    }
+
+    /// Replaces what `feature`'s backend owns from the desired state; `/ping` shows the drift
+    /// until the repair is done.
+    async fn repair(&mut self, feature: Feature, what: &str) {
+        let Some(i) = self
+            .backends
+            .iter()
+            .position(|b| b.features().contains(&feature))
+        else {
+            return;
+        };
+        let source = format!("{HEALTH_DRIFT}:{}", feature.name());
+        tracing::warn!(%what, "drift: repairing");
+        self.health.set(&source, format!("{what}; repairing"));
+        let started = std::time::Instant::now();
+        match self.backends[i].reconcile(&self.desired).await {
+            Ok(()) => {
+                self.health.clear(&source);
+                let ms = started.elapsed().as_millis();
+                tracing::warn!(%what, elapsed_ms = ms as u64, "drift repaired");
+                self.health
+                    .record_drift(format!("{what}; repaired in {ms} ms"));
+            }
+            Err(e) => {
+                tracing::error!(%what, error = %e, "drift repair failed");
+                self.health
+                    .set(source, format!("{what}; repair failed: {e}"));
+            }
+        }
+    }
+
+    /// Every backend (or one feature's) compares the system with the desired state and
+    /// repairs what differs. A repair of the interfaces brings the others along (names and
+    /// addresses feed their renderings).
+    async fn verify(&mut self, only: Option<Feature>) {
+        let mut links_changed = None;
+        for i in 0..self.backends.len() {
+            let features = self.backends[i].features();
+            if only.is_some_and(|f| !features.contains(&f)) {
+                continue;
+            }
+            let source = format!("{HEALTH_DRIFT}:{}", features[0].name());
+            match self.backends[i].check_and_repair(&self.desired).await {
+                Ok(None) => self.health.clear(&source),
+                Ok(Some(what)) => {
+                    self.health.clear(&source);
+                    tracing::warn!(%what, "drift repaired");
+                    self.health.record_drift(format!("{what}; repaired"));
+                    if features.contains(&Feature::Links) {
+                        links_changed = Some(i);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "verify failed");
+                    self.health.set(source, format!("verify failed: {e}"));
+                }
+            }
+        }
+        if let Some(i) = links_changed {
+            self.reconcile_others(Some(i)).await;
+        }
     }
 
     async fn reconcile_others(&mut self, except: Option<usize>) {

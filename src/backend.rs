@@ -40,6 +40,16 @@ pub trait Backend: Send {
         state: &'a DesiredState,
     ) -> BoxFuture<'a, Result<(), BackendError>>;
 
+    /// Compares the system with `state`, repairs what differs, and says what was wrong
+    /// (`None`: nothing). Runs between commands (periodically, and when notifications say the
+    /// system changed). Default: nothing to compare.
+    fn check_and_repair<'a>(
+        &'a mut self,
+        _state: &'a DesiredState,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// Called after a command of another backend's feature changed the desired state (now
     /// `after`), for renderings that read other features' entries (the firewall accepts DHCP
     /// and DNS on the nics DHCP hosts use). Problems go to health. Default: nothing.

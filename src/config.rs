@@ -38,6 +38,10 @@ pub struct Config {
     /// The dnsmasq binary (Debian's dnsmasq-base).
     #[arg(long, default_value = "dnsmasq")]
     pub dnsmasq_bin: PathBuf,
+    /// Seconds between full verifies of the system against the desired state (a safety net
+    /// under the netlink notifications that catch drift at once); 0 disables them.
+    #[arg(long, default_value_t = 30)]
+    pub verify_secs: u64,
 }
 
 /// Settings of `vr-agent bootstrap`.

@@ -8,6 +8,16 @@ use std::sync::Mutex;
 #[derive(Debug, Default)]
 pub struct Health {
     problems: Mutex<BTreeMap<String, String>>,
+    drift: Mutex<DriftLog>,
+}
+
+/// Drifts noticed and repaired since the start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriftLog {
+    /// How many were repaired.
+    pub repairs: u64,
+    /// The last one: when (seconds since the epoch) and what.
+    pub last: Option<(u64, String)>,
 }
 
 impl Health {
@@ -33,6 +43,23 @@ impl Health {
     pub fn clear_prefix(&self, prefix: &str) {
         let mut p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
         p.retain(|k, _| !k.starts_with(prefix));
+    }
+
+    /// Records a drift that was repaired (the system changed behind our back and was put
+    /// back): counted, and the last one kept for `/ping`.
+    pub fn record_drift(&self, what: String) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut d = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+        d.repairs += 1;
+        d.last = Some((at, what));
+    }
+
+    /// The drifts repaired so far.
+    pub fn drift(&self) -> DriftLog {
+        self.drift.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// `(healthy, detail)`: detail is empty when healthy, else one `source: reason` per line.

@@ -122,6 +122,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
 
     let (handle, writer) = agent.spawn_reapplying();
+    let verify_every = match config.verify_secs {
+        0 => std::time::Duration::from_secs(365 * 24 * 3600),
+        n => std::time::Duration::from_secs(n),
+    };
+    let drift_watch = crate::drift::spawn(handle.clone(), verify_every);
     let inflight = InFlight::default();
     let state = Arc::new(ApiState {
         agent: handle,
@@ -160,6 +165,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         let _ = t.await;
     }
     drop(state);
+    drift_watch.abort();
     let drain = async {
         if let Ok(g) = Arc::try_unwrap(graceful) {
             g.shutdown().await;

@@ -252,9 +252,15 @@ fn ping_reply(state: &ApiState) -> Reply {
     if let Some(uuid) = &snap.uuid {
         reply = reply.with("uuid", uuid.clone());
     }
-    reply
+    let drift = state.health.drift();
+    reply = reply
         .with("version", state.version)
         .with("md5", state.md5.clone())
         .with("healthy", healthy)
         .with("healthDetail", detail)
+        .with("driftRepairs", drift.repairs);
+    if let Some((at, what)) = drift.last {
+        reply = reply.with("lastDrift", format!("{what} (at {at})"));
+    }
+    reply
 }

@@ -40,6 +40,8 @@ pub struct LinksBackend {
     health: Arc<Health>,
     nl: Option<Netlink>,
     announcer: garp::Announcer,
+    /// Nics of the state the last sync could not find.
+    missing: Vec<String>,
 }
 
 impl LinksBackend {
@@ -51,6 +53,7 @@ impl LinksBackend {
             health,
             nl: None,
             announcer: garp::Announcer::default(),
+            missing: Vec::new(),
         }
     }
 
@@ -344,35 +347,68 @@ impl Backend for LinksBackend {
         &'a mut self,
         state: &'a DesiredState,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move { self.resync(state).await.map(|_| ()) })
+    }
+
+    fn check_and_repair<'a>(
+        &'a mut self,
+        state: &'a DesiredState,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
         Box::pin(async move {
-            self.load_bootstrap();
-            let nl = self.netlink()?;
-            let wanted = Wanted::new(&self.bootstrap, state);
-            let opts = SyncOptions {
-                prune: true,
-                strict: false,
-                scope: None,
-            };
-            let report = sync::sync(&nl, &mut self.announcer, &wanted, &opts).await?;
-            if report.missing.is_empty() {
-                self.health.clear(HEALTH_NICS);
-            } else {
-                let text = report
-                    .missing
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                self.health.set(HEALTH_NICS, text);
+            let missing_before = self.missing.clone();
+            let report = self.resync(state).await?;
+            let mut what = Vec::new();
+            if report.added > 0 {
+                what.push(format!("{} address(es) missing, put back", report.added));
             }
-            tracing::info!(
-                nics = wanted.nics.len(),
-                added = report.added,
-                removed = report.removed,
-                missing = report.missing.len(),
-                "interfaces re-applied"
-            );
-            Ok(())
+            if report.removed > 0 {
+                what.push(format!("{} unknown address(es) removed", report.removed));
+            }
+            if report.fixed > 0 {
+                what.push(format!(
+                    "{} nic setting(s) (name, MTU, up, default route) restored",
+                    report.fixed
+                ));
+            }
+            if self.missing != missing_before {
+                what.push(if self.missing.is_empty() {
+                    "every nic is back".to_string()
+                } else {
+                    format!("nics missing: {}", self.missing.join("; "))
+                });
+            }
+            Ok((!what.is_empty()).then(|| format!("interfaces drifted: {}", what.join(", "))))
         })
+    }
+}
+
+impl LinksBackend {
+    /// Brings the nics and addresses in line with `state` (pruning unknown addresses of
+    /// managed nics) and reports what it did.
+    async fn resync(&mut self, state: &DesiredState) -> Result<sync::SyncReport, BackendError> {
+        self.load_bootstrap();
+        let nl = self.netlink()?;
+        let wanted = Wanted::new(&self.bootstrap, state);
+        let opts = SyncOptions {
+            prune: true,
+            strict: false,
+            scope: None,
+        };
+        let report = sync::sync(&nl, &mut self.announcer, &wanted, &opts).await?;
+        self.missing = report.missing.iter().map(|p| p.to_string()).collect();
+        if self.missing.is_empty() {
+            self.health.clear(HEALTH_NICS);
+        } else {
+            self.health.set(HEALTH_NICS, self.missing.join("; "));
+        }
+        tracing::info!(
+            nics = wanted.nics.len(),
+            added = report.added,
+            removed = report.removed,
+            fixed = report.fixed,
+            missing = report.missing.len(),
+            "interfaces re-applied"
+        );
+        Ok(report)
     }
 }

@@ -74,11 +74,23 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a connection and spawns its driver on the current tokio runtime.
     pub fn connect() -> Result<Netlink, NetlinkError> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError {
+        let (mut conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError {
             op: "opening a netlink socket".into(),
             reason: e.to_string(),
             errno: e.raw_os_error(),
         })?;
+        // Changes this socket asks for come back as notifications with its port id: they are
+        // ours, not drift.
+        use rtnetlink::sys::AsyncSocket;
+        let mut addr = rtnetlink::sys::SocketAddr::new(0, 0);
+        if conn
+            .socket_mut()
+            .socket_ref()
+            .get_address(&mut addr)
+            .is_ok()
+        {
+            crate::drift::own::record_port(addr.port_number());
+        }
         let driver = std::sync::Arc::new(tokio::spawn(conn));
         Ok(Netlink { handle, driver })
     }

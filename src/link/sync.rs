@@ -40,6 +40,15 @@ pub struct SyncReport {
     pub added: usize,
     /// Addresses removed.
     pub removed: usize,
+    /// Other changes made: renames, MTU, link up, default route.
+    pub fixed: usize,
+}
+
+impl SyncReport {
+    /// True when the sync changed anything.
+    pub fn changed(&self) -> bool {
+        self.added + self.removed + self.fixed > 0
+    }
 }
 
 /// Applies `wanted` to the links of the current namespace.
@@ -83,6 +92,7 @@ pub async fn sync(
             nl.rename(&tmp, to).await?;
             tracing::info!(from = %link.name, to = %to, "renamed nic");
         }
+        report.fixed += renames.len();
         links = nl.links().await?;
     }
     let found = plan::find_all(&links, found_macs.iter().copied())?;
@@ -95,6 +105,7 @@ pub async fn sync(
         let routes = nl.default_routes().await?;
         if routes != [(Some(gw), Some(link.index))] {
             nl.replace_default_route(link, gw).await?;
+            report.fixed += 1;
             tracing::info!(via = %gw, dev = %link.name, "default route set");
         }
     }
@@ -115,9 +126,11 @@ async fn sync_link(
         && link.mtu != Some(mtu)
     {
         nl.set_mtu(link, mtu).await?;
+        report.fixed += 1;
     }
     if !link.up {
         nl.set_up(link).await?;
+        report.fixed += 1;
     }
     let current = nl.addrs(link.index).await?;
     let want = wanted.addrs(mac);

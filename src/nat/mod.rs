@@ -281,6 +281,34 @@ impl Backend for NatBackend {
         })
     }
 
+    fn check_and_repair<'a>(
+        &'a mut self,
+        state: &'a DesiredState,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        Box::pin(async move {
+            // Changes inside our tables are caught at once through notifications; this safety
+            // net checks that the tables themselves are there.
+            let tables = nft::tables()
+                .await
+                .map_err(|e| BackendError::new(e.to_string()))?;
+            let missing: Vec<String> = [
+                format!("table {}", model::NAT),
+                format!("table {}", model::FILTER),
+            ]
+            .into_iter()
+            .filter(|t| !tables.contains(t))
+            .collect();
+            if missing.is_empty() {
+                return Ok(None);
+            }
+            self.reconcile(state).await?;
+            Ok(Some(format!(
+                "nftables: {} missing, re-created",
+                missing.join(" and ")
+            )))
+        })
+    }
+
     fn reconcile<'a>(
         &'a mut self,
         state: &'a DesiredState,

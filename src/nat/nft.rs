@@ -20,6 +20,10 @@ pub async fn apply(input: &str) -> Result<(), NatError> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| NatError::System(format!("cannot run nft: {e}")))?;
+    if let Some(pid) = child.id() {
+        // its transaction's notifications name this pid: ours, not drift
+        crate::drift::own::record_child(pid);
+    }
     // Feed stdin from a task of its own: nft may refuse the input and exit before reading all
     // of it, and its message on stderr is what the management node must see.
     let feeder = child.stdin.take().map(|mut stdin| {
@@ -49,6 +53,30 @@ pub async fn apply(input: &str) -> Result<(), NatError> {
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     Err(NatError::Nft(summarise(&stderr)))
+}
+
+/// The tables of the namespace, as `nft list tables` prints them (`table ip vr_nat`, ...).
+pub async fn tables() -> Result<Vec<String>, NatError> {
+    let run = Command::new("nft")
+        .args(["list", "tables"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(Duration::from_secs(10), run).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return Err(NatError::System(format!("cannot run nft: {e}"))),
+        Err(_) => return Err(NatError::System("nft list tables did not finish".into())),
+    };
+    if !out.status.success() {
+        return Err(NatError::Nft(summarise(&String::from_utf8_lossy(
+            &out.stderr,
+        ))));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect())
 }
 
 /// nft's message without the caret lines, at most a few errors, on one line.
