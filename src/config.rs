@@ -40,7 +40,7 @@ pub struct Config {
     pub dnsmasq_bin: PathBuf,
     /// Seconds between full verifies of the system against the desired state (a safety net
     /// under the netlink notifications that catch drift at once); 0 disables them.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 10)]
     pub verify_secs: u64,
 }
 

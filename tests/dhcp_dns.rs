@@ -100,13 +100,21 @@ impl Lab {
 
     /// Starts the agent; call inside the router namespace.
     fn agent(&self) -> AgentProc {
-        AgentProc::start(&[
-            &format!("--dnsmasq-dir={}", self.dnsmasq_dir().display()),
-            &format!(
+        self.agent_with(&[])
+    }
+
+    /// Starts the agent with `extra` arguments; call inside the router namespace.
+    fn agent_with(&self, extra: &[&str]) -> AgentProc {
+        let mut args = vec![
+            format!("--dnsmasq-dir={}", self.dnsmasq_dir().display()),
+            format!(
                 "--dnsmasq-bin={}",
                 self.dir.path().join("dnsmasq-wrapper").display()
             ),
-        ])
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        AgentProc::start(&args)
     }
 
     /// Runs udhcpc on the guest's `nic` once; the options of the lease, or `None` without one.
@@ -647,5 +655,42 @@ fn dns_is_forwarded_on_a_snat_guest_network_without_dhcp_hosts() {
         assert!(conf.contains("interface=rg0"), "{conf}");
         assert!(!conf.contains("interface=rup"), "{conf}");
         assert!(!conf.contains("dhcp-range"), "{conf}");
+    });
+}
+
+#[test]
+fn a_hand_edited_dnsmasq_file_is_noticed_and_rewritten() {
+    let lab = Lab::new();
+    lab.router.block_on(|| async {
+        let agent = lab.agent_with(&["--verify-secs=1"]);
+        let mn = MgmtNode::start().await;
+        let body = json!({"dhcpEntries": [default_entry()], "rebuild": false});
+        assert_ok(&mn.call(agent.vr, "/adddhcp", &body).await);
+        assert_eq!(lab.dhcp("g0").expect("lease")["ip"], "172.20.0.15");
+        let hosts = lab.dnsmasq_dir().join("hosts.dhcp");
+        let written = std::fs::read_to_string(&hosts).unwrap();
+        assert!(written.contains(GUEST_MAC), "{written}");
+        std::fs::write(&hosts, "# emptied by hand\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(&hosts).unwrap_or_default() != written {
+            assert!(
+                Instant::now() < deadline,
+                "hosts file not rewritten:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let ping = mn.call(agent.vr, "/ping", &json!({})).await;
+        assert!(ping["driftRepairs"].as_u64().unwrap_or(0) >= 1, "{ping}");
+        let last = ping["lastDrift"].as_str().unwrap_or_default();
+        assert!(
+            last.contains("dnsmasq files changed outside the agent (hosts.dhcp)"),
+            "{ping}"
+        );
+        assert_eq!(ping["healthy"], json!(true), "{ping}");
+        assert_eq!(
+            lab.dhcp("g0").expect("lease after the repair")["ip"],
+            "172.20.0.15"
+        );
     });
 }

@@ -28,6 +28,7 @@ use crate::state::{Command, DesiredState, Feature};
 use leases::Release;
 use process::{LeaseSet, Supervisor};
 use render::{Iface, Paths};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -76,6 +77,9 @@ pub struct DnsmasqBackend {
     /// What the last sync saw of the inputs other features own (SNAT guest nics, with or
     /// without upstream servers): a change of it from a SNAT command needs a sync.
     dns_guests: Option<DnsGuests>,
+    /// The files of the last full sync and the sha256 of what was written, to notice edits
+    /// made behind our back.
+    written: Vec<(PathBuf, [u8; 32])>,
 }
 
 /// Whether DNS is forwarded, and the SNAT guest nics it is forwarded on.
@@ -105,7 +109,25 @@ impl DnsmasqBackend {
             memo: render::LineMemo::default(),
             tagged_loaded: Arc::default(),
             dns_guests: None,
+            written: Vec::new(),
         }
+    }
+
+    /// The files of the last full sync whose content on disk differs from what was written.
+    fn changed_files(&self) -> Vec<String> {
+        self.written
+            .iter()
+            .filter(|(path, digest)| {
+                let now: Option<[u8; 32]> =
+                    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into());
+                now != Some(*digest)
+            })
+            .map(|(path, _)| {
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 
     fn supervisor(&mut self) -> &Supervisor {
@@ -252,6 +274,16 @@ impl DnsmasqBackend {
         }
         let conf_changed =
             write::write_if_changed(&self.paths.conf(), r.conf.as_bytes()).map_err(err)?;
+        self.written = [
+            (self.paths.resolv(), &r.resolv),
+            (self.paths.hosts(), &r.hosts),
+            (self.paths.opts(), &r.opts),
+            (self.paths.addn_hosts(), &r.addn_hosts),
+            (self.paths.conf(), &r.conf),
+        ]
+        .into_iter()
+        .map(|(p, c)| (p, Sha256::digest(c.as_bytes()).into()))
+        .collect();
         let written_us = started.elapsed().as_micros() as u64;
         let wanted = r.placed > 0 || r.listening > 0;
         if wanted {
@@ -386,6 +418,23 @@ impl Backend for DnsmasqBackend {
         state: &'a DesiredState,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(self.sync(state))
+    }
+
+    fn check_and_repair<'a>(
+        &'a mut self,
+        state: &'a DesiredState,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        Box::pin(async move {
+            let changed = self.changed_files();
+            if changed.is_empty() {
+                return Ok(None);
+            }
+            self.sync(state).await?;
+            Ok(Some(format!(
+                "dnsmasq files changed outside the agent ({}); rewritten",
+                changed.join(", ")
+            )))
+        })
     }
 
     fn observe<'a>(&'a mut self, after: &'a DesiredState) -> BoxFuture<'a, ()> {

@@ -47,6 +47,18 @@ impl AgentProc {
     }
 
     fn spawn(dir: &Path, extra: Vec<String>) -> AgentProc {
+        let mut a = Self::launch(dir, extra);
+        a.wait_listening();
+        a
+    }
+
+    /// Starts an agent whose directories live under `dir` and returns at once, before it
+    /// listens (see [`AgentProc::wait_listening`]).
+    pub fn launch_in(dir: &Path, extra: &[&str]) -> AgentProc {
+        Self::launch(dir, extra.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn launch(dir: &Path, extra: Vec<String>) -> AgentProc {
         let run = dir.join("run");
         let _ = std::fs::remove_file(run.join("listeners.json"));
         let log = std::fs::OpenOptions::new()
@@ -67,21 +79,27 @@ impl AgentProc {
             .stderr(log)
             .spawn()
             .expect("spawn vr-agent");
-        let mut a = AgentProc {
+        AgentProc {
             child: Some(child),
             dir: dir.to_path_buf(),
             vr: "0.0.0.0:0".parse().expect("addr"),
             appliance: "0.0.0.0:0".parse().expect("addr"),
             extra,
             _tmp: None,
-        };
-        a.wait_listening();
-        a
+        }
     }
 
-    fn wait_listening(&mut self) {
+    /// Waits until the agent listens and has re-applied its stored state.
+    pub fn wait_listening(&mut self) {
+        let deadline = self.wait_bound(Duration::from_secs(30));
+        self.wait_reapplied(deadline + Duration::from_secs(60));
+    }
+
+    /// Waits until the agent has bound its listeners (known from `run/listeners.json`);
+    /// returns the deadline used.
+    pub fn wait_bound(&mut self, limit: Duration) -> Instant {
         let path = self.dir.join("run/listeners.json");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + limit;
         loop {
             if let Ok(text) = std::fs::read_to_string(&path) {
                 let v: serde_json::Value = serde_json::from_str(&text).expect("listeners.json");
@@ -93,8 +111,7 @@ impl AgentProc {
                     .as_str()
                     .and_then(|s| s.parse().ok())
                     .expect("appliance addr");
-                self.wait_reapplied(deadline);
-                return;
+                return deadline;
             }
             if let Some(status) = self
                 .child
@@ -117,7 +134,7 @@ impl AgentProc {
 
     /// Waits until `/ping` no longer reports the start-up re-apply (the agent serves first and
     /// re-applies its stored state behind the listeners).
-    fn wait_reapplied(&mut self, deadline: Instant) {
+    pub fn wait_reapplied(&mut self, deadline: Instant) {
         loop {
             let detail = raw_ping(self.vr).unwrap_or_else(|| "startup: no answer".into());
             if !detail.contains("startup:") {

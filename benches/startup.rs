@@ -1,0 +1,198 @@
+//! Start-up at scale: the agent starts on a stored state of 100,000 EIPs (each VIP an address
+//! on the public nic, as the management node creates them), 10,000 port forwards and 10,000
+//! DHCP hosts. Reports the time from exec to the listeners, to the first `/echo` answer, and
+//! to the end of the re-apply (`/ping` no longer says `startup:`), and the agent's RSS.
+//! Runs the release binary in private network namespaces. `cargo bench --bench startup`
+//! (`VR_BENCH_EIPS`, `VR_BENCH_FORWARDS`, `VR_BENCH_HOSTS` change the sizes).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::agent::AgentProc;
+use common::netns::{Netns, veth};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+use vr_agent::protocol::{Endpoint, Request};
+use vr_agent::state::DesiredState;
+use vr_agent::state::store::Store;
+
+const PUB_MAC: &str = "fa:7e:4b:ad:11:01";
+const GUEST_MAC: &str = "fa:7e:4b:ad:11:02";
+
+fn size(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn apply(state: &mut DesiredState, path: &str, body: Value) {
+    let endpoint = Endpoint::from_path(path).expect("path");
+    let Ok(Request::Change(cmd)) = endpoint.parse(body.to_string().as_bytes()) else {
+        panic!("{path} refused");
+    };
+    state.apply(&cmd).expect("applies");
+}
+
+fn addr(base: [u8; 2], i: usize) -> String {
+    format!(
+        "{}.{}.{}.{}",
+        base[0],
+        base[1] + (i >> 16) as u8,
+        (i >> 8) & 255,
+        i & 255
+    )
+}
+
+fn build_state(eips: usize, forwards: usize, hosts: usize) -> DesiredState {
+    let mut s = DesiredState::default();
+    apply(
+        &mut s,
+        "/configurenic",
+        json!({"nics": [
+            {"mac": PUB_MAC, "ip": "100.64.0.1", "netmask": "255.192.0.0"},
+            {"mac": GUEST_MAC, "ip": "10.0.0.1", "netmask": "255.0.0.0"}
+        ]}),
+    );
+    let vips: Vec<Value> = (0..eips)
+        .map(|i| json!({"ip": addr([100, 65], i), "netmask": "255.192.0.0", "ownerEthernetMac": PUB_MAC}))
+        .collect();
+    apply(&mut s, "/createvip", json!({ "vips": vips }));
+    let list: Vec<Value> = (0..eips)
+        .map(|i| json!({"vipIp": addr([100, 65], i), "privateMac": GUEST_MAC, "guestIp": addr([10, 1], i)}))
+        .collect();
+    apply(&mut s, "/synceip", json!({ "eips": list }));
+    let rules: Vec<Value> = (0..forwards)
+        .map(|i| {
+            let port = 1000 + (i % 1000) as u16;
+            json!({"vipPortStart": port, "vipPortEnd": port, "privatePortStart": 80, "privatePortEnd": 80,
+                   "protocolType": "TCP", "vipIp": addr([100, 80], i / 1000),
+                   "privateIp": addr([10, 100], i), "privateMac": GUEST_MAC})
+        })
+        .collect();
+    apply(&mut s, "/syncportforwarding", json!({ "rules": rules }));
+    let entries: Vec<Value> = (0..hosts)
+        .map(|i| {
+            json!({"ip": addr([10, 200], i), "mac": format!("fa:3c:{:02x}:{:02x}:{:02x}:01", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+                   "netmask": "255.0.0.0", "gateway": "10.0.0.1", "vrNicMac": GUEST_MAC,
+                   "isDefaultL3Network": true, "hostname": format!("vm-{i}"), "dnsDomain": "bench.test"})
+        })
+        .collect();
+    apply(
+        &mut s,
+        "/adddhcp",
+        json!({"dhcpEntries": entries, "rebuild": true}),
+    );
+    s
+}
+
+fn echo_answers(addr: std::net::SocketAddr) -> bool {
+    let Ok(mut c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    if c.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200")
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benchmark: run with `cargo bench --bench startup`");
+        return;
+    }
+    let (eips, forwards, hosts) = (
+        size("VR_BENCH_EIPS", 100_000),
+        size("VR_BENCH_FORWARDS", 10_000),
+        size("VR_BENCH_HOSTS", 10_000),
+    );
+    let t = Instant::now();
+    let state = build_state(eips, forwards, hosts);
+    println!(
+        "state built in {:.1} s: {}",
+        t.elapsed().as_secs_f64(),
+        state.summary()
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("vr-bench-startup-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    {
+        let (mut store, _) = Store::open(&dir.path().join("state")).expect("store");
+        store.compact(&state).expect("snapshot");
+    }
+    let router = Netns::new("vrbs");
+    let peer = Netns::new("vrbp");
+    veth(
+        &router,
+        "eth0",
+        "fa:7e:4b:ad:11:00",
+        &peer,
+        "m0",
+        "fa:7e:4b:00:00:10",
+    );
+    veth(&router, "eth1", PUB_MAC, &peer, "p0", "fa:7e:4b:00:00:11");
+    veth(&router, "eth2", GUEST_MAC, &peer, "g0", "fa:7e:4b:00:00:12");
+    router.ip(&["addr", "add", "192.168.100.20/24", "dev", "eth0"]);
+    for round in [
+        "first start (empty kernel)",
+        "restart (kernel already holds the state)",
+    ] {
+        router.enter(|| {
+            let started = Instant::now();
+            let mut agent = AgentProc::launch_in(
+                dir.path(),
+                &["--vr-listen=127.0.0.1:7272", "--appliance-listen=127.0.0.1:7759"],
+            );
+            let api: std::net::SocketAddr = "127.0.0.1:7272".parse().unwrap();
+            while !echo_answers(api) {
+                assert!(started.elapsed() < Duration::from_secs(60), "no /echo:\n{}", agent.log());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let echo = started.elapsed();
+            let deadline = agent.wait_bound(Duration::from_secs(60));
+            agent.wait_reapplied(deadline + Duration::from_secs(600));
+            let reapplied = started.elapsed();
+            let (rss, hwm) = rss_kib(agent.pid());
+            println!(
+                "{round}: /echo answered after {:.0} ms; re-applied after {:.2} s; RSS {} MiB (peak {} MiB)",
+                echo.as_secs_f64() * 1e3,
+                reapplied.as_secs_f64(),
+                rss / 1024,
+                hwm / 1024
+            );
+            let log = agent.log();
+            for line in log.lines().filter(|l| {
+                l.contains("re-applied desired state")
+                    || l.contains("interfaces re-applied")
+                    || l.contains("nat and firewall tables replaced")
+                    || l.contains("dnsmasq files synced")
+            }) {
+                println!("  {}", line.trim());
+            }
+            agent.stop();
+        });
+    }
+}
