@@ -5,7 +5,9 @@
 //! A failure at any step leaves both the system and the desired state as they were.
 
 use crate::backend::{Backend, BackendError};
+use crate::facts::FactsSource;
 use crate::health::Health;
+use crate::state::facts::SystemFacts;
 use crate::state::store::{Store, StoreError};
 use crate::state::{Command, DesiredState, Feature, Invalid};
 use std::sync::{Arc, RwLock};
@@ -102,6 +104,7 @@ pub struct Agent {
     backends: Vec<Box<dyn Backend>>,
     health: Arc<Health>,
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    facts: Option<FactsSource>,
 }
 
 impl Agent {
@@ -121,7 +124,14 @@ impl Agent {
             backends,
             health,
             snapshot,
+            facts: None,
         }
+    }
+
+    /// Checks every command against the rails of [`SystemFacts`] gathered from `source`.
+    pub fn with_facts(mut self, source: FactsSource) -> Agent {
+        self.facts = Some(source);
+        self
     }
 
     /// Re-applies the whole desired state through every backend. Failures are reported in
@@ -185,7 +195,11 @@ impl Agent {
     }
 
     async fn handle(&mut self, cmd: &Command, path: &'static str) -> Result<(), ApplyError> {
-        self.desired.check(cmd)?;
+        let facts = match &self.facts {
+            Some(source) if SystemFacts::needed(cmd) => source.gather(),
+            _ => SystemFacts::default(),
+        };
+        self.desired.check_with(cmd, &facts)?;
         let feature = cmd.feature();
         let index = self
             .backends

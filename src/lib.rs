@@ -7,6 +7,7 @@ pub mod backend;
 pub mod bootstrap;
 pub mod config;
 pub mod dnsmasq;
+pub mod facts;
 pub mod health;
 pub mod link;
 pub mod md5sum;

@@ -80,7 +80,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     tracing::info!(state = %loaded.state.summary(), "loaded desired state");
     let backends = backends(&config, &health);
-    let mut agent = Agent::new(loaded.state, store, backends, Arc::clone(&health));
+    let mut agent = Agent::new(loaded.state, store, backends, Arc::clone(&health))
+        .with_facts(crate::facts::FactsSource::from_config(&config));
     let started = std::time::Instant::now();
     let failures = agent.reconcile_all().await;
     tracing::info!(
