@@ -269,7 +269,7 @@ pub fn dnsmasq_name_problem(name: &str) -> Option<&'static str> {
     if bare.contains(':') || bare.contains(',') || bare.contains('*') {
         return Some("a dnsmasq option");
     }
-    // inet_addr(3): one to four parts of decimal, octal or 0x-hex digits.
+    // With a dot, inet_addr(3): two to four parts of decimal, octal or 0x-hex digits.
     let parts: Vec<&str> = bare.split('.').collect();
     let numeric = |p: &str| {
         !p.is_empty()
@@ -277,7 +277,7 @@ pub fn dnsmasq_name_problem(name: &str) -> Option<&'static str> {
                 || p.strip_prefix("0x")
                     .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit())))
     };
-    if parts.len() <= 4 && parts.iter().all(|p| numeric(p)) {
+    if (2..=4).contains(&parts.len()) && parts.iter().all(|p| numeric(p)) {
         return Some("an IPv4 address to dnsmasq");
     }
     // A lease time: digits with an optional unit.

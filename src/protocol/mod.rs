@@ -173,10 +173,20 @@ fn decode<T: DeserializeOwned + Default>(body: &[u8], empty_ok: bool) -> Result<
         let value: T = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner();
-            let reason = fields::bounded_text(&inner.to_string());
             match inner.classify() {
-                serde_json::error::Category::Data => RequestError::WrongType { field, reason },
-                _ => RequestError::Malformed(reason),
+                serde_json::error::Category::Data => {
+                    // The field path says where; the parser's position adds nothing.
+                    let text = inner.to_string();
+                    let text = match text.rfind(" at line ") {
+                        Some(i) if inner.line() > 0 => &text[..i],
+                        _ => &text,
+                    };
+                    RequestError::WrongType {
+                        field,
+                        reason: fields::bounded_text(text),
+                    }
+                }
+                _ => RequestError::Malformed(fields::bounded_text(&inner.to_string())),
             }
         })?;
         de.end()

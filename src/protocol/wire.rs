@@ -558,25 +558,21 @@ pub mod bounded {
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-            loop {
+            while let Some(v) = seq.next_element()? {
                 if out.len() == MAX_LIST {
                     return Err(serde::de::Error::custom(format!(
                         "more than {MAX_LIST} entries"
                     )));
                 }
+                // Read after the element: nested lists inside it have taken their share.
                 let left = LEFT.with(Cell::get);
                 if left == 0 {
                     return Err(serde::de::Error::custom(format!(
                         "the request holds more than {MAX_ENTRIES} list entries in all"
                     )));
                 }
-                match seq.next_element()? {
-                    Some(v) => {
-                        LEFT.with(|l| l.set(left - 1));
-                        out.push(v);
-                    }
-                    None => break,
-                }
+                LEFT.with(|l| l.set(left - 1));
+                out.push(v);
             }
             out.shrink_to_fit();
             Ok(Some(out))
