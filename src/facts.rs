@@ -1,5 +1,6 @@
 //! Gathers the [`SystemFacts`] the rails check commands against: the management nic's
-//! addresses (from the cached bootstrap info and the live nic named `--mgmt-nic`), the
+//! address (from the cached bootstrap info and the first address of the live nic named
+//! `--mgmt-nic`), the
 //! agent's listen ports plus ssh, and every nic's addresses by MAC.
 
 use crate::bootstrap::info::BootstrapInfo;
@@ -55,8 +56,12 @@ impl FactsSource {
         match crate::nics::interfaces() {
             Ok(ifaces) => {
                 for iface in ifaces {
-                    if iface.name == self.mgmt_nic {
-                        facts.mgmt_addrs.extend(iface.addrs.iter().copied());
+                    // Its first address is a primary (the kernel lists secondaries, such
+                    // as VIPs, after the primaries); the others may be VIPs.
+                    if iface.name == self.mgmt_nic
+                        && let Some(first) = iface.addrs.first()
+                    {
+                        facts.mgmt_addrs.push(*first);
                     }
                     if let Some(mac) = iface.mac {
                         facts.nic_addrs.entry(mac).or_default().extend(iface.addrs);

@@ -83,14 +83,6 @@ impl SystemFacts {
                             ),
                         ));
                     }
-                    if matches!(cmd, Command::RemoveVips(_))
-                        && state.nics.values().any(|n| n.ip == vip.ip)
-                    {
-                        return Err(Invalid::new(
-                            format!("vips[{i}].ip"),
-                            format!("\"{}\" is a nic's own address, not a VIP", vip.ip),
-                        ));
-                    }
                 }
                 Ok(())
             }
