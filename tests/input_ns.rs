@@ -185,3 +185,143 @@ fn rails_and_required_lists_hold_against_the_real_agent() {
         assert!(!n.tables().contains("10.10.1.55"));
     });
 }
+
+/// The agent's peak resident set (VmHWM) in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"))
+}
+
+/// Resets the peak resident set of `pid` to its current one.
+fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+}
+
+/// A body of `prefix`, then `item` repeated to fill the default 32 MiB limit, then `suffix`.
+fn fill(prefix: &str, item: &str, last: &str, suffix: &str) -> Vec<u8> {
+    let limit = 32 * 1024 * 1024;
+    let n = (limit - prefix.len() - last.len() - suffix.len()) / item.len();
+    let mut body = Vec::with_capacity(limit);
+    body.extend_from_slice(prefix.as_bytes());
+    for _ in 0..n {
+        body.extend_from_slice(item.as_bytes());
+    }
+    body.extend_from_slice(last.as_bytes());
+    body.extend_from_slice(suffix.as_bytes());
+    assert!(body.len() <= limit);
+    body
+}
+
+#[test]
+fn peak_memory_of_one_request_at_the_body_limit_stays_under_128_mib() {
+    let ns = Netns::new("vrim");
+    ns.block_on(|| async {
+        let mn = MgmtNode::start().await;
+        let mut report = Vec::new();
+        for (what, path, body) in worst_bodies() {
+            // A fresh agent each: the figure is that one request's.
+            let agent = AgentProc::start(&[]);
+            let pid = agent.pid();
+            assert_ok(&mn.call(agent.vr, "/ping", &json!({})).await);
+            let idle = peak_kib(pid);
+            reset_peak(pid);
+            let len = body.len();
+            let raw = mn.post_raw(agent.vr, path, &[], body).await;
+            assert_eq!(raw.status, 200, "{what}");
+            let reply = raw.json();
+            assert_eq!(reply["success"], json!(false), "{what}: {reply}");
+            let error = reply["error"].as_str().unwrap().to_string();
+            assert!(error.len() < 600, "{what}: {} bytes of error", error.len());
+            let peak = peak_kib(pid);
+            report.push(format!(
+                "{what} ({len} bytes): peak {} MiB (idle {} MiB); {error}",
+                peak / 1024,
+                idle / 1024
+            ));
+            assert!(peak <= 128 * 1024, "{what}: peak {peak} KiB\n{report:#?}");
+            // Still answering, and no log line quotes the body.
+            assert_ok(&mn.call(agent.vr, "/ping", &json!({})).await);
+            let log = agent.log();
+            let longest = log.lines().map(str::len).max().unwrap_or(0);
+            assert!(longest < 2000, "{what}: a log line of {longest} bytes");
+        }
+        eprintln!("peak RSS per request:\n{}", report.join("\n"));
+    });
+}
+
+fn worst_bodies() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    vec![
+        (
+            "32 MiB of {} in eips",
+            "/synceip",
+            fill(r#"{"eips":["#, "{},", "{}", "]}"),
+        ),
+        (
+            "32 MiB of \"x\" in one entry's dns",
+            "/adddhcp",
+            fill(r#"{"dhcpEntries":[{"dns":["#, r#""x","#, r#""x""#, "]}]}"),
+        ),
+        (
+            "entries of 1000 \"x\" each in dns",
+            "/adddhcp",
+            fill(
+                r#"{"dhcpEntries":["#,
+                &format!(r#"{{"dns":[{}"x"]}},"#, r#""x","#.repeat(999)),
+                "{}",
+                "]}",
+            ),
+        ),
+        (
+            "32 MiB of \"x\" in dns of /setdns",
+            "/setdns",
+            fill(r#"{"dns":["#, r#""x","#, r#""x""#, "]}"),
+        ),
+        (
+            "32 MiB of {\"dnsAddress\":\"x\"} in /setdns",
+            "/setdns",
+            fill(r#"{"dns":["#, r#"{"dnsAddress":"x"},"#, "{}", "]}"),
+        ),
+        ("32 MiB of nesting in an unknown key", "/synceip", {
+            let half = (32 * 1024 * 1024 - 16) / 2;
+            let mut b = br#"{"x":"#.to_vec();
+            b.extend(std::iter::repeat_n(b'[', half));
+            b.extend(std::iter::repeat_n(b']', half));
+            b.push(b'}');
+            b
+        }),
+        (
+            "one 32 MiB string",
+            "/createeip",
+            fill(r#"{"eip":{"vipIp":""#, "x", "", r#""}}"#),
+        ),
+        (
+            "one 32 MiB string of escapes",
+            "/createeip",
+            fill(r#"{"eip":{"vipIp":""#, r"\u00e9", "", r#""}}"#),
+        ),
+        (
+            "32 MiB of small EIPs",
+            "/synceip",
+            fill(
+                r#"{"eips":["#,
+                r#"{"vipIp":"1.2.3.4","guestIp":"a"},"#,
+                "{}",
+                "]}",
+            ),
+        ),
+        (
+            "32 MiB of 64 KiB hostnames",
+            "/adddhcp",
+            fill(
+                r#"{"dhcpEntries":["#,
+                &format!(r#"{{"hostname":"{}"}},"#, "h".repeat(65_000)),
+                "{}",
+                "]}",
+            ),
+        ),
+    ]
+}

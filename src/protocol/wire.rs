@@ -14,6 +14,7 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InitCmd {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub uuid: Option<String>,
     #[serde(rename = "restartDnsmasqAfterNumberOfSIGUSER1")]
     pub restart_dnsmasq_after_number_of_siguser1: Option<i64>,
@@ -22,6 +23,7 @@ pub struct InitCmd {
 /// `/ping`
 #[derive(Debug, Default, Deserialize)]
 pub struct PingCmd {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub uuid: Option<String>,
 }
 
@@ -29,12 +31,17 @@ pub struct PingCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NicInfo {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub mac: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub gateway: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub netmask: Option<String>,
     pub is_default_route: Option<bool>,
     pub mtu: Option<i64>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub device_name: Option<String>,
 }
 
@@ -49,14 +56,21 @@ pub struct NicsCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DhcpInfo {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub mac: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub netmask: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub gateway: Option<String>,
     #[serde(default, deserialize_with = "bounded::list")]
-    pub dns: Option<Vec<String>>,
+    pub dns: Option<Vec<bounded::Text>>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub hostname: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub vr_nic_mac: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub dns_domain: Option<String>,
     pub is_default_l3_network: Option<bool>,
     pub mtu: Option<i64>,
@@ -75,10 +89,15 @@ pub struct DhcpCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SnatInfo {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub public_nic_mac: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub public_ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub private_nic_mac: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub private_nic_ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub snat_netmask: Option<String>,
     pub state: Option<bool>,
 }
@@ -109,7 +128,9 @@ pub struct RemoveSnatCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DnsInfo {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub dns_address: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub nic_mac: Option<String>,
 }
 
@@ -124,9 +145,13 @@ pub struct DnsCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VipTo {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub netmask: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub gateway: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub owner_ethernet_mac: Option<String>,
     pub prefix_length: Option<i64>,
 }
@@ -142,8 +167,11 @@ pub struct VipsCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EipTo {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub vip_ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub private_mac: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub guest_ip: Option<String>,
     pub snat_inbound_traffic: Option<bool>,
 }
@@ -169,10 +197,15 @@ pub struct PortForwardingRuleTo {
     pub vip_port_end: Option<i64>,
     pub private_port_start: Option<i64>,
     pub private_port_end: Option<i64>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub protocol_type: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub vip_ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub private_ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub private_mac: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub allowed_cidr: Option<String>,
     pub snat_inbound_traffic: Option<bool>,
 }
@@ -188,12 +221,17 @@ pub struct PortForwardingCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FirewallRuleTo {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub protocol: Option<String>,
     pub start_port: Option<i64>,
     pub end_port: Option<i64>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub allow_cidr: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub source_ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub dest_ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub nic_mac: Option<String>,
 }
 
@@ -208,16 +246,20 @@ pub struct RefreshFirewallCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LbTo {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub lb_uuid: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub listener_uuid: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub vip: Option<String>,
     #[serde(default, deserialize_with = "bounded::list")]
-    pub nic_ips: Option<Vec<String>>,
+    pub nic_ips: Option<Vec<bounded::Text>>,
     pub instance_port: Option<i64>,
     pub load_balancer_port: Option<i64>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub mode: Option<String>,
     #[serde(default, deserialize_with = "bounded::list")]
-    pub parameters: Option<Vec<String>>,
+    pub parameters: Option<Vec<bounded::Text>>,
 }
 
 /// `/lb/refresh`, `/lb/delete`
@@ -331,7 +373,7 @@ impl DhcpInfo {
             ip,
             prefix,
             gateway,
-            dns: each(&format!("{at}.dns"), &self.dns, |f, s| dns_server(f, s))?,
+            dns: each(&format!("{at}.dns"), &self.dns, |f, s| dns_server(f, &s.0))?,
             hostname,
             vr_nic_mac: opt_mac(&format!("{at}.vrNicMac"), &self.vr_nic_mac)?,
             dns_domain: opt_dns_name(&format!("{at}.dnsDomain"), &self.dns_domain)?,
@@ -497,14 +539,19 @@ impl LbTo {
             listener_uuid: text("listenerUuid", &self.listener_uuid)?,
             vip: req_host_ipv4(&format!("{at}.vip"), &self.vip, None)?,
             nic_ips: each(&format!("{at}.nicIps"), &self.nic_ips, |f, s| {
-                let ip = ipv4(f, s)?;
+                let ip = ipv4(f, &s.0)?;
                 check_unicast(f, ip, None)?;
                 Ok(ip)
             })?,
             instance_port: port(&format!("{at}.instancePort"), &self.instance_port)?,
             load_balancer_port: port(&format!("{at}.loadBalancerPort"), &self.load_balancer_port)?,
             mode: text("mode", &self.mode)?,
-            parameters: self.parameters.clone().unwrap_or_default(),
+            parameters: self
+                .parameters
+                .iter()
+                .flatten()
+                .map(|t| t.0.clone())
+                .collect(),
         })
     }
 }
@@ -576,6 +623,65 @@ pub mod bounded {
             }
             out.shrink_to_fit();
             Ok(Some(out))
+        }
+    }
+
+    /// Bytes one string of a request may hold (the longest real ones are a few hundred).
+    pub const MAX_TEXT: usize = 64 * 1024;
+
+    fn check_len<E: serde::de::Error>(v: &str) -> Result<String, E> {
+        if v.len() > MAX_TEXT {
+            Err(E::custom(format!(
+                "a string of {} bytes is too long (at most {MAX_TEXT})",
+                v.len()
+            )))
+        } else {
+            Ok(v.to_owned())
+        }
+    }
+
+    struct TextVisitor;
+
+    impl<'de> Visitor<'de> for TextVisitor {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            check_len(v).map(Some)
+        }
+    }
+
+    /// `#[serde(deserialize_with)]` of an optional string of at most [`MAX_TEXT`] bytes
+    /// (checked before it is copied): absent or null is `None`.
+    pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        d.deserialize_option(TextVisitor)
+    }
+
+    /// A string element of a list, at most [`MAX_TEXT`] bytes.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct Text(pub String);
+
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            match d.deserialize_str(TextVisitor)? {
+                Some(s) => Ok(Text(s)),
+                None => Err(serde::de::Error::custom("null is not a string")),
+            }
         }
     }
 
