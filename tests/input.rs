@@ -331,13 +331,13 @@ fn refused_values_are_quoted_at_most_100_characters() {
         "/init",
         &format!(r#"{{"restartDnsmasqAfterNumberOfSIGUSER1":"{huge}"}}"#),
     );
-    assert!(e.len() < 600, "{} bytes", e.len());
-    assert!(
-        e.starts_with("restartDnsmasqAfterNumberOfSIGUSER1: invalid type: string"),
-        "{}",
-        &e[..100]
+    assert_eq!(
+        e,
+        format!(
+            r#"restartDnsmasqAfterNumberOfSIGUSER1: invalid type: string "{}"…(1000000 bytes), expected i64"#,
+            "x".repeat(100)
+        )
     );
-    assert!(e.ends_with(" bytes)"), "{}", &e[e.len() - 60..]);
     // Multi-byte characters are cut on a character boundary.
     let wide = "é".repeat(300);
     let e = err(

@@ -162,13 +162,29 @@ pub fn quote(s: &str) -> String {
     }
 }
 
-/// A free text (such as a parser's message that may quote a value) cut to a bounded length.
+/// A free text (such as a parser's message, which quotes the value it refuses) of bounded
+/// length: a quoted part is cut after [`QUOTE_MAX`] characters as [`quote`] does, and the
+/// whole after four times that.
 pub fn bounded_text(s: &str) -> String {
     const MAX: usize = 4 * QUOTE_MAX;
-    match s.char_indices().nth(MAX) {
-        None => s.to_string(),
-        Some((cut, _)) => format!("{}…({} bytes)", &s[..cut], s.len()),
+    let cap = |t: &str| match t.char_indices().nth(MAX) {
+        None => t.to_string(),
+        Some((cut, _)) => format!("{}…({} bytes)", &t[..cut], t.len()),
+    };
+    if let (Some(a), Some(b)) = (s.find('"'), s.rfind('"'))
+        && b > a
+        && let Some((cut, _)) = s[a + 1..b].char_indices().nth(QUOTE_MAX)
+    {
+        let inner = &s[a + 1..b];
+        return cap(&format!(
+            "{}\"{}\"…({} bytes){}",
+            &s[..a],
+            &inner[..cut],
+            inner.len(),
+            &s[b + 1..]
+        ));
     }
+    cap(s)
 }
 
 /// Why an IPv4 address cannot be a host's (unicast, usable) address, if it cannot.
