@@ -52,6 +52,8 @@ pub struct Snapshot {
 struct Job {
     cmd: Command,
     path: &'static str,
+    /// The management node's address, when the request tells it (its callback host).
+    origin: Option<std::net::Ipv4Addr>,
     span: Span,
     reply: oneshot::Sender<Result<(), ApplyError>>,
 }
@@ -70,12 +72,24 @@ impl AgentHandle {
         cmd: Command,
         path: &'static str,
     ) -> impl std::future::Future<Output = Result<(), ApplyError>> + use<> {
+        self.submit_from(cmd, path, None)
+    }
+
+    /// [`AgentHandle::submit`] of a command from the management node at `origin`: the rails
+    /// then also refuse that address as a guest's.
+    pub fn submit_from(
+        &self,
+        cmd: Command,
+        path: &'static str,
+        origin: Option<std::net::Ipv4Addr>,
+    ) -> impl std::future::Future<Output = Result<(), ApplyError>> + use<> {
         let (reply, rx) = oneshot::channel();
         let queued = self
             .tx
             .send(Job {
                 cmd,
                 path,
+                origin,
                 span: Span::current(),
                 reply,
             })
@@ -169,7 +183,7 @@ impl Agent {
         while let Some(job) = rx.recv().await {
             let span = tracing::info_span!(parent: &job.span, "apply", path = job.path);
             let result = self
-                .handle(&job.cmd, job.path)
+                .handle(&job.cmd, job.path, job.origin)
                 .instrument(span.clone())
                 .await;
             span.in_scope(|| match &result {
@@ -194,11 +208,17 @@ impl Agent {
         tracing::info!("writer stopped");
     }
 
-    async fn handle(&mut self, cmd: &Command, path: &'static str) -> Result<(), ApplyError> {
-        let facts = match &self.facts {
+    async fn handle(
+        &mut self,
+        cmd: &Command,
+        path: &'static str,
+        origin: Option<std::net::Ipv4Addr>,
+    ) -> Result<(), ApplyError> {
+        let mut facts = match &self.facts {
             Some(source) if SystemFacts::needed(cmd) => source.gather(),
             _ => SystemFacts::default(),
         };
+        facts.mgmt_nodes.extend(origin);
         self.desired.check_with(cmd, &facts)?;
         let feature = cmd.feature();
         let index = self
