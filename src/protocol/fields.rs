@@ -279,7 +279,7 @@ pub fn dnsmasq_name_problem(name: &str) -> Option<&'static str> {
     if bare.is_empty() {
         return Some("empty");
     }
-    if matches!(bare, "ignore" | "infinite" | "deleted") {
+    if matches!(bare, "ignore" | "infinite") {
         return Some("a dnsmasq keyword");
     }
     if bare.contains(':') || bare.contains(',') || bare.contains('*') {
@@ -320,4 +320,36 @@ pub fn dnsmasq_name_problem(name: &str) -> Option<&'static str> {
         return Some("a name dnsmasq refuses (a label starts with '-' or '_' or ends with '-')");
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_cuts_after_100_characters_on_a_character_boundary() {
+        let exact = "a".repeat(QUOTE_MAX);
+        assert_eq!(quote(&exact), format!("{exact:?}"));
+        let over = format!("{exact}é");
+        assert_eq!(quote(&over), format!("{exact:?}…(102 bytes)"));
+        assert_eq!(quote("a\"b\n"), r#""a\"b\n""#);
+        assert_eq!(
+            bounded_text(&format!("invalid type: string \"{over}\", expected i64")),
+            format!("invalid type: string {exact:?}…(102 bytes), expected i64")
+        );
+    }
+
+    #[test]
+    fn unicast_and_subnet_edges() {
+        let p = |n| PrefixLen::new(n);
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert!(check_unicast("f", ip("10.0.0.1"), p(24)).is_ok());
+        assert!(check_unicast("f", ip("10.0.0.0"), p(24)).is_err());
+        assert!(check_unicast("f", ip("10.0.0.0"), p(31)).is_ok());
+        assert!(check_unicast("f", ip("10.0.0.1"), p(31)).is_ok());
+        assert!(check_unicast("f", ip("10.0.0.7"), p(32)).is_ok());
+        assert!(check_unicast("f", ip("10.0.255.255"), p(16)).is_err());
+        assert!(check_unicast("f", ip("0.1.2.3"), None).is_err());
+        assert!(check_unicast("f", ip("100.64.0.1"), None).is_ok());
+    }
 }
