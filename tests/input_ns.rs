@@ -325,3 +325,34 @@ fn worst_bodies() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ),
     ]
 }
+
+#[test]
+fn the_netlink_address_delete_names_the_address_even_for_a_multicast_one() {
+    use vr_agent::link::netlink::Netlink;
+    let router = Netns::new("vrin");
+    let peer = Netns::new("vrinp");
+    veth(&router, "eth0", MAC0, &peer, "p0", "02:00:00:00:00:01");
+    router.ip(&["addr", "add", "192.168.100.20/24", "dev", "eth0"]);
+    router.ip(&["addr", "add", "192.168.100.55/24", "dev", "eth0"]);
+    router.block_on(|| async {
+        let nl = Netlink::connect().unwrap();
+        let links = nl.links().await.unwrap();
+        let link = links.iter().find(|l| l.name == "eth0").unwrap();
+        // Straight to netlink, past the request validation: nothing of that name is there.
+        let removed = nl
+            .del_addr(link, "224.0.0.5".parse().unwrap(), 24)
+            .await
+            .unwrap();
+        assert!(!removed);
+        assert_eq!(
+            addrs(&router, "eth0"),
+            set(&["192.168.100.20/24", "192.168.100.55/24"])
+        );
+        let removed = nl
+            .del_addr(link, "192.168.100.55".parse().unwrap(), 24)
+            .await
+            .unwrap();
+        assert!(removed);
+        assert_eq!(addrs(&router, "eth0"), set(&["192.168.100.20/24"]));
+    });
+}
