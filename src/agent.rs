@@ -5,7 +5,9 @@
 //! A failure at any step leaves both the system and the desired state as they were.
 
 use crate::backend::{Backend, BackendError};
+use crate::facts::FactsSource;
 use crate::health::Health;
+use crate::state::facts::SystemFacts;
 use crate::state::store::{Store, StoreError};
 use crate::state::{Command, DesiredState, Feature, Invalid};
 use std::sync::{Arc, RwLock};
@@ -54,6 +56,8 @@ pub struct Snapshot {
 struct Job {
     cmd: Command,
     path: &'static str,
+    /// The management node's address, when the request tells it (its callback host).
+    origin: Option<std::net::Ipv4Addr>,
     span: Span,
     reply: oneshot::Sender<Result<(), ApplyError>>,
 }
@@ -95,12 +99,24 @@ impl AgentHandle {
         cmd: Command,
         path: &'static str,
     ) -> impl std::future::Future<Output = Result<(), ApplyError>> + use<> {
+        self.submit_from(cmd, path, None)
+    }
+
+    /// [`AgentHandle::submit`] of a command from the management node at `origin`: the rails
+    /// then also refuse that address as a guest's.
+    pub fn submit_from(
+        &self,
+        cmd: Command,
+        path: &'static str,
+        origin: Option<std::net::Ipv4Addr>,
+    ) -> impl std::future::Future<Output = Result<(), ApplyError>> + use<> {
         let (reply, rx) = oneshot::channel();
         let queued = self
             .tx
             .send(Work::Command(Job {
                 cmd,
                 path,
+                origin,
                 span: Span::current(),
                 reply,
             }))
@@ -147,6 +163,7 @@ pub struct Agent {
     backends: Vec<Box<dyn Backend>>,
     health: Arc<Health>,
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    facts: Option<FactsSource>,
 }
 
 impl Agent {
@@ -166,7 +183,14 @@ impl Agent {
             backends,
             health,
             snapshot,
+            facts: None,
         }
+    }
+
+    /// Checks every command against the rails of [`SystemFacts`] gathered from `source`.
+    pub fn with_facts(mut self, source: FactsSource) -> Agent {
+        self.facts = Some(source);
+        self
     }
 
     /// Re-applies the whole desired state through every backend. Failures are reported in
@@ -248,7 +272,7 @@ impl Agent {
             };
             let span = tracing::info_span!(parent: &job.span, "apply", path = job.path);
             let result = self
-                .handle(&job.cmd, job.path)
+                .handle(&job.cmd, job.path, job.origin)
                 .instrument(span.clone())
                 .await;
             span.in_scope(|| match &result {
@@ -273,8 +297,18 @@ impl Agent {
         tracing::info!("writer stopped");
     }
 
-    async fn handle(&mut self, cmd: &Command, path: &'static str) -> Result<(), ApplyError> {
-        self.desired.check(cmd)?;
+    async fn handle(
+        &mut self,
+        cmd: &Command,
+        path: &'static str,
+        origin: Option<std::net::Ipv4Addr>,
+    ) -> Result<(), ApplyError> {
+        let mut facts = match &self.facts {
+            Some(source) if SystemFacts::needed(cmd) => source.gather(),
+            _ => SystemFacts::default(),
+        };
+        facts.mgmt_nodes.extend(origin);
+        self.desired.check_with(cmd, &facts)?;
         let feature = cmd.feature();
         let index = self
             .backends

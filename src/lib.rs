@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod dnsmasq;
 pub mod drift;
+pub mod facts;
 pub mod health;
 pub mod link;
 pub mod md5sum;

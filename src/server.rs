@@ -80,7 +80,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     }
     tracing::info!(state = %loaded.state.summary(), "loaded desired state");
     let backends = backends(&config, &health);
-    let agent = Agent::new(loaded.state, store, backends, Arc::clone(&health));
+    let agent = Agent::new(loaded.state, store, backends, Arc::clone(&health))
+        .with_facts(crate::facts::FactsSource::from_config(&config));
     // Serve first: the listeners are bound and `/echo`, `/ping` answered while the writer
     // re-applies the stored state; commands queue behind the re-apply.
     let vr = TcpListener::bind(config.vr_listen)

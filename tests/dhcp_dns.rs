@@ -694,3 +694,50 @@ fn a_hand_edited_dnsmasq_file_is_noticed_and_rewritten() {
         );
     });
 }
+
+#[test]
+fn hosts_named_like_dnsmasq_keywords_or_addresses_still_get_their_address() {
+    let lab = Lab::new();
+    lab.router.block_on(|| async {
+        let agent = lab.agent();
+        let mn = MgmtNode::start().await;
+        for (name, why) in [
+            ("ignore", "a dnsmasq keyword"),
+            ("172.20.0.99", "an IPv4 address to dnsmasq"),
+            ("12h", "a lease time to dnsmasq"),
+            (
+                "-x",
+                "a name dnsmasq refuses (a label starts with '-' or '_' or ends with '-')",
+            ),
+            (
+                "_x",
+                "a name dnsmasq refuses (a label starts with '-' or '_' or ends with '-')",
+            ),
+        ] {
+            let mut e = default_entry();
+            e["hostname"] = json!(name);
+            let r = mn
+                .call(
+                    agent.vr,
+                    "/adddhcp",
+                    &json!({"dhcpEntries": [e], "rebuild": true}),
+                )
+                .await;
+            assert_ok(&r);
+            assert_eq!(
+                r["notes"],
+                json!(format!(
+                    r#"dhcpEntries[0].hostname: "{name}" is {why}; not passed to dnsmasq as a name"#
+                )),
+                "{r}"
+            );
+            let lease = lab
+                .dhcp("g0")
+                .unwrap_or_else(|| panic!("no lease for the host named {name:?}"));
+            assert_eq!(lease["ip"], "172.20.0.15", "{name}: {lease:?}");
+            // The default name (dnsmasq sends the part before the domain).
+            assert_eq!(lease["hostname"], "172-20-0-15", "{name}: {lease:?}");
+        }
+        assert!(agent.log().contains("not passed to dnsmasq as a name"));
+    });
+}

@@ -306,6 +306,8 @@ fn sync_commands_replace_everything() {
         assert!(tcp_ask(&n.client, "10.10.1.57:80", None).is_some());
         // a large sync is one transaction over nfnetlink too
         n.router.ip(&["addr", "add", "198.18.0.1/15", "dev", "eth1"]);
+        // The guests' network: an EIP's guest lies in the subnet of its router nic.
+        n.router.ip(&["addr", "add", "172.21.0.1/20", "dev", "eth2"]);
         let mut many: Vec<serde_json::Value> = (0..3000)
             .map(|i| eip(&format!("198.18.{}.{}", i / 250, i % 250 + 1), G1_MAC, &format!("172.21.{}.{}", i / 250, i % 250 + 1), false))
             .collect();

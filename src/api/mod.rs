@@ -214,27 +214,36 @@ fn run(
     let path_static: &'static str = Endpoint::paths()
         .find(|p| path.trim_end_matches('/') == *p)
         .unwrap_or("?");
-    match endpoint.parse(body) {
+    match endpoint.parse_noted(body) {
         Err(e) => {
             tracing::warn!(error = %e, "refused");
             let reply = Reply::fail(e.to_string());
             Box::pin(async move { reply })
         }
-        Ok(ApiRequest::Ping) => {
+        Ok((ApiRequest::Ping, _)) => {
             let state = Arc::clone(state);
             Box::pin(async move { ping_reply(&state) })
         }
-        Ok(ApiRequest::Change(cmd)) => {
+        Ok((ApiRequest::Change(cmd), notes)) => {
+            for note in &notes {
+                tracing::warn!(%note, "accepted with a change");
+            }
             let is_init = matches!(cmd, crate::state::Command::Init { .. });
             let pending = state.agent.submit(cmd, path_static);
             let state = Arc::clone(state);
             Box::pin(async move {
-                match pending.await {
+                let reply = match pending.await {
                     Ok(()) if is_init => Reply::ok()
                         .with("version", state.version)
                         .with("md5", state.md5.clone()),
                     Ok(()) => Reply::ok(),
                     Err(e) => error_reply(&e),
+                };
+                // Extra reply keys are allowed; a string, as the node may declare it one.
+                if notes.is_empty() {
+                    reply
+                } else {
+                    reply.with("notes", notes.join("; "))
                 }
             })
         }

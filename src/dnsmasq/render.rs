@@ -146,8 +146,12 @@ pub fn nic_for<'a>(host: &DhcpHost, ifaces: &'a [Iface]) -> Option<&'a Iface> {
 }
 
 /// The host name dnsmasq hands out: as sent, else the address with dashes (plus the domain).
+/// A name dnsmasq would read as something else (a keyword, an address, a lease time; e.g.
+/// from a state stored before such names were dropped at the door) is never written.
 pub fn hostname(host: &DhcpHost) -> String {
-    if let Some(h) = &host.hostname {
+    if let Some(h) = &host.hostname
+        && crate::protocol::fields::dnsmasq_name_problem(h).is_none()
+    {
         return h.clone();
     }
     let base = host.ip.to_string().replace('.', "-");

@@ -152,10 +152,15 @@ impl Netlink {
         ip: Ipv4Addr,
         prefix: u8,
     ) -> Result<bool, NetlinkError> {
-        let msg = AddressMessageBuilder::<Ipv4Addr>::new()
-            .index(link.index)
-            .address(ip, prefix)
-            .build();
+        let msg = del_addr_message(link.index, ip, prefix);
+        if !names_address(&msg, ip) {
+            // Without IFA_LOCAL the kernel deletes the nic's first address of the family.
+            return Err(NetlinkError {
+                op: format!("removing {ip}/{prefix} from {}", link.name),
+                reason: "the request would not name the address; not sent".into(),
+                errno: None,
+            });
+        }
         match self.handle.address().del(msg).execute().await {
             Ok(()) => Ok(true),
             Err(e) => {
@@ -317,4 +322,65 @@ fn addr_of(m: &AddressMessage) -> Option<Addr> {
         prefix: m.header.prefix_len,
         secondary: m.header.flags.contains(AddressHeaderFlags::Secondary),
     })
+}
+
+/// The request removing exactly `ip/prefix` from link `index`. It always carries the address
+/// as IFA_LOCAL and IFA_ADDRESS: rtnetlink's builder leaves both out for a multicast address,
+/// and the kernel then removes the link's first IPv4 address instead.
+pub fn del_addr_message(index: u32, ip: Ipv4Addr, prefix: u8) -> AddressMessage {
+    let mut msg = AddressMessageBuilder::<Ipv4Addr>::new()
+        .index(index)
+        .address(ip, prefix)
+        .build();
+    msg.header.prefix_len = prefix;
+    msg.attributes.retain(|a| {
+        !matches!(
+            a,
+            AddressAttribute::Local(_)
+                | AddressAttribute::Address(_)
+                | AddressAttribute::Multicast(_)
+        )
+    });
+    msg.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
+    msg.attributes
+        .push(AddressAttribute::Address(IpAddr::V4(ip)));
+    msg
+}
+
+/// True if `msg` names `ip` both as IFA_LOCAL and IFA_ADDRESS.
+pub fn names_address(msg: &AddressMessage, ip: Ipv4Addr) -> bool {
+    let has = |want: fn(&AddressAttribute) -> Option<IpAddr>| {
+        msg.attributes
+            .iter()
+            .filter_map(want)
+            .any(|a| a == IpAddr::V4(ip))
+    };
+    has(|a| match a {
+        AddressAttribute::Local(x) => Some(*x),
+        _ => None,
+    }) && has(|a| match a {
+        AddressAttribute::Address(x) => Some(*x),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod del_tests {
+    use super::*;
+
+    #[test]
+    fn an_address_delete_always_names_the_address() {
+        for ip in ["224.0.0.5", "10.0.0.5", "255.255.255.255", "0.0.0.0"] {
+            let ip: Ipv4Addr = ip.parse().unwrap();
+            let msg = del_addr_message(7, ip, 24);
+            assert!(names_address(&msg, ip), "{ip}: {msg:?}");
+            assert_eq!(msg.header.index, 7);
+            assert_eq!(msg.header.prefix_len, 24);
+        }
+        let bare = AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(7)
+            .address("224.0.0.5".parse().unwrap(), 24)
+            .build();
+        assert!(!names_address(&bare, "224.0.0.5".parse().unwrap()));
+    }
 }

@@ -132,36 +132,66 @@ pub enum RequestError {
     Invalid(#[from] Invalid),
 }
 
-fn decode<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, RequestError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| RequestError::Malformed(format!("not UTF-8: {e}")))?;
-    if text.trim().is_empty() {
-        return Ok(T::default());
+/// What the first non-blank byte of a body says it is, when that is not an object.
+fn top_level_kind(first: u8) -> Option<&'static str> {
+    match first {
+        b'{' => None,
+        b'n' => Some("null"),
+        b't' | b'f' => Some("a boolean"),
+        b'-' | b'0'..=b'9' => Some("a number"),
+        b'"' => Some("a string"),
+        b'[' => Some("an array"),
+        _ => Some("not JSON"),
     }
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(serde_json::Value::Object(_)) => {}
-        Ok(other) => {
-            let kind = match other {
-                serde_json::Value::Null => "null",
-                serde_json::Value::Bool(_) => "a boolean",
-                serde_json::Value::Number(_) => "a number",
-                serde_json::Value::String(_) => "a string",
-                serde_json::Value::Array(_) => "an array",
-                serde_json::Value::Object(_) => "an object",
-            };
-            return Err(RequestError::Malformed(format!(
-                "the body is {kind}, not a JSON object"
-            )));
-        }
-        Err(e) => return Err(RequestError::Malformed(e.to_string())),
+}
+
+/// Parses `body` straight into the wire struct `T` (no intermediate JSON tree), with every
+/// list under the caps of [`wire::bounded`]. A blank body is `T::default()` when `empty_ok`.
+fn decode<T: DeserializeOwned + Default>(body: &[u8], empty_ok: bool) -> Result<T, RequestError> {
+    std::str::from_utf8(body).map_err(|e| RequestError::Malformed(format!("not UTF-8: {e}")))?;
+    let Some(&first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
+        return if empty_ok {
+            Ok(T::default())
+        } else {
+            Err(RequestError::Malformed(
+                "the body is empty, not a JSON object".into(),
+            ))
+        };
+    };
+    if let Some(kind) = top_level_kind(first) {
+        return Err(RequestError::Malformed(if kind == "not JSON" {
+            format!(
+                "the body starts with {}, not a JSON object",
+                fields::quote(&String::from_utf8_lossy(&[first]))
+            )
+        } else {
+            format!("the body is {kind}, not a JSON object")
+        }));
     }
-    let de = &mut serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        RequestError::WrongType {
-            field,
-            reason: e.into_inner().to_string(),
-        }
+    wire::bounded::with_budget(|| {
+        let de = &mut serde_json::Deserializer::from_slice(body);
+        let value: T = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data => {
+                    // The field path says where; the parser's position adds nothing.
+                    let text = inner.to_string();
+                    let text = match text.rfind(" at line ") {
+                        Some(i) if inner.line() > 0 => &text[..i],
+                        _ => &text,
+                    };
+                    RequestError::WrongType {
+                        field,
+                        reason: fields::bounded_text(text),
+                    }
+                }
+                _ => RequestError::Malformed(fields::bounded_text(&inner.to_string())),
+            }
+        })?;
+        de.end()
+            .map_err(|e| RequestError::Malformed(fields::bounded_text(&e.to_string())))?;
+        Ok(value)
     })
 }
 
@@ -172,13 +202,20 @@ fn one<T>(field: &str, v: &Option<T>) -> Result<(), Invalid> {
 impl Endpoint {
     /// Parses and validates the body of a request to this endpoint. `Echo` never gets here.
     pub fn parse(self, body: &[u8]) -> Result<Request, RequestError> {
+        self.parse_noted(body).map(|(r, _)| r)
+    }
+
+    /// [`Endpoint::parse`], plus notes on what was accepted but not taken as sent (a DHCP
+    /// hostname dnsmasq would misread is dropped): the reply and the log carry them.
+    pub fn parse_noted(self, body: &[u8]) -> Result<(Request, Vec<String>), RequestError> {
+        let mut notes = Vec::new();
         let cmd = match self {
             Endpoint::Echo | Endpoint::Ping => {
-                let _: PingCmd = decode(body)?;
-                return Ok(Request::Ping);
+                let _: PingCmd = decode(body, true)?;
+                return Ok((Request::Ping, notes));
             }
             Endpoint::Init => {
-                let w: InitCmd = decode(body)?;
+                let w: InitCmd = decode(body, false)?;
                 let n = w.restart_dnsmasq_after_number_of_siguser1.unwrap_or(0);
                 let restart_dnsmasq_after = u32::try_from(n).map_err(|_| {
                     Invalid::new(
@@ -192,50 +229,62 @@ impl Endpoint {
                 }
             }
             Endpoint::ApplianceInit => {
-                let _: PingCmd = decode(body)?;
+                let _: PingCmd = decode(body, true)?;
                 Command::ApplianceInit
             }
             Endpoint::ConfigureNic => {
-                let w: NicsCmd = decode(body)?;
-                Command::ConfigureNics(each("nics", &w.nics, |f, n| n.validate(f))?)
+                let w: NicsCmd = decode(body, false)?;
+                Command::ConfigureNics(each_req("nics", &w.nics, |f, n| n.validate(f))?)
             }
             Endpoint::RemoveNic => {
-                let w: NicsCmd = decode(body)?;
-                Command::RemoveNics(each("nics", &w.nics, |f, n| {
+                let w: NicsCmd = decode(body, false)?;
+                Command::RemoveNics(each_req("nics", &w.nics, |f, n| {
                     fields::req_mac(&format!("{f}.mac"), &n.mac)
                 })?)
             }
             Endpoint::AddDhcp => {
-                let w: DhcpCmd = decode(body)?;
+                let w: DhcpCmd = decode(body, false)?;
                 Command::AddDhcp {
-                    hosts: each("dhcpEntries", &w.dhcp_entries, |f, d| d.validate(f))?,
+                    hosts: each_req("dhcpEntries", &w.dhcp_entries, |f, d| {
+                        let (host, note) = d.validate_noted(f)?;
+                        notes.extend(note);
+                        Ok(host)
+                    })?,
                     rebuild: w.rebuild.unwrap_or(false),
                 }
             }
             Endpoint::RemoveDhcp => {
-                let w: DhcpCmd = decode(body)?;
-                Command::RemoveDhcp(each("dhcpEntries", &w.dhcp_entries, |f, d| d.validate(f))?)
+                let w: DhcpCmd = decode(body, false)?;
+                Command::RemoveDhcp(each_req("dhcpEntries", &w.dhcp_entries, |f, d| {
+                    d.validate(f)
+                })?)
             }
             Endpoint::SetSnat => {
-                let w: SetSnatCmd = decode(body)?;
+                let w: SetSnatCmd = decode(body, false)?;
                 one("snat", &w.snat)?;
                 Command::SetSnat(w.snat.unwrap_or_default().validate("snat")?)
             }
             Endpoint::SyncSnat => {
-                let w: SyncSnatCmd = decode(body)?;
+                let w: SyncSnatCmd = decode(body, false)?;
                 let enable = w.enable.unwrap_or(true);
-                Command::SyncSnat(each("snats", &w.snats, |f, s| {
+                Command::SyncSnat(each_req("snats", &w.snats, |f, s| {
                     Ok((s.validate(f)?, enable && s.state.unwrap_or(true)))
                 })?)
             }
             Endpoint::RemoveSnat => {
-                let w: RemoveSnatCmd = decode(body)?;
-                Command::RemoveSnat(each("natInfo", &w.nat_info, |f, s| s.validate(f))?)
+                let w: RemoveSnatCmd = decode(body, false)?;
+                Command::RemoveSnat(each_req("natInfo", &w.nat_info, |f, s| s.validate(f))?)
             }
             Endpoint::SetDns | Endpoint::RemoveDns => {
-                let w: DnsCmd = decode(body)?;
-                let servers = each("dns", &w.dns, |f, d| {
-                    fields::req_ipv4(&format!("{f}.dnsAddress"), &d.dns_address)
+                let w: DnsCmd = decode(body, false)?;
+                let servers = each_req("dns", &w.dns, |f, d| {
+                    let field = format!("{f}.dnsAddress");
+                    let ip = fields::req_ipv4(&field, &d.dns_address)?;
+                    if self == Endpoint::SetDns {
+                        // Removing keeps working for whatever was stored before.
+                        fields::dns_server(&field, &ip.to_string())?;
+                    }
+                    Ok(ip)
                 })?;
                 if self == Endpoint::SetDns {
                     Command::SetDns(servers)
@@ -244,8 +293,8 @@ impl Endpoint {
                 }
             }
             Endpoint::CreateVip | Endpoint::RemoveVip => {
-                let w: VipsCmd = decode(body)?;
-                let vips = each("vips", &w.vips, |f, v| v.validate(f))?;
+                let w: VipsCmd = decode(body, false)?;
+                let vips = each_req("vips", &w.vips, |f, v| v.validate(f))?;
                 if self == Endpoint::CreateVip {
                     Command::CreateVips(vips)
                 } else {
@@ -253,7 +302,7 @@ impl Endpoint {
                 }
             }
             Endpoint::CreateEip | Endpoint::RemoveEip => {
-                let w: EipCmd = decode(body)?;
+                let w: EipCmd = decode(body, false)?;
                 one("eip", &w.eip)?;
                 let eip = w.eip.unwrap_or_default().validate("eip")?;
                 if self == Endpoint::CreateEip {
@@ -263,14 +312,14 @@ impl Endpoint {
                 }
             }
             Endpoint::SyncEip => {
-                let w: SyncEipCmd = decode(body)?;
-                Command::SyncEips(each("eips", &w.eips, |f, e| e.validate(f))?)
+                let w: SyncEipCmd = decode(body, false)?;
+                Command::SyncEips(each_req("eips", &w.eips, |f, e| e.validate(f))?)
             }
             Endpoint::CreatePortForwarding
             | Endpoint::RevokePortForwarding
             | Endpoint::SyncPortForwarding => {
-                let w: PortForwardingCmd = decode(body)?;
-                let rules = each("rules", &w.rules, |f, r| r.validate(f))?;
+                let w: PortForwardingCmd = decode(body, false)?;
+                let rules = each_req("rules", &w.rules, |f, r| r.validate(f))?;
                 match self {
                     Endpoint::CreatePortForwarding => Command::CreatePortForwards(rules),
                     Endpoint::RevokePortForwarding => Command::RevokePortForwards(rules),
@@ -278,12 +327,12 @@ impl Endpoint {
                 }
             }
             Endpoint::RefreshFirewall => {
-                let w: RefreshFirewallCmd = decode(body)?;
-                Command::RefreshFirewall(each("rules", &w.rules, |f, r| r.validate(f))?)
+                let w: RefreshFirewallCmd = decode(body, false)?;
+                Command::RefreshFirewall(each_req("rules", &w.rules, |f, r| r.validate(f))?)
             }
             Endpoint::LbRefresh | Endpoint::LbDelete => {
-                let w: LbCmd = decode(body)?;
-                let lbs = each("lbs", &w.lbs, |f, l| l.validate(f))?;
+                let w: LbCmd = decode(body, false)?;
+                let lbs = each_req("lbs", &w.lbs, |f, l| l.validate(f))?;
                 if self == Endpoint::LbRefresh {
                     Command::RefreshLb(lbs)
                 } else {
@@ -291,7 +340,7 @@ impl Endpoint {
                 }
             }
         };
-        Ok(Request::Change(cmd))
+        Ok((Request::Change(cmd), notes))
     }
 }
 

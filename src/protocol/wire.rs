@@ -14,6 +14,7 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InitCmd {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub uuid: Option<String>,
     #[serde(rename = "restartDnsmasqAfterNumberOfSIGUSER1")]
     pub restart_dnsmasq_after_number_of_siguser1: Option<i64>,
@@ -22,6 +23,7 @@ pub struct InitCmd {
 /// `/ping`
 #[derive(Debug, Default, Deserialize)]
 pub struct PingCmd {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub uuid: Option<String>,
 }
 
@@ -29,18 +31,24 @@ pub struct PingCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NicInfo {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub mac: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub gateway: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub netmask: Option<String>,
     pub is_default_route: Option<bool>,
     pub mtu: Option<i64>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub device_name: Option<String>,
 }
 
 /// `/configurenic`, `/removenic`
 #[derive(Debug, Default, Deserialize)]
 pub struct NicsCmd {
+    #[serde(default, deserialize_with = "bounded::list")]
     pub nics: Option<Vec<NicInfo>>,
 }
 
@@ -48,13 +56,21 @@ pub struct NicsCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DhcpInfo {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub mac: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub netmask: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub gateway: Option<String>,
-    pub dns: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "bounded::list")]
+    pub dns: Option<Vec<bounded::Text>>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub hostname: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub vr_nic_mac: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub dns_domain: Option<String>,
     pub is_default_l3_network: Option<bool>,
     pub mtu: Option<i64>,
@@ -64,6 +80,7 @@ pub struct DhcpInfo {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DhcpCmd {
+    #[serde(default, deserialize_with = "bounded::list")]
     pub dhcp_entries: Option<Vec<DhcpInfo>>,
     pub rebuild: Option<bool>,
 }
@@ -72,10 +89,15 @@ pub struct DhcpCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SnatInfo {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub public_nic_mac: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub public_ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub private_nic_mac: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub private_nic_ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub snat_netmask: Option<String>,
     pub state: Option<bool>,
 }
@@ -89,6 +111,7 @@ pub struct SetSnatCmd {
 /// `/syncsnat`
 #[derive(Debug, Default, Deserialize)]
 pub struct SyncSnatCmd {
+    #[serde(default, deserialize_with = "bounded::list")]
     pub snats: Option<Vec<SnatInfo>>,
     pub enable: Option<bool>,
 }
@@ -97,6 +120,7 @@ pub struct SyncSnatCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RemoveSnatCmd {
+    #[serde(default, deserialize_with = "bounded::list")]
     pub nat_info: Option<Vec<SnatInfo>>,
 }
 
@@ -104,13 +128,16 @@ pub struct RemoveSnatCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DnsInfo {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub dns_address: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub nic_mac: Option<String>,
 }
 
 /// `/setdns`, `/removedns`
 #[derive(Debug, Default, Deserialize)]
 pub struct DnsCmd {
+    #[serde(default, deserialize_with = "bounded::list")]
     pub dns: Option<Vec<DnsInfo>>,
 }
 
@@ -118,9 +145,13 @@ pub struct DnsCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VipTo {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub netmask: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub gateway: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub owner_ethernet_mac: Option<String>,
     pub prefix_length: Option<i64>,
 }
@@ -128,6 +159,7 @@ pub struct VipTo {
 /// `/createvip`, `/removevip`
 #[derive(Debug, Default, Deserialize)]
 pub struct VipsCmd {
+    #[serde(default, deserialize_with = "bounded::list")]
     pub vips: Option<Vec<VipTo>>,
 }
 
@@ -135,8 +167,11 @@ pub struct VipsCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EipTo {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub vip_ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub private_mac: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub guest_ip: Option<String>,
     pub snat_inbound_traffic: Option<bool>,
 }
@@ -150,6 +185,7 @@ pub struct EipCmd {
 /// `/synceip`
 #[derive(Debug, Default, Deserialize)]
 pub struct SyncEipCmd {
+    #[serde(default, deserialize_with = "bounded::list")]
     pub eips: Option<Vec<EipTo>>,
 }
 
@@ -161,10 +197,15 @@ pub struct PortForwardingRuleTo {
     pub vip_port_end: Option<i64>,
     pub private_port_start: Option<i64>,
     pub private_port_end: Option<i64>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub protocol_type: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub vip_ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub private_ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub private_mac: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub allowed_cidr: Option<String>,
     pub snat_inbound_traffic: Option<bool>,
 }
@@ -172,6 +213,7 @@ pub struct PortForwardingRuleTo {
 /// The three port forwarding commands.
 #[derive(Debug, Default, Deserialize)]
 pub struct PortForwardingCmd {
+    #[serde(default, deserialize_with = "bounded::list")]
     pub rules: Option<Vec<PortForwardingRuleTo>>,
 }
 
@@ -179,18 +221,24 @@ pub struct PortForwardingCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FirewallRuleTo {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub protocol: Option<String>,
     pub start_port: Option<i64>,
     pub end_port: Option<i64>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub allow_cidr: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub source_ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub dest_ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub nic_mac: Option<String>,
 }
 
 /// `/appliancevm/refreshfirewall`
 #[derive(Debug, Default, Deserialize)]
 pub struct RefreshFirewallCmd {
+    #[serde(default, deserialize_with = "bounded::list")]
     pub rules: Option<Vec<FirewallRuleTo>>,
 }
 
@@ -198,27 +246,47 @@ pub struct RefreshFirewallCmd {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LbTo {
+    #[serde(default, deserialize_with = "bounded::text")]
     pub lb_uuid: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub listener_uuid: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub vip: Option<String>,
-    pub nic_ips: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "bounded::list")]
+    pub nic_ips: Option<Vec<bounded::Text>>,
     pub instance_port: Option<i64>,
     pub load_balancer_port: Option<i64>,
+    #[serde(default, deserialize_with = "bounded::text")]
     pub mode: Option<String>,
-    pub parameters: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "bounded::list")]
+    pub parameters: Option<Vec<bounded::Text>>,
 }
 
 /// `/lb/refresh`, `/lb/delete`
 #[derive(Debug, Default, Deserialize)]
 pub struct LbCmd {
+    #[serde(default, deserialize_with = "bounded::list")]
     pub lbs: Option<Vec<LbTo>>,
+}
+
+/// Validates each element of a required list, naming elements `field[i]`; an absent or null
+/// list is `field: missing` (an explicit `[]` is an empty list).
+pub fn each_req<W, T>(
+    field: &str,
+    list: &Option<Vec<W>>,
+    f: impl FnMut(&str, &W) -> Result<T, Invalid>,
+) -> Result<Vec<T>, Invalid> {
+    if list.is_none() {
+        return Err(Invalid::new(field, "missing"));
+    }
+    each(field, list, f)
 }
 
 /// Validates each element of an optional list, naming elements `field[i]`.
 pub fn each<W, T>(
     field: &str,
     list: &Option<Vec<W>>,
-    f: impl Fn(&str, &W) -> Result<T, Invalid>,
+    mut f: impl FnMut(&str, &W) -> Result<T, Invalid>,
 ) -> Result<Vec<T>, Invalid> {
     list.iter()
         .flatten()
@@ -242,15 +310,17 @@ impl NicInfo {
             Some(n) => {
                 return Err(Invalid::new(
                     format!("{at}.deviceName"),
-                    format!("{n:?} is not an interface name"),
+                    format!("{} is not an interface name", quote(n)),
                 ));
             }
         };
+        let mac = req_mac(&format!("{at}.mac"), &self.mac)?;
+        let prefix = req_netmask(&format!("{at}.netmask"), &self.netmask)?;
         Ok(Nic {
-            mac: req_mac(&format!("{at}.mac"), &self.mac)?,
-            ip: req_ipv4(&format!("{at}.ip"), &self.ip)?,
-            prefix: req_netmask(&format!("{at}.netmask"), &self.netmask)?,
-            gateway: opt_ipv4(&format!("{at}.gateway"), &self.gateway)?,
+            mac,
+            ip: req_host_ipv4(&format!("{at}.ip"), &self.ip, Some(prefix))?,
+            prefix,
+            gateway: opt_host_ipv4(&format!("{at}.gateway"), &self.gateway, None)?,
             is_default_route: self.is_default_route.unwrap_or(false),
             mtu: opt_mtu(&format!("{at}.mtu"), &self.mtu)?,
             device_name,
@@ -261,29 +331,71 @@ impl NicInfo {
 impl DhcpInfo {
     /// A static DHCP host.
     pub fn validate(&self, at: &str) -> Result<DhcpHost, Invalid> {
-        Ok(DhcpHost {
-            mac: req_mac(&format!("{at}.mac"), &self.mac)?,
-            ip: req_ipv4(&format!("{at}.ip"), &self.ip)?,
-            prefix: req_netmask(&format!("{at}.netmask"), &self.netmask)?,
-            gateway: opt_ipv4(&format!("{at}.gateway"), &self.gateway)?,
-            dns: each(&format!("{at}.dns"), &self.dns, |f, s| ipv4(f, s))?,
-            hostname: opt_dns_name(&format!("{at}.hostname"), &self.hostname)?,
+        self.validate_noted(at).map(|(host, _)| host)
+    }
+
+    /// A static DHCP host, and a note when its hostname is one dnsmasq would read as something
+    /// else (a keyword, an address, a lease time): such a name is dropped, the host keeps its
+    /// lease under the default name.
+    pub fn validate_noted(&self, at: &str) -> Result<(DhcpHost, Option<String>), Invalid> {
+        let mac = req_mac(&format!("{at}.mac"), &self.mac)?;
+        let netmask_field = format!("{at}.netmask");
+        let prefix = req_netmask(&netmask_field, &self.netmask)?;
+        if prefix.is_empty() {
+            return Err(Invalid::new(
+                netmask_field,
+                "\"0.0.0.0\" is not a usable netmask for a host",
+            ));
+        }
+        let ip_field = format!("{at}.ip");
+        let ip = req_host_ipv4(&ip_field, &self.ip, Some(prefix))?;
+        let gateway = opt_host_ipv4(&format!("{at}.gateway"), &self.gateway, None)?;
+        if gateway == Some(ip) {
+            return Err(Invalid::new(
+                ip_field,
+                format!("\"{ip}\" is the gateway's (the router's) address"),
+            ));
+        }
+        let hostname_field = format!("{at}.hostname");
+        let mut hostname = opt_dns_name(&hostname_field, &self.hostname)?;
+        let mut note = None;
+        if let Some(name) = &hostname
+            && let Some(why) = dnsmasq_name_problem(name)
+        {
+            note = Some(format!(
+                "{hostname_field}: {} is {why}; not passed to dnsmasq as a name",
+                quote(name)
+            ));
+            hostname = None;
+        }
+        let host = DhcpHost {
+            mac,
+            ip,
+            prefix,
+            gateway,
+            dns: each(&format!("{at}.dns"), &self.dns, |f, s| dns_server(f, &s.0))?,
+            hostname,
             vr_nic_mac: opt_mac(&format!("{at}.vrNicMac"), &self.vr_nic_mac)?,
             dns_domain: opt_dns_name(&format!("{at}.dnsDomain"), &self.dns_domain)?,
             is_default_l3: self.is_default_l3_network.unwrap_or(false),
             mtu: opt_mtu(&format!("{at}.mtu"), &self.mtu)?,
-        })
+        };
+        Ok((host, note))
     }
 }
 
 impl SnatInfo {
     /// A SNAT entry.
     pub fn validate(&self, at: &str) -> Result<Snat, Invalid> {
-        let private_ip = req_ipv4(&format!("{at}.privateNicIp"), &self.private_nic_ip)?;
         let prefix = req_netmask(&format!("{at}.snatNetmask"), &self.snat_netmask)?;
+        let private_ip = req_host_ipv4(
+            &format!("{at}.privateNicIp"),
+            &self.private_nic_ip,
+            Some(prefix),
+        )?;
         Ok(Snat {
             public_nic_mac: req_mac(&format!("{at}.publicNicMac"), &self.public_nic_mac)?,
-            public_ip: req_ipv4(&format!("{at}.publicIp"), &self.public_ip)?,
+            public_ip: req_host_ipv4(&format!("{at}.publicIp"), &self.public_ip, None)?,
             private_nic_mac: req_mac(&format!("{at}.privateNicMac"), &self.private_nic_mac)?,
             private_net: Cidr::new(private_ip, prefix),
         })
@@ -293,7 +405,8 @@ impl SnatInfo {
 impl VipTo {
     /// A VIP. The prefix comes from `netmask`, else from a non-zero `prefixLength`.
     pub fn validate(&self, at: &str) -> Result<Vip, Invalid> {
-        let ip = req_ipv4(&format!("{at}.ip"), &self.ip)?;
+        let ip_field = format!("{at}.ip");
+        let ip = req_ipv4(&ip_field, &self.ip)?;
         let prefix = match (given(&self.netmask), self.prefix_length) {
             (Some(_), _) | (None, None | Some(0)) => {
                 req_netmask(&format!("{at}.netmask"), &self.netmask)?
@@ -308,10 +421,11 @@ impl VipTo {
                     )
                 })?,
         };
+        check_unicast(&ip_field, ip, Some(prefix))?;
         Ok(Vip {
             ip,
             prefix,
-            gateway: opt_ipv4(&format!("{at}.gateway"), &self.gateway)?,
+            gateway: opt_host_ipv4(&format!("{at}.gateway"), &self.gateway, None)?,
             owner_mac: req_mac(&format!("{at}.ownerEthernetMac"), &self.owner_ethernet_mac)?,
         })
     }
@@ -321,9 +435,9 @@ impl EipTo {
     /// An EIP.
     pub fn validate(&self, at: &str) -> Result<Eip, Invalid> {
         Ok(Eip {
-            vip_ip: req_ipv4(&format!("{at}.vipIp"), &self.vip_ip)?,
+            vip_ip: req_host_ipv4(&format!("{at}.vipIp"), &self.vip_ip, None)?,
             private_mac: req_mac(&format!("{at}.privateMac"), &self.private_mac)?,
-            guest_ip: req_ipv4(&format!("{at}.guestIp"), &self.guest_ip)?,
+            guest_ip: req_host_ipv4(&format!("{at}.guestIp"), &self.guest_ip, None)?,
             snat_inbound: self.snat_inbound_traffic.unwrap_or(false),
         })
     }
@@ -338,7 +452,7 @@ impl PortForwardingRuleTo {
             Some(p) => {
                 return Err(Invalid::new(
                     format!("{at}.protocolType"),
-                    format!("{p:?} is not TCP or UDP"),
+                    format!("{} is not TCP or UDP", quote(p)),
                 ));
             }
             None => return Err(Invalid::new(format!("{at}.protocolType"), "missing")),
@@ -370,10 +484,10 @@ impl PortForwardingRuleTo {
             ));
         }
         Ok(PortForward {
-            vip_ip: req_ipv4(&format!("{at}.vipIp"), &self.vip_ip)?,
+            vip_ip: req_host_ipv4(&format!("{at}.vipIp"), &self.vip_ip, None)?,
             protocol,
             vip_ports,
-            private_ip: req_ipv4(&format!("{at}.privateIp"), &self.private_ip)?,
+            private_ip: req_host_ipv4(&format!("{at}.privateIp"), &self.private_ip, None)?,
             private_ports,
             private_mac: req_mac(&format!("{at}.privateMac"), &self.private_mac)?,
             allowed_cidr: opt_cidr(&format!("{at}.allowedCidr"), &self.allowed_cidr)?,
@@ -392,7 +506,7 @@ impl FirewallRuleTo {
             Some(p) => {
                 return Err(Invalid::new(
                     format!("{at}.protocol"),
-                    format!("{p:?} is not tcp, udp or all"),
+                    format!("{} is not tcp, udp or all", quote(p)),
                 ));
             }
             None => return Err(Invalid::new(format!("{at}.protocol"), "missing")),
@@ -423,12 +537,158 @@ impl LbTo {
         Ok(LbListener {
             lb_uuid: text("lbUuid", &self.lb_uuid)?,
             listener_uuid: text("listenerUuid", &self.listener_uuid)?,
-            vip: req_ipv4(&format!("{at}.vip"), &self.vip)?,
-            nic_ips: each(&format!("{at}.nicIps"), &self.nic_ips, |f, s| ipv4(f, s))?,
+            vip: req_host_ipv4(&format!("{at}.vip"), &self.vip, None)?,
+            nic_ips: each(&format!("{at}.nicIps"), &self.nic_ips, |f, s| {
+                let ip = ipv4(f, &s.0)?;
+                check_unicast(f, ip, None)?;
+                Ok(ip)
+            })?,
             instance_port: port(&format!("{at}.instancePort"), &self.instance_port)?,
             load_balancer_port: port(&format!("{at}.loadBalancerPort"), &self.load_balancer_port)?,
             mode: text("mode", &self.mode)?,
-            parameters: self.parameters.clone().unwrap_or_default(),
+            parameters: self
+                .parameters
+                .iter()
+                .flatten()
+                .map(|t| t.0.clone())
+                .collect(),
         })
+    }
+}
+
+/// Lists of a request are read element by element under two caps, so a large body cannot
+/// make a large heap: no list holds more than [`MAX_LIST`] entries, and one request holds at
+/// most [`MAX_ENTRIES`] list entries in all (nested lists count too).
+pub mod bounded {
+    use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
+    use std::cell::Cell;
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    /// Entries one list may hold (a real 100k-entry sync fits twice).
+    pub const MAX_LIST: usize = 200_000;
+    /// List entries one request may hold in all.
+    pub const MAX_ENTRIES: usize = 400_000;
+
+    thread_local! {
+        static LEFT: Cell<usize> = const { Cell::new(MAX_ENTRIES) };
+    }
+
+    /// Runs `f` (one request's deserialization) with a fresh budget of [`MAX_ENTRIES`].
+    pub fn with_budget<R>(f: impl FnOnce() -> R) -> R {
+        let saved = LEFT.with(|l| l.replace(MAX_ENTRIES));
+        let r = f();
+        LEFT.with(|l| l.set(saved));
+        r
+    }
+
+    struct ListVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for ListVisitor<T> {
+        type Value = Option<Vec<T>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+            while let Some(v) = seq.next_element()? {
+                if out.len() == MAX_LIST {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {MAX_LIST} entries"
+                    )));
+                }
+                // Read after the element: nested lists inside it have taken their share.
+                let left = LEFT.with(Cell::get);
+                if left == 0 {
+                    return Err(serde::de::Error::custom(format!(
+                        "the request holds more than {MAX_ENTRIES} list entries in all"
+                    )));
+                }
+                LEFT.with(|l| l.set(left - 1));
+                out.push(v);
+            }
+            out.shrink_to_fit();
+            Ok(Some(out))
+        }
+    }
+
+    /// Bytes one string of a request may hold (the longest real ones are a few hundred).
+    pub const MAX_TEXT: usize = 64 * 1024;
+
+    fn check_len<E: serde::de::Error>(v: &str) -> Result<String, E> {
+        if v.len() > MAX_TEXT {
+            Err(E::custom(format!(
+                "a string of {} bytes is too long (at most {MAX_TEXT})",
+                v.len()
+            )))
+        } else {
+            Ok(v.to_owned())
+        }
+    }
+
+    struct TextVisitor;
+
+    impl<'de> Visitor<'de> for TextVisitor {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            check_len(v).map(Some)
+        }
+    }
+
+    /// `#[serde(deserialize_with)]` of an optional string of at most [`MAX_TEXT`] bytes
+    /// (checked before it is copied): absent or null is `None`.
+    pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        d.deserialize_option(TextVisitor)
+    }
+
+    /// A string element of a list, at most [`MAX_TEXT`] bytes.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct Text(pub String);
+
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            match d.deserialize_str(TextVisitor)? {
+                Some(s) => Ok(Text(s)),
+                None => Err(serde::de::Error::custom("null is not a string")),
+            }
+        }
+    }
+
+    /// `#[serde(deserialize_with)]` of an optional list: absent or null is `None`.
+    pub fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<T>>, D::Error> {
+        d.deserialize_option(ListVisitor(PhantomData))
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod command;
+pub mod facts;
 pub mod model;
 pub mod store;
 pub mod types;

@@ -1,0 +1,75 @@
+//! Gathers the [`SystemFacts`] the rails check commands against: the management nic's
+//! address (from the cached bootstrap info and the first address of the live nic named
+//! `--mgmt-nic`), the
+//! agent's listen ports plus ssh, and every nic's addresses by MAC.
+
+use crate::bootstrap::info::BootstrapInfo;
+use crate::config::Config;
+use crate::state::facts::{SSH_PORT, SystemFacts};
+use crate::state::types::Cidr;
+use std::path::PathBuf;
+
+/// Where the facts come from.
+#[derive(Clone, Debug)]
+pub struct FactsSource {
+    /// Name of the management nic (`--mgmt-nic`).
+    pub mgmt_nic: String,
+    /// The cached bootstrap info.
+    pub bootstrap_cache: PathBuf,
+    /// The agent's listen ports.
+    pub agent_ports: Vec<u16>,
+}
+
+impl FactsSource {
+    /// The source of a `serve` configuration.
+    pub fn from_config(config: &Config) -> FactsSource {
+        FactsSource {
+            mgmt_nic: config.mgmt_nic.clone(),
+            bootstrap_cache: crate::bootstrap::cache_path(&config.state_dir),
+            agent_ports: vec![config.vr_listen.port(), config.appliance_listen.port()],
+        }
+    }
+
+    /// The facts now. What cannot be read is left out (and logged): the rails then protect
+    /// what is known.
+    pub fn gather(&self) -> SystemFacts {
+        let mut facts = SystemFacts {
+            protected_ports: self.agent_ports.clone(),
+            ..SystemFacts::default()
+        };
+        facts.protected_ports.push(SSH_PORT);
+        facts.protected_ports.sort_unstable();
+        facts.protected_ports.dedup();
+        match BootstrapInfo::load_cached(&self.bootstrap_cache) {
+            Ok(Some(info)) => {
+                for (i, nic) in info.nics.iter().enumerate() {
+                    let cidr = Cidr::new(nic.ip, nic.prefix);
+                    if i == 0 {
+                        facts.mgmt_addrs.push(cidr);
+                    }
+                    facts.nic_addrs.entry(nic.mac).or_default().push(cidr);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "bootstrap info unreadable for the rails"),
+        }
+        match crate::nics::interfaces() {
+            Ok(ifaces) => {
+                for iface in ifaces {
+                    // Its first address is a primary (the kernel lists secondaries, such
+                    // as VIPs, after the primaries); the others may be VIPs.
+                    if iface.name == self.mgmt_nic
+                        && let Some(first) = iface.addrs.first()
+                    {
+                        facts.mgmt_addrs.push(*first);
+                    }
+                    if let Some(mac) = iface.mac {
+                        facts.nic_addrs.entry(mac).or_default().extend(iface.addrs);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list the nics for the rails"),
+        }
+        facts
+    }
+}
