@@ -12,8 +12,11 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, Span};
 
-/// Health source set when the stored state had to be moved aside.
+/// Health source set when the stored state could not be read whole (what was dropped, and
+/// that the system is preserved until `/init`).
 pub const HEALTH_STATE: &str = "state";
+/// Health source set while the state directory refuses writes or a snapshot failed.
+pub const HEALTH_STORE: &str = "store";
 
 /// Why a command was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,9 @@ pub enum ApplyError {
     /// The change was applied but could not be recorded, and was rolled back.
     #[error("could not persist the change, rolled back: {0}")]
     Persist(#[from] StoreError),
+    /// The state directory takes no writes: the command was refused before any change.
+    #[error("{0}: nothing was changed")]
+    Unwritable(#[source] StoreError),
     /// The agent is shutting down.
     #[error("the agent is shutting down")]
     ShuttingDown,
@@ -102,15 +108,20 @@ pub struct Agent {
     backends: Vec<Box<dyn Backend>>,
     health: Arc<Health>,
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    /// The stored state was not read whole: re-applies keep whatever the system has beyond
+    /// `desired` ([`Backend::reconcile_keeping`]) until `/init` resends everything.
+    preserve: bool,
 }
 
 impl Agent {
     /// Creates the writer from loaded state. Call [`Agent::reconcile_all`] before serving.
+    /// With `preserve` (a lossy recovery), re-applies add and never remove until `/init`.
     pub fn new(
         desired: DesiredState,
         store: Store,
         backends: Vec<Box<dyn Backend>>,
         health: Arc<Health>,
+        preserve: bool,
     ) -> Agent {
         let snapshot = Arc::new(RwLock::new(Arc::new(Snapshot {
             uuid: desired.uuid.clone(),
@@ -121,6 +132,21 @@ impl Agent {
             backends,
             health,
             snapshot,
+            preserve,
+        }
+    }
+
+    /// Brings one backend in line with `state`: a full reconcile, or while preserving an
+    /// add-only one.
+    async fn reconcile_one(
+        backend: &mut Box<dyn Backend>,
+        state: &DesiredState,
+        preserve: bool,
+    ) -> Result<(), BackendError> {
+        if preserve {
+            backend.reconcile_keeping(state).await
+        } else {
+            backend.reconcile(state).await
         }
     }
 
@@ -128,10 +154,13 @@ impl Agent {
     /// health under `apply:<feature>` and returned, and the others still run.
     pub async fn reconcile_all(&mut self) -> Vec<(Feature, BackendError)> {
         let mut failures = Vec::new();
+        if self.preserve {
+            tracing::warn!("re-applying without removing anything (stored state not read whole)");
+        }
         for backend in &mut self.backends {
             let feature = backend.features()[0];
             let source = format!("apply:{}", feature.name());
-            match backend.reconcile(&self.desired).await {
+            match Self::reconcile_one(backend, &self.desired, self.preserve).await {
                 Ok(()) => self.health.clear(&source),
                 Err(e) => {
                     tracing::error!(feature = feature.name(), error = %e, "re-apply failed");
@@ -169,11 +198,13 @@ impl Agent {
             let _ = job.reply.send(result);
             if self.store.wants_compaction() {
                 match self.store.compact(&self.desired) {
-                    Ok(()) => self.health.clear("store"),
+                    Ok(()) => self.health.clear(HEALTH_STORE),
                     Err(e) => {
                         tracing::error!(error = %e, "snapshot failed; the journal keeps growing");
-                        self.health
-                            .set("store", format!("snapshot failed, journal growing: {e}"));
+                        self.health.set(
+                            HEALTH_STORE,
+                            format!("snapshot failed, journal growing: {e}"),
+                        );
                     }
                 }
             }
@@ -186,6 +217,15 @@ impl Agent {
 
     async fn handle(&mut self, cmd: &Command, path: &'static str) -> Result<(), ApplyError> {
         self.desired.check(cmd)?;
+        // Refuse before any change when nothing could be recorded (read-only or full
+        // directory); each command tries again, so a remount or freed space heals it.
+        if let Err(e) = self.store.ensure_writable(&self.desired) {
+            self.health.set(
+                HEALTH_STORE,
+                format!("{e}; commands that change state are refused"),
+            );
+            return Err(ApplyError::Unwritable(e));
+        }
         let feature = cmd.feature();
         let index = self
             .backends
@@ -211,8 +251,15 @@ impl Agent {
             self.store.append(cmd)
         };
         if let Err(e) = persisted {
+            if e.is_unwritable() {
+                self.health.set(
+                    HEALTH_STORE,
+                    format!("{e}; the last command was refused and rolled back"),
+                );
+            }
             if let Some(i) = index
-                && let Err(undo) = self.backends[i].reconcile(&self.desired).await
+                && let Err(undo) =
+                    Self::reconcile_one(&mut self.backends[i], &self.desired, self.preserve).await
             {
                 tracing::error!(error = %undo, "rollback after a failed persist failed");
                 self.health
@@ -220,6 +267,7 @@ impl Agent {
             }
             return Err(e.into());
         }
+        self.health.clear(HEALTH_STORE);
         if let Err(e) = self.desired.apply(cmd) {
             // check() passed above, so this cannot happen; never leave the two apart silently.
             tracing::error!(error = %e, "a checked command failed to apply");
@@ -227,6 +275,12 @@ impl Agent {
         }
         if matches!(cmd, Command::Init { .. }) {
             // The management node has taken charge again: whatever we lost, it now resends.
+            if self.preserve {
+                tracing::info!(
+                    "/init: the system follows the desired state again, removals included"
+                );
+            }
+            self.preserve = false;
             self.health.clear(HEALTH_STATE);
             let failures = self.reconcile_all().await;
             if let Some((feature, e)) = failures.into_iter().next() {
@@ -252,7 +306,7 @@ impl Agent {
                 continue;
             }
             let source = format!("apply:{}", backend.features()[0].name());
-            match backend.reconcile(&self.desired).await {
+            match Self::reconcile_one(backend, &self.desired, self.preserve).await {
                 Ok(()) => self.health.clear(&source),
                 Err(e) => self.health.set(source, e.to_string()),
             }
