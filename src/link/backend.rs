@@ -344,12 +344,28 @@ impl Backend for LinksBackend {
         &'a mut self,
         state: &'a DesiredState,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move {
+        Box::pin(self.reapply(state, true))
+    }
+
+    /// The re-apply without removing addresses the state does not know.
+    fn reconcile_keeping<'a>(
+        &'a mut self,
+        state: &'a DesiredState,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(self.reapply(state, false))
+    }
+}
+
+impl LinksBackend {
+    /// Re-applies cached bootstrap nics, configured nics and VIPs; with `prune`, addresses
+    /// that are not wanted are removed from nics whose primary address is known.
+    async fn reapply(&mut self, state: &DesiredState, prune: bool) -> Result<(), BackendError> {
+        {
             self.load_bootstrap();
             let nl = self.netlink()?;
             let wanted = Wanted::new(&self.bootstrap, state);
             let opts = SyncOptions {
-                prune: true,
+                prune,
                 strict: false,
                 scope: None,
             };
@@ -370,9 +386,10 @@ impl Backend for LinksBackend {
                 added = report.added,
                 removed = report.removed,
                 missing = report.missing.len(),
+                prune,
                 "interfaces re-applied"
             );
             Ok(())
-        })
+        }
     }
 }
