@@ -195,3 +195,62 @@ fn a_read_only_state_directory_serves_the_stored_state_and_refuses_changes() {
     });
     assert!(has_eip(&net.tables(), 0));
 }
+
+#[test]
+fn a_full_state_directory_refuses_changes_until_space_is_freed() {
+    let mut net = Net::new();
+    net.agent.stop();
+    let state = net.agent.dir.join("state").display().to_string();
+    // the state directory is a 256 KiB tmpfs in the agent's private mount namespace
+    let wrapper: Vec<String> = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=256k vrstate \"$0\" && exec \"$@\"",
+        &state,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    restart(&mut net, &wrapper);
+    net.run(|mn, api| async move {
+        ok(&mn, api, "/init", common::fixture("init")).await;
+    });
+    // fill it, through the agent's own view of the mounts
+    let fill = format!("/proc/{}/root{state}/fill", net.agent.pid());
+    let mut f = std::fs::File::create(&fill).unwrap();
+    let chunk = vec![0u8; 4096];
+    loop {
+        use std::io::Write;
+        if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
+            assert_eq!(e.raw_os_error(), Some(28), "{e}");
+            break;
+        }
+    }
+    drop(f);
+    // a record larger than a page (a small one may still fit in the journal's last page)
+    let servers: Vec<Value> = (0..500u32)
+        .map(|i| json!({"dnsAddress": format!("10.1.{}.{}", i / 200, i % 200 + 1)}))
+        .collect();
+    let body = json!({ "dns": servers });
+    let b = body.clone();
+    net.run(|mn, api| async move {
+        let reply = mn.call_sync(api, "/setdns", &b).await;
+        assert_fails(&reply, "is full (ENOSPC)");
+    });
+    let p = ping(&net);
+    assert_eq!(p["healthy"], json!(false));
+    let detail = p["healthDetail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("the state directory {state} is full (ENOSPC)")),
+        "{detail}"
+    );
+    std::fs::remove_file(&fill).unwrap();
+    net.run(|mn, api| async move {
+        ok(&mn, api, "/setdns", body).await;
+    });
+    assert_eq!(ping(&net)["healthy"], json!(true));
+}

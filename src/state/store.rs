@@ -114,6 +114,22 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sto
     }
 }
 
+/// [`io_err`], but a refusal of the directory (full, read-only) says so.
+fn write_err<'a>(
+    op: &'static str,
+    dir: &'a Path,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| match unwritable_kind(&source) {
+        Some(what) => StoreError::Unwritable {
+            dir: dir.to_path_buf(),
+            what,
+            source,
+        },
+        None => io_err(op, path)(source),
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
     generation: u64,
@@ -333,6 +349,15 @@ fn list_journals(dir: &Path) -> Result<BTreeSet<u64>, io::Error> {
     Ok(out)
 }
 
+/// `kept records 1-n`, in words.
+fn kept(records: usize) -> String {
+    match records {
+        0 => "kept none of its records".to_string(),
+        1 => "kept record 1".to_string(),
+        n => format!("kept records 1-{n}"),
+    }
+}
+
 /// Reads snapshots and journals and decides what to keep, without writing.
 fn recover(dir: &Path) -> Recovery {
     let mut problems = Vec::new();
@@ -431,8 +456,12 @@ fn recover(dir: &Path) -> Recovery {
                     format!("records {}-{}", bad.record, bad.record + bad.records - 1)
                 };
                 problems.push(format!(
-                    "{name}: {range} dropped ({} records, {} bytes; record {} {}); kept records 1-{}",
-                    bad.records, bad.bytes, bad.record, bad.why, r.applied
+                    "{name}: {range} dropped ({} records, {} bytes; record {} {}); {}",
+                    bad.records,
+                    bad.bytes,
+                    bad.record,
+                    bad.why,
+                    kept(r.applied)
                 ));
                 lossy = true;
                 repairs.push(Repair::CopyAside(name.clone()));
@@ -661,10 +690,11 @@ impl Store {
             });
         }
         let len_before = journal.metadata().map_err(io_err("stat", &path))?.len();
+        let dir = &self.dir;
         let written = journal
             .write_all(&line)
-            .map_err(io_err("append to", &path))
-            .and_then(|()| journal.sync_data().map_err(io_err("fsync", &path)));
+            .map_err(write_err("append to", dir, &path))
+            .and_then(|()| journal.sync_data().map_err(write_err("fsync", dir, &path)));
         if let Err(e) = written {
             // Take the record back: a refused command must not return at the next start, and
             // half a line would break the next record. If even that fails, refuse appends
@@ -925,10 +955,11 @@ mod tests {
             let problem = loaded.problem.unwrap();
             let dropped_bytes = bounds[4].1 - start;
             let want = format!(
-                "journal.0: records {}-5 dropped ({} records, {dropped_bytes} bytes; record {} fails its checksum); kept records 1-{bad}",
+                "journal.0: records {}-5 dropped ({} records, {dropped_bytes} bytes; record {} fails its checksum); {}",
                 bad + 1,
                 5 - bad,
                 bad + 1,
+                super::kept(bad),
             );
             assert!(problem.contains(&want), "{problem}\nwant {want}");
             assert!(aside(dir.path(), "journal.0"));
