@@ -254,3 +254,73 @@ fn a_full_state_directory_refuses_changes_until_space_is_freed() {
     });
     assert_eq!(ping(&net)["healthy"], json!(true));
 }
+
+#[test]
+fn a_cut_snapshot_falls_back_to_the_previous_generation_and_keeps_the_data_plane() {
+    let mut net = Net::new();
+    let state = net.agent.dir.join("state");
+    let prev = state.join("state.prev.json");
+    let servers: Vec<Value> = (0..500u32)
+        .map(|i| json!({"dnsAddress": format!("10.1.{}.{}", i / 200, i % 200 + 1)}))
+        .collect();
+    let big = json!({ "dns": servers });
+    // ~7 KB records: two compactions (by size) give a previous generation
+    let p = prev.clone();
+    net.run(|mn, api| async move {
+        ok(&mn, api, "/init", common::fixture("init")).await;
+        for _ in 0..100 {
+            if p.exists() {
+                break;
+            }
+            ok(&mn, api, "/setdns", big.clone()).await;
+        }
+    });
+    assert!(prev.exists(), "no compaction happened");
+    // EIPs journaled after the last snapshot
+    net.run(|mn, api| async move {
+        for (i, vip) in VIPS.iter().enumerate() {
+            ok(
+                &mn,
+                api,
+                "/createeip",
+                json!({"eip": eip(vip, G1_MAC, &guest_of(i), false)}),
+            )
+            .await;
+        }
+    });
+    net.agent.stop();
+    // the current snapshot is cut, and the journal from the previous one has a flipped byte:
+    // only the previous snapshot and a prefix of its journal can be read
+    let snap = state.join("state.json");
+    let bytes = std::fs::read(&snap).unwrap();
+    std::fs::write(&snap, &bytes[..bytes.len() / 2]).unwrap();
+    let mut journals: Vec<u64> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("journal.")?.parse().ok()
+        })
+        .collect();
+    journals.sort();
+    let oldest = state.join(format!("journal.{}", journals[0]));
+    let mut j = std::fs::read(&oldest).unwrap();
+    j[10] ^= 0x01;
+    std::fs::write(&oldest, &j).unwrap();
+
+    restart(&mut net, &[]);
+    assert_all_eips(&net.tables());
+    let p = ping(&net);
+    assert_eq!(p["healthy"], json!(false));
+    let detail = p["healthDetail"].as_str().unwrap();
+    for want in [
+        "state.json is unreadable",
+        "fell back to state.prev.json",
+        &format!("journal.{}: records 1-", journals[0]),
+        "not replayed",
+        "preserving",
+    ] {
+        assert!(detail.contains(want), "{want} missing in: {detail}");
+    }
+    // the uuid came with /init before both snapshots: still known
+    assert_eq!(p["uuid"], json!(INIT_UUID));
+}
