@@ -349,6 +349,15 @@ fn list_journals(dir: &Path) -> Result<BTreeSet<u64>, io::Error> {
     Ok(out)
 }
 
+/// `n records`, `1 record`.
+fn records(n: usize) -> String {
+    if n == 1 {
+        "1 record".to_string()
+    } else {
+        format!("{n} records")
+    }
+}
+
 /// `kept records 1-n`, in words.
 fn kept(records: usize) -> String {
     match records {
@@ -456,8 +465,8 @@ fn recover(dir: &Path) -> Recovery {
                     format!("records {}-{}", bad.record, bad.record + bad.records - 1)
                 };
                 problems.push(format!(
-                    "{name}: {range} dropped ({} records, {} bytes; record {} {}); {}",
-                    bad.records,
+                    "{name}: {range} dropped ({}, {} bytes; record {} {}); {}",
+                    records(bad.records),
                     bad.bytes,
                     bad.record,
                     bad.why,
@@ -623,43 +632,41 @@ impl Store {
         stamp: u64,
         state: &DesiredState,
     ) -> Result<(), StoreError> {
-        {
-            match r {
-                Repair::CopyAside(name) => {
-                    let from = self.dir.join(name);
-                    let to = self.dir.join(format!("{name}.corrupt-{stamp}"));
-                    match fs::copy(&from, &to) {
-                        Ok(_) => {
-                            tracing::warn!(from = %from.display(), to = %to.display(), "copied an unreadable file aside");
-                        }
-                        Err(e) if unwritable_kind(&e).is_some() => {
-                            return Err(io_err("copy aside", &from)(e));
-                        }
-                        // A file that cannot even be read must not block the store forever.
-                        Err(e) => {
-                            tracing::error!(file = %from.display(), error = %e, "cannot copy an unreadable file aside");
-                        }
+        match r {
+            Repair::CopyAside(name) => {
+                let from = self.dir.join(name);
+                let to = self.dir.join(format!("{name}.corrupt-{stamp}"));
+                match fs::copy(&from, &to) {
+                    Ok(_) => {
+                        tracing::warn!(from = %from.display(), to = %to.display(), "copied an unreadable file aside");
+                    }
+                    Err(e) if unwritable_kind(&e).is_some() => {
+                        return Err(io_err("copy aside", &from)(e));
+                    }
+                    // A file that cannot even be read must not block the store forever.
+                    Err(e) => {
+                        tracing::error!(file = %from.display(), error = %e, "cannot copy an unreadable file aside");
                     }
                 }
-                Repair::Truncate { name, len } => {
-                    let path = self.dir.join(name);
-                    OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .and_then(|f| f.set_len(*len).and_then(|()| f.sync_all()))
-                        .map_err(io_err("truncate", &path))?;
-                    tracing::info!(file = %path.display(), len, "journal cut to its last good record");
-                }
-                Repair::Remove(name) => {
-                    let path = self.dir.join(name);
-                    match fs::remove_file(&path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(io_err("remove", &path)(e)),
-                    }
-                }
-                Repair::Snapshot => self.write_snapshot(state)?,
             }
+            Repair::Truncate { name, len } => {
+                let path = self.dir.join(name);
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(*len).and_then(|()| f.sync_all()))
+                    .map_err(io_err("truncate", &path))?;
+                tracing::info!(file = %path.display(), len, "journal cut to its last good record");
+            }
+            Repair::Remove(name) => {
+                let path = self.dir.join(name);
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("remove", &path)(e)),
+                }
+            }
+            Repair::Snapshot => self.write_snapshot(state)?,
         }
         Ok(())
     }
@@ -955,9 +962,9 @@ mod tests {
             let problem = loaded.problem.unwrap();
             let dropped_bytes = bounds[4].1 - start;
             let want = format!(
-                "journal.0: records {}-5 dropped ({} records, {dropped_bytes} bytes; record {} fails its checksum); {}",
+                "journal.0: records {}-5 dropped ({}, {dropped_bytes} bytes; record {} fails its checksum); {}",
                 bad + 1,
-                5 - bad,
+                super::records(5 - bad),
                 bad + 1,
                 super::kept(bad),
             );
@@ -1080,6 +1087,54 @@ mod tests {
         assert_eq!(loaded.state, full);
         assert!(loaded.problem.is_none(), "{:?}", loaded.problem);
         assert!(!loaded.lossy);
+    }
+
+    #[test]
+    fn a_crash_after_the_next_journal_was_created_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = two_generations(dir.path());
+        // compaction step 1 done (journal.3 exists, empty), the snapshot never written
+        fs::write(dir.path().join("journal.3"), b"").unwrap();
+        let (mut store, loaded) = Store::open(dir.path());
+        assert_eq!(loaded.state, full);
+        assert!(loaded.problem.is_none(), "{:?}", loaded.problem);
+        store.append(&dns(7)).unwrap();
+        let mut state = loaded.state;
+        state.apply(&dns(7)).unwrap();
+        // the next compaction keeps state.json (generation 2) as the previous one
+        store.compact(&state).unwrap();
+        drop(store);
+        let (_, loaded) = Store::open(dir.path());
+        assert_eq!(loaded.state, state);
+        assert!(loaded.problem.is_none(), "{:?}", loaded.problem);
+        fs::remove_file(dir.path().join(SNAPSHOT)).unwrap();
+        let (_, loaded) = Store::open(dir.path());
+        assert_eq!(
+            loaded.state, state,
+            "state.prev.json and journals 2-4 rebuild it"
+        );
+    }
+
+    #[test]
+    fn a_whole_last_record_that_is_not_a_command_is_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        journal_of(dir.path(), 2);
+        let j = dir.path().join("journal.0");
+        let mut f = OpenOptions::new().append(true).open(&j).unwrap();
+        // checksum matches: written whole, so something else wrote it; never drop it silently
+        f.write_all(format!("{} {{}}\n", sha256_hex(b"{}")).as_bytes())
+            .unwrap();
+        drop(f);
+        let (_, loaded) = Store::open(dir.path());
+        assert_eq!(loaded.state.dns_servers, dns_list(1..=2));
+        assert!(loaded.lossy);
+        let problem = loaded.problem.unwrap();
+        assert!(
+            problem.contains(
+                "journal.0: record 3 dropped (1 record, 68 bytes; record 3 does not parse"
+            ),
+            "{problem}"
+        );
     }
 
     #[test]
