@@ -140,7 +140,7 @@ fn main() {
         .expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     {
-        let (mut store, _) = Store::open(&dir.path().join("state")).expect("store");
+        let (mut store, _) = Store::open(&dir.path().join("state"));
         store.compact(&state).expect("snapshot");
     }
     let router = Netns::new("vrbs");

@@ -14,12 +14,15 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, Span};
 
-/// Health source set when the stored state had to be moved aside.
+/// Health source set when the stored state could not be read whole (what was dropped, and
+/// that the system is preserved until `/init`).
 pub const HEALTH_STATE: &str = "state";
 /// Health source prefix of a drift being repaired (`drift:<feature>`).
 pub const HEALTH_DRIFT: &str = "drift";
 /// Health source while the stored state is being re-applied after a start.
 pub const HEALTH_REAPPLY: &str = "startup";
+/// Health source set while the state directory refuses writes or a snapshot failed.
+pub const HEALTH_STORE: &str = "store";
 
 /// Why a command was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,9 @@ pub enum ApplyError {
     /// The change was applied but could not be recorded, and was rolled back.
     #[error("could not persist the change, rolled back: {0}")]
     Persist(#[from] StoreError),
+    /// The state directory takes no writes: the command was refused before any change.
+    #[error("{0}: nothing was changed")]
+    Unwritable(#[source] StoreError),
     /// The agent is shutting down.
     #[error("the agent is shutting down")]
     ShuttingDown,
@@ -164,15 +170,20 @@ pub struct Agent {
     health: Arc<Health>,
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
     facts: Option<FactsSource>,
+    /// The stored state was not read whole: re-applies keep whatever the system has beyond
+    /// `desired` ([`Backend::reconcile_keeping`]) until `/init` resends everything.
+    preserve: bool,
 }
 
 impl Agent {
     /// Creates the writer from loaded state. Call [`Agent::reconcile_all`] before serving.
+    /// With `preserve` (a lossy recovery), re-applies add and never remove until `/init`.
     pub fn new(
         desired: DesiredState,
         store: Store,
         backends: Vec<Box<dyn Backend>>,
         health: Arc<Health>,
+        preserve: bool,
     ) -> Agent {
         let snapshot = Arc::new(RwLock::new(Arc::new(Snapshot {
             uuid: desired.uuid.clone(),
@@ -184,6 +195,21 @@ impl Agent {
             health,
             snapshot,
             facts: None,
+            preserve,
+        }
+    }
+
+    /// Brings one backend in line with `state`: a full reconcile, or while preserving an
+    /// add-only one.
+    async fn reconcile_one(
+        backend: &mut Box<dyn Backend>,
+        state: &DesiredState,
+        preserve: bool,
+    ) -> Result<(), BackendError> {
+        if preserve {
+            backend.reconcile_keeping(state).await
+        } else {
+            backend.reconcile(state).await
         }
     }
 
@@ -197,10 +223,13 @@ impl Agent {
     /// health under `apply:<feature>` and returned, and the others still run.
     pub async fn reconcile_all(&mut self) -> Vec<(Feature, BackendError)> {
         let mut failures = Vec::new();
+        if self.preserve {
+            tracing::warn!("re-applying without removing anything (stored state not read whole)");
+        }
         for backend in &mut self.backends {
             let feature = backend.features()[0];
             let source = format!("apply:{}", feature.name());
-            match backend.reconcile(&self.desired).await {
+            match Self::reconcile_one(backend, &self.desired, self.preserve).await {
                 Ok(()) => self.health.clear(&source),
                 Err(e) => {
                     tracing::error!(feature = feature.name(), error = %e, "re-apply failed");
@@ -282,11 +311,13 @@ impl Agent {
             let _ = job.reply.send(result);
             if self.store.wants_compaction() {
                 match self.store.compact(&self.desired) {
-                    Ok(()) => self.health.clear("store"),
+                    Ok(()) => self.health.clear(HEALTH_STORE),
                     Err(e) => {
                         tracing::error!(error = %e, "snapshot failed; the journal keeps growing");
-                        self.health
-                            .set("store", format!("snapshot failed, journal growing: {e}"));
+                        self.health.set(
+                            HEALTH_STORE,
+                            format!("snapshot failed, journal growing: {e}"),
+                        );
                     }
                 }
             }
@@ -309,6 +340,15 @@ impl Agent {
         };
         facts.mgmt_nodes.extend(origin);
         self.desired.check_with(cmd, &facts)?;
+        // Refuse before any change when nothing could be recorded (read-only or full
+        // directory); each command tries again, so a remount or freed space heals it.
+        if let Err(e) = self.store.ensure_writable(&self.desired) {
+            self.health.set(
+                HEALTH_STORE,
+                format!("{e}; commands that change state are refused"),
+            );
+            return Err(ApplyError::Unwritable(e));
+        }
         let feature = cmd.feature();
         let index = self
             .backends
@@ -334,8 +374,15 @@ impl Agent {
             self.store.append(cmd)
         };
         if let Err(e) = persisted {
+            if e.is_unwritable() {
+                self.health.set(
+                    HEALTH_STORE,
+                    format!("{e}; the last command was refused and rolled back"),
+                );
+            }
             if let Some(i) = index
-                && let Err(undo) = self.backends[i].reconcile(&self.desired).await
+                && let Err(undo) =
+                    Self::reconcile_one(&mut self.backends[i], &self.desired, self.preserve).await
             {
                 tracing::error!(error = %undo, "rollback after a failed persist failed");
                 self.health
@@ -343,6 +390,7 @@ impl Agent {
             }
             return Err(e.into());
         }
+        self.health.clear(HEALTH_STORE);
         if let Err(e) = self.desired.apply(cmd) {
             // check() passed above, so this cannot happen; never leave the two apart silently.
             tracing::error!(error = %e, "a checked command failed to apply");
@@ -350,6 +398,12 @@ impl Agent {
         }
         if matches!(cmd, Command::Init { .. }) {
             // The management node has taken charge again: whatever we lost, it now resends.
+            if self.preserve {
+                tracing::info!(
+                    "/init: the system follows the desired state again, removals included"
+                );
+            }
+            self.preserve = false;
             self.health.clear(HEALTH_STATE);
             let failures = self.reconcile_all().await;
             if let Some((feature, e)) = failures.into_iter().next() {
@@ -396,7 +450,8 @@ impl Agent {
         tracing::warn!(%what, "drift: repairing");
         self.health.set(&source, format!("{what}; repairing"));
         let started = std::time::Instant::now();
-        match self.backends[i].reconcile(&self.desired).await {
+        let preserve = self.preserve;
+        match Self::reconcile_one(&mut self.backends[i], &self.desired, preserve).await {
             Ok(()) => {
                 self.health.clear(&source);
                 let ms = started.elapsed().as_millis();
@@ -416,6 +471,12 @@ impl Agent {
     /// repairs what differs. A repair of the interfaces brings the others along (names and
     /// addresses feed their renderings).
     async fn verify(&mut self, only: Option<Feature>) {
+        if self.preserve {
+            // A verify prunes what the state does not hold, and the state is known to be
+            // incomplete until /init: leave the system as it is.
+            tracing::debug!("verify skipped while preserving the system until /init");
+            return;
+        }
         let mut links_changed = None;
         for i in 0..self.backends.len() {
             let features = self.backends[i].features();
@@ -450,7 +511,7 @@ impl Agent {
                 continue;
             }
             let source = format!("apply:{}", backend.features()[0].name());
-            match backend.reconcile(&self.desired).await {
+            match Self::reconcile_one(backend, &self.desired, self.preserve).await {
                 Ok(()) => self.health.clear(&source),
                 Err(e) => self.health.set(source, e.to_string()),
             }

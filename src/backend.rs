@@ -50,6 +50,17 @@ pub trait Backend: Send {
         Box::pin(async { Ok(None) })
     }
 
+    /// Makes the system hold everything of `state` without removing anything it has beyond
+    /// it: the start-up re-apply after a lossy recovery of the stored state, when the system
+    /// may hold entries the agent can no longer read (kept until `/init` resends everything).
+    /// Default: leave the system as it is.
+    fn reconcile_keeping<'a>(
+        &'a mut self,
+        _state: &'a DesiredState,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Called after a command of another backend's feature changed the desired state (now
     /// `after`), for renderings that read other features' entries (the firewall accepts DHCP
     /// and DNS on the nics DHCP hosts use). Problems go to health. Default: nothing.

@@ -1,12 +1,12 @@
 //! `vr-agent serve`: load the state, re-apply it, bind, serve until shutdown, drain.
 
-use crate::agent::{Agent, HEALTH_STATE};
+use crate::agent::{Agent, HEALTH_STATE, HEALTH_STORE};
 use crate::api::inflight::InFlight;
 use crate::api::{self, ApiState};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::health::Health;
-use crate::state::store::{Store, StoreError};
+use crate::state::store::Store;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -21,9 +21,6 @@ use tokio::sync::watch;
 /// Why `serve` could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The state directory is unusable.
-    #[error("state directory: {0}")]
-    Store(#[from] StoreError),
     /// A listener could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -73,15 +70,37 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         path: config.run_dir.display().to_string(),
         source,
     })?;
-    let (store, loaded) = Store::open(&config.state_dir)?;
+    let (store, loaded) = Store::open(&config.state_dir);
     if let Some(problem) = &loaded.problem {
-        tracing::error!(%problem, "stored state lost");
-        health.set(HEALTH_STATE, problem.clone());
+        if loaded.lossy {
+            tracing::error!(%problem, "stored state not read whole; preserving the system until /init");
+            health.set(
+                HEALTH_STATE,
+                format!(
+                    "{problem}; preserving the kernel and dnsmasq (nothing is removed) until /init"
+                ),
+            );
+        } else {
+            tracing::warn!(%problem, "stored state recovered");
+            health.set(HEALTH_STATE, problem.clone());
+        }
+    }
+    if let Some(why) = store.blocked() {
+        health.set(
+            HEALTH_STORE,
+            format!("{why}; commands that change state are refused"),
+        );
     }
     tracing::info!(state = %loaded.state.summary(), "loaded desired state");
     let backends = backends(&config, &health);
-    let agent = Agent::new(loaded.state, store, backends, Arc::clone(&health))
-        .with_facts(crate::facts::FactsSource::from_config(&config));
+    let agent = Agent::new(
+        loaded.state,
+        store,
+        backends,
+        Arc::clone(&health),
+        loaded.lossy,
+    )
+    .with_facts(crate::facts::FactsSource::from_config(&config));
     // Serve first: the listeners are bound and `/echo`, `/ping` answered while the writer
     // re-applies the stored state; commands queue behind the re-apply.
     let vr = TcpListener::bind(config.vr_listen)

@@ -327,7 +327,7 @@ fn restart_keeps_the_uuid() {
 }
 
 #[test]
-fn corrupted_state_is_moved_aside_and_reported_until_init() {
+fn corrupted_state_is_copied_aside_and_reported_until_init() {
     let ns = Netns::new("vrapi");
     ns.block_on(|| async {
         let mut agent = AgentProc::start(&[]);
@@ -345,7 +345,11 @@ fn corrupted_state_is_moved_aside_and_reported_until_init() {
         assert!(ping.get("uuid").is_none(), "{ping}");
         assert_eq!(ping["healthy"], json!(false));
         let detail = ping["healthDetail"].as_str().unwrap();
-        assert!(detail.contains("moved aside"), "{detail}");
+        assert!(
+            detail.contains("journal.0: records 1-2 dropped"),
+            "{detail}"
+        );
+        assert!(detail.contains("preserving"), "{detail}");
         let aside = std::fs::read_dir(agent.dir.join("state"))
             .unwrap()
             .filter_map(|e| e.ok())

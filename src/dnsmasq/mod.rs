@@ -240,6 +240,13 @@ impl DnsmasqBackend {
 
     /// Brings every file and the process in line with `state`.
     async fn sync(&mut self, state: &DesiredState) -> Result<(), BackendError> {
+        self.sync_with(state, false).await
+    }
+
+    /// [`Self::sync`]; with `keep`, hosts the files hold beyond `state` stay (lines of the
+    /// hosts and additional-hosts files for other MACs and addresses, and the per-host files
+    /// of earlier incremental adds), so an unreadable store takes no guest's address away.
+    async fn sync_with(&mut self, state: &DesiredState, keep: bool) -> Result<(), BackendError> {
         let started = std::time::Instant::now();
         self.applied = None;
         self.dns_guests = Some(dns_guests(state));
@@ -262,15 +269,25 @@ impl DnsmasqBackend {
         }
         write::write_if_changed(&self.paths.resolv(), r.resolv.as_bytes()).map_err(err)?;
         let mut changed = false;
+        let (hosts, addn_hosts) = if keep {
+            (
+                keep_lines(&self.paths.hosts(), &r.hosts, ','),
+                keep_lines(&self.paths.addn_hosts(), &r.addn_hosts, ' '),
+            )
+        } else {
+            (r.hosts.clone(), r.addn_hosts.clone())
+        };
         for (path, content) in [
-            (self.paths.hosts(), &r.hosts),
+            (self.paths.hosts(), &hosts),
             (self.paths.opts(), &r.opts),
-            (self.paths.addn_hosts(), &r.addn_hosts),
+            (self.paths.addn_hosts(), &addn_hosts),
         ] {
             changed |= write::write_if_changed(&path, content.as_bytes()).map_err(err)?;
         }
-        for d in self.paths.dirs() {
-            changed |= write::clear_dir(&d).map_err(err)? > 0;
+        if !keep {
+            for d in self.paths.dirs() {
+                changed |= write::clear_dir(&d).map_err(err)? > 0;
+            }
         }
         let conf_changed =
             write::write_if_changed(&self.paths.conf(), r.conf.as_bytes()).map_err(err)?;
@@ -332,6 +349,29 @@ impl DnsmasqBackend {
         });
         Ok(())
     }
+}
+
+/// `rendered` plus the lines of the file at `path` whose key (the text before `sep`: a MAC, an
+/// address) no rendered line has.
+fn keep_lines(path: &std::path::Path, rendered: &str, sep: char) -> String {
+    let Ok(old) = std::fs::read_to_string(path) else {
+        return rendered.to_string();
+    };
+    let key = |l: &str| l.split(sep).next().unwrap_or("").to_string();
+    let known: HashSet<String> = rendered.lines().map(key).collect();
+    let mut out = rendered.to_string();
+    let mut kept = 0usize;
+    for line in old.lines() {
+        if !line.trim().is_empty() && !line.starts_with('#') && !known.contains(&key(line)) {
+            out.push_str(line);
+            out.push('\n');
+            kept += 1;
+        }
+    }
+    if kept > 0 {
+        tracing::warn!(file = %path.display(), kept, "kept lines the stored state does not know");
+    }
+    out
 }
 
 /// Leases in dnsmasq's lease file that no desired host accounts for, with the nic and server
@@ -437,6 +477,13 @@ impl Backend for DnsmasqBackend {
         })
     }
 
+    fn reconcile_keeping<'a>(
+        &'a mut self,
+        state: &'a DesiredState,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(self.sync_with(state, true))
+    }
+
     fn observe<'a>(&'a mut self, after: &'a DesiredState) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             if self.dns_guests.as_ref() == Some(&dns_guests(after)) {
@@ -457,5 +504,29 @@ impl Backend for DnsmasqBackend {
             }
             self.running = false;
         })
+    }
+}
+
+#[cfg(test)]
+mod keep_tests {
+    #[test]
+    fn keeping_adds_the_state_and_drops_no_other_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        std::fs::write(
+            &path,
+            "# old\naa:00:00:00:00:01,10.0.0.1,infinite\naa:00:00:00:00:02,10.0.0.2,infinite\n",
+        )
+        .unwrap();
+        let rendered =
+            "aa:00:00:00:00:02,10.0.0.22,infinite\naa:00:00:00:00:03,10.0.0.3,infinite\n";
+        assert_eq!(
+            super::keep_lines(&path, rendered, ','),
+            format!("{rendered}aa:00:00:00:00:01,10.0.0.1,infinite\n")
+        );
+        assert_eq!(
+            super::keep_lines(&dir.path().join("none"), rendered, ','),
+            rendered
+        );
     }
 }

@@ -347,7 +347,15 @@ impl Backend for LinksBackend {
         &'a mut self,
         state: &'a DesiredState,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move { self.resync(state).await.map(|_| ()) })
+        Box::pin(async move { self.resync(state, true).await.map(|_| ()) })
+    }
+
+    /// The re-apply without removing addresses the state does not know.
+    fn reconcile_keeping<'a>(
+        &'a mut self,
+        state: &'a DesiredState,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move { self.resync(state, false).await.map(|_| ()) })
     }
 
     fn check_and_repair<'a>(
@@ -356,7 +364,7 @@ impl Backend for LinksBackend {
     ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
         Box::pin(async move {
             let missing_before = self.missing.clone();
-            let report = self.resync(state).await?;
+            let report = self.resync(state, true).await?;
             let mut what = Vec::new();
             if report.added > 0 {
                 what.push(format!("{} address(es) missing, put back", report.added));
@@ -383,14 +391,18 @@ impl Backend for LinksBackend {
 }
 
 impl LinksBackend {
-    /// Brings the nics and addresses in line with `state` (pruning unknown addresses of
-    /// managed nics) and reports what it did.
-    async fn resync(&mut self, state: &DesiredState) -> Result<sync::SyncReport, BackendError> {
+    /// Brings the nics and addresses in line with `state` (with `prune`, removing unknown
+    /// addresses of nics whose primary address is known) and reports what it did.
+    async fn resync(
+        &mut self,
+        state: &DesiredState,
+        prune: bool,
+    ) -> Result<sync::SyncReport, BackendError> {
         self.load_bootstrap();
         let nl = self.netlink()?;
         let wanted = Wanted::new(&self.bootstrap, state);
         let opts = SyncOptions {
-            prune: true,
+            prune,
             strict: false,
             scope: None,
         };
@@ -407,6 +419,7 @@ impl LinksBackend {
             removed = report.removed,
             fixed = report.fixed,
             missing = report.missing.len(),
+            prune,
             "interfaces re-applied"
         );
         Ok(report)

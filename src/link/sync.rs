@@ -134,6 +134,8 @@ async fn sync_link(
     }
     let current = nl.addrs(link.index).await?;
     let want = wanted.addrs(mac);
+    // Not pruning: addresses the state does not know stay, even around a primary fix.
+    let keep_unknown = !prune;
     let prune = prune && wanted.nics.contains_key(&mac);
     let (add, remove) = plan::addr_changes(&current, &want, prune);
     for (ip, prefix) in &add {
@@ -147,7 +149,7 @@ async fn sync_link(
     report.added += add.len();
     report.removed += remove.len();
     if let Some(primary) = wanted.primary(mac) {
-        make_primary(nl, link, primary, &want).await?;
+        make_primary(nl, link, primary, &want, keep_unknown).await?;
     }
     let ips: Vec<Ipv4Addr> = add.iter().map(|(ip, _)| *ip).collect();
     if let Err(e) = announcer.announce(link.index, &link.name, mac, &ips) {
@@ -158,12 +160,13 @@ async fn sync_link(
 
 /// Makes `primary` the kernel's primary address of its subnet on `link` (it ends up
 /// secondary when a VIP of the same subnet was there first): removes the other addresses of
-/// that subnet, then adds back those that are wanted.
+/// that subnet, then adds back those that are wanted (all of them with `keep_unknown`).
 async fn make_primary(
     nl: &Netlink,
     link: &Link,
     primary: (Ipv4Addr, u8),
     want: &[(Ipv4Addr, u8)],
+    keep_unknown: bool,
 ) -> Result<(), SyncError> {
     let current = nl.addrs(link.index).await?;
     let is_secondary = current
@@ -185,7 +188,7 @@ async fn make_primary(
     }
     let wanted: BTreeSet<(Ipv4Addr, u8)> = want.iter().copied().collect();
     for a in &mates {
-        if wanted.contains(&(a.ip, a.prefix)) {
+        if keep_unknown || wanted.contains(&(a.ip, a.prefix)) {
             nl.add_addr(link, a.ip, a.prefix).await?;
         }
     }

@@ -212,6 +212,27 @@ impl NatBackend {
     }
 }
 
+/// True when either of our tables is in the kernel.
+async fn ours_present() -> Result<bool, String> {
+    let out = tokio::process::Command::new("nft")
+        .args(["list", "tables"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nft list tables: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().any(|l| {
+        let l = l.trim();
+        l == format!("table {}", model::NAT) || l == format!("table {}", model::FILTER)
+    }))
+}
+
 /// A full replace with the state after `cmd`.
 fn replace_plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Plan, NatError> {
     let mut after = before.clone();
@@ -227,6 +248,41 @@ fn replace_plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result
 impl Backend for NatBackend {
     fn features(&self) -> &'static [Feature] {
         &[Feature::Nat, Feature::Firewall]
+    }
+
+    /// Our tables absent (a fresh boot): the full replace, nothing to wipe. Present: the
+    /// state's set and map elements are added in one transaction and nothing is deleted (rules
+    /// of chains are left as they are); if the kernel refuses (an element holds another value),
+    /// the tables are left exactly as they are and the refusal is returned for health.
+    fn reconcile_keeping<'a>(
+        &'a mut self,
+        state: &'a DesiredState,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            if !ours_present().await.map_err(BackendError::new)? {
+                return self.reconcile(state).await;
+            }
+            let inputs = self
+                .inputs(state, state.eips.values())
+                .map_err(|e| BackendError::new(e.to_string()))?;
+            let (rs, skipped) = model::resolve(state, &inputs);
+            let adds: Vec<model::Elem> = rs.elements.into_iter().collect();
+            let text = render::element_ops(&[], &[], &adds);
+            if !text.is_empty() {
+                nft::apply(&text).await.map_err(|e| {
+                    BackendError::new(format!(
+                        "our nft tables were left as they are (adding the stored state's {} elements failed: {e})",
+                        adds.len()
+                    ))
+                })?;
+            }
+            tracing::info!(
+                elements = adds.len(),
+                skipped = skipped.len(),
+                "nat and firewall elements added; nothing removed"
+            );
+            Ok(())
+        })
     }
 
     fn apply<'a>(

@@ -16,6 +16,8 @@ pub struct AgentProc {
     /// The appliance listener.
     pub appliance: SocketAddr,
     extra: Vec<String>,
+    /// A program (and its arguments) the binary runs under, e.g. `unshare -m ...`.
+    wrapper: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -46,8 +48,25 @@ impl AgentProc {
         Self::spawn(dir, extra.iter().map(|s| s.to_string()).collect())
     }
 
+    /// Stops this agent and starts it again on the same directories, run by `wrapper` (the
+    /// binary and its arguments are appended to it; an empty wrapper runs it directly).
+    pub fn restart_wrapped(&mut self, wrapper: &[String]) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let tmp = self._tmp.take();
+        let extra = self.extra.clone();
+        *self = Self::spawn_wrapped(&self.dir.clone(), extra, wrapper.to_vec());
+        self._tmp = tmp;
+    }
+
     fn spawn(dir: &Path, extra: Vec<String>) -> AgentProc {
-        let mut a = Self::launch(dir, extra);
+        Self::spawn_wrapped(dir, extra, Vec::new())
+    }
+
+    fn spawn_wrapped(dir: &Path, extra: Vec<String>, wrapper: Vec<String>) -> AgentProc {
+        let mut a = Self::launch(dir, extra, wrapper);
         a.wait_listening();
         a
     }
@@ -55,10 +74,14 @@ impl AgentProc {
     /// Starts an agent whose directories live under `dir` and returns at once, before it
     /// listens (see [`AgentProc::wait_listening`]).
     pub fn launch_in(dir: &Path, extra: &[&str]) -> AgentProc {
-        Self::launch(dir, extra.iter().map(|s| s.to_string()).collect())
+        Self::launch(
+            dir,
+            extra.iter().map(|s| s.to_string()).collect(),
+            Vec::new(),
+        )
     }
 
-    fn launch(dir: &Path, extra: Vec<String>) -> AgentProc {
+    fn launch(dir: &Path, extra: Vec<String>, wrapper: Vec<String>) -> AgentProc {
         let run = dir.join("run");
         let _ = std::fs::remove_file(run.join("listeners.json"));
         let log = std::fs::OpenOptions::new()
@@ -66,7 +89,15 @@ impl AgentProc {
             .append(true)
             .open(dir.join("agent.log"))
             .expect("agent.log");
-        let child = Command::new(binary())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let child = cmd
             .arg("serve")
             .arg("--vr-listen=127.0.0.1:0")
             .arg("--appliance-listen=127.0.0.1:0")
@@ -85,6 +116,7 @@ impl AgentProc {
             vr: "0.0.0.0:0".parse().expect("addr"),
             appliance: "0.0.0.0:0".parse().expect("addr"),
             extra,
+            wrapper,
             _tmp: None,
         }
     }
@@ -186,7 +218,7 @@ impl AgentProc {
             self.log()
         );
         let tmp = self._tmp.take();
-        *self = Self::spawn(&self.dir.clone(), self.extra.clone());
+        *self = Self::spawn_wrapped(&self.dir.clone(), self.extra.clone(), self.wrapper.clone());
         self._tmp = tmp;
     }
 
@@ -197,7 +229,7 @@ impl AgentProc {
             let _ = c.wait();
         }
         let tmp = self._tmp.take();
-        *self = Self::spawn(&self.dir.clone(), self.extra.clone());
+        *self = Self::spawn_wrapped(&self.dir.clone(), self.extra.clone(), self.wrapper.clone());
         self._tmp = tmp;
     }
 }
