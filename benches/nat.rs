@@ -176,6 +176,9 @@ fn main() {
     // the filler VIPs' subnet sits on the public nic
     net.router
         .ip(&["addr", "add", "198.18.0.1/15", "dev", "eth1"]);
+    // and the filler guests' subnet on the guest nic (a guest must be in its nic's subnet)
+    net.router
+        .ip(&["addr", "add", "10.0.0.1/12", "dev", "eth2"]);
     let stop_a = accept_and_close(&net, 5002);
     let stop_b = sink(&net, 5001);
     let n = &net;

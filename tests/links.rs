@@ -232,12 +232,11 @@ fn serve_reapplies_the_cached_bootstrap_info_at_start() {
             String::from_utf8_lossy(&out.stderr)
         );
         // Changed while the agent is down (a running agent repairs such drift at once).
-        let status = agent.stop();
-        assert!(status.success(), "{}", agent.log());
-        lab.router.ip(&["addr", "flush", "dev", "eth1"]);
-        lab.router.ip(&["link", "set", "eth2", "down"]);
-        assert!(addrs(&lab.router, "eth1").is_empty());
-        let _agent = AgentProc::start_in(&agent.dir, &[]);
+        agent.restart_after(|| {
+            lab.router.ip(&["addr", "flush", "dev", "eth1"]);
+            lab.router.ip(&["link", "set", "eth2", "down"]);
+            assert!(addrs(&lab.router, "eth1").is_empty());
+        });
         assert_eq!(addrs(&lab.router, "eth1"), set(&["10.10.1.20/24"]));
         assert!(
             link(&lab.router, "eth2")["flags"]

@@ -222,6 +222,21 @@ impl AgentProc {
         self._tmp = tmp;
     }
 
+    /// Stops the agent (SIGTERM), runs `between` while it is down (a running agent repairs
+    /// changes made behind its back), and starts it again on the same directories.
+    pub fn restart_after(&mut self, between: impl FnOnce()) {
+        let status = self.stop();
+        assert!(
+            status.success(),
+            "agent exited with {status}:\n{}",
+            self.log()
+        );
+        between();
+        let tmp = self._tmp.take();
+        *self = Self::spawn_wrapped(&self.dir.clone(), self.extra.clone(), self.wrapper.clone());
+        self._tmp = tmp;
+    }
+
     /// Kills the agent with SIGKILL (a crash) and starts it again on the same directories.
     pub fn crash_and_restart(&mut self) {
         if let Some(mut c) = self.child.take() {
