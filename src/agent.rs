@@ -335,7 +335,7 @@ impl Agent {
         origin: Option<std::net::Ipv4Addr>,
     ) -> Result<(), ApplyError> {
         let mut facts = match &self.facts {
-            Some(source) if SystemFacts::needed(cmd) => source.gather(),
+            Some(source) if SystemFacts::needed(cmd) => source.gather(cmd),
             _ => SystemFacts::default(),
         };
         facts.mgmt_nodes.extend(origin);

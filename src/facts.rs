@@ -5,8 +5,9 @@
 
 use crate::bootstrap::info::BootstrapInfo;
 use crate::config::Config;
+use crate::state::Command;
 use crate::state::facts::{SSH_PORT, SystemFacts};
-use crate::state::types::Cidr;
+use crate::state::types::{Cidr, MacAddr};
 use std::path::PathBuf;
 
 /// Where the facts come from.
@@ -30,9 +31,11 @@ impl FactsSource {
         }
     }
 
-    /// The facts now. What cannot be read is left out (and logged): the rails then protect
-    /// what is known.
-    pub fn gather(&self) -> SystemFacts {
+    /// The facts `cmd` is checked against, now: the management nic, and the nics the
+    /// command names (only those nics' addresses are read, so a public nic with 100,000 VIPs
+    /// costs nothing to a command about a guest nic). What cannot be read is left out (and
+    /// logged): the rails then protect what is known.
+    pub fn gather(&self, cmd: &Command) -> SystemFacts {
         let mut facts = SystemFacts {
             protected_ports: self.agent_ports.clone(),
             ..SystemFacts::default()
@@ -53,7 +56,7 @@ impl FactsSource {
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "bootstrap info unreadable for the rails"),
         }
-        match crate::nics::interfaces() {
+        match crate::nics::interfaces_of(&named_macs(cmd), &[self.mgmt_nic.as_str()]) {
             Ok(ifaces) => {
                 for iface in ifaces {
                     // Its first address is a primary (the kernel lists secondaries, such
@@ -72,4 +75,21 @@ impl FactsSource {
         }
         facts
     }
+}
+
+/// The nics a command names (their subnets are what its rails check).
+fn named_macs(cmd: &Command) -> Vec<MacAddr> {
+    let mut macs: Vec<MacAddr> = match cmd {
+        Command::CreateEip(e) | Command::RemoveEip(e) => vec![e.private_mac],
+        Command::SyncEips(eips) => eips.iter().map(|e| e.private_mac).collect(),
+        Command::CreatePortForwards(r)
+        | Command::RevokePortForwards(r)
+        | Command::SyncPortForwards(r) => r.iter().map(|p| p.private_mac).collect(),
+        Command::CreateVips(v) | Command::RemoveVips(v) => v.iter().map(|v| v.owner_mac).collect(),
+        Command::AddDhcp { hosts, .. } => hosts.iter().filter_map(|h| h.vr_nic_mac).collect(),
+        _ => Vec::new(),
+    };
+    macs.sort_unstable();
+    macs.dedup();
+    macs
 }

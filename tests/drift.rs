@@ -121,6 +121,7 @@ fn nft_changes_behind_the_agents_back_are_repaired_and_reported() {
     assert!(within(REPAIR, || repairs(&net) > before));
 
     // 3. a rule inserted into one of our chains is taken out again
+    let before = repairs(&net);
     net.router.exec_ok(&[
         "nft",
         "insert",
@@ -139,7 +140,10 @@ fn nft_changes_behind_the_agents_back_are_repaired_and_reported() {
         net.tables()
     );
 
+    assert!(within(REPAIR, || repairs(&net) > before));
+
     // 4. a table deleted
+    let before = repairs(&net);
     net.router
         .exec_ok(&["nft", "delete", "table", "inet", "vr_filter"]);
     assert!(within(REPAIR, || net
@@ -147,6 +151,8 @@ fn nft_changes_behind_the_agents_back_are_repaired_and_reported() {
         .exec(&["nft", "list", "table", "inet", "vr_filter"])
         .status
         .success()));
+    // (the repair is counted once it is complete)
+    assert!(within(REPAIR, || repairs(&net) > before));
 
     // our own commands are not drift
     let before = repairs(&net);

@@ -436,7 +436,7 @@ fn a_failed_command_leaves_the_previous_state_and_a_restart_restores_it() {
         agent.restart_after(|| {
             router.exec_ok(&["nft", "delete", "table", "ip", "vr_nat"]);
             assert_eq!(tcp_ask(client, "10.10.1.55:80", None), None);
-        })
+        });
     });
     assert!(tcp_ask(&net.client, "10.10.1.55:80", None).is_some());
 }
