@@ -10,6 +10,11 @@
 //! (`IPCTNL_MSG_CT_DELETE`), in one batch. More than [`FILTERED_MAX`] flushes in one command
 //! (a sync) take one unfiltered dump matched here instead.
 //!
+//! A dump walks every bucket of the (global, host-sized) hash table even when it sends
+//! nothing: ~7 ms per dump on the CI machine kind. So the usual path skips dumps altogether:
+//! [`super::flows::Tracker`] keeps an index of our VIPs' flows from conntrack events, and the
+//! flows found there are deleted directly; the dumps are the fallback while it is out of sync.
+//!
 //! Measured on the CI machine kind (kernel 6.18, `benches/nat.rs`): see the README.
 
 use crate::state::model::{L4Proto, PortForward};
@@ -66,6 +71,8 @@ const FILTER_PROTO_NUM: u32 = 1 << 3;
 const FILTER_PROTO_DST_PORT: u32 = 1 << 5;
 const CTA_ZONE: u16 = 18;
 const NLA_F_NESTED: u16 = 0x8000;
+/// Flows deleted on the calling thread; more go to a blocking thread.
+const INLINE_MAX: usize = 256;
 /// Delete messages per send (each ~100 bytes).
 const DELETES_PER_SEND: usize = 256;
 const RCVBUF: usize = 4 << 20;
@@ -92,7 +99,7 @@ pub enum ConntrackError {
 /// A dump request: which direction's destination must be `ip`, optionally with protocol and
 /// destination port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct DumpFilter {
+pub(super) struct DumpFilter {
     reply: bool,
     ip: Ipv4Addr,
     proto: Option<L4Proto>,
@@ -179,13 +186,13 @@ fn dump_request(f: Option<&DumpFilter>, seq: u32) -> Vec<u8> {
 
 /// One tracked flow: what deleting it takes, and what matching it here needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Entry {
-    orig: Vec<Tuple>,
-    zone: Option<DefaultNla>,
-    orig_dst: Option<Ipv4Addr>,
-    reply_dst: Option<Ipv4Addr>,
-    proto: Option<Protocol>,
-    dport: Option<u16>,
+pub(super) struct Entry {
+    pub(super) orig: Vec<Tuple>,
+    pub(super) zone: Option<DefaultNla>,
+    pub(super) orig_dst: Option<Ipv4Addr>,
+    pub(super) reply_dst: Option<Ipv4Addr>,
+    pub(super) proto: Option<Protocol>,
+    pub(super) dport: Option<u16>,
 }
 
 fn ip_dst(tuples: &[Tuple]) -> Option<Ipv4Addr> {
@@ -198,7 +205,7 @@ fn ip_dst(tuples: &[Tuple]) -> Option<Ipv4Addr> {
     })
 }
 
-fn entry(attrs: Vec<ConntrackAttribute>) -> Option<Entry> {
+pub(super) fn entry(attrs: Vec<ConntrackAttribute>) -> Option<Entry> {
     let mut orig = None;
     let mut reply_dst = None;
     let mut zone = None;
@@ -237,7 +244,7 @@ fn entry(attrs: Vec<ConntrackAttribute>) -> Option<Entry> {
 }
 
 /// Whether `e` belongs to one of `flush`.
-fn matches(e: &Entry, flush: &[Flush]) -> bool {
+pub(super) fn matches(e: &Entry, flush: &[Flush]) -> bool {
     flush.iter().any(|f| match f {
         Flush::Address(ip) => e.orig_dst == Some(*ip) || e.reply_dst == Some(*ip),
         Flush::Ports { vip, proto, ports } => {
@@ -252,14 +259,14 @@ fn nl_error(code: i32) -> std::io::Error {
     std::io::Error::from_raw_os_error(-code)
 }
 
-struct Ct {
+pub(super) struct Ct {
     sock: Socket,
     seq: u32,
     buf: Vec<u8>,
 }
 
 impl Ct {
-    fn open() -> Result<Ct, ConntrackError> {
+    pub(super) fn open() -> Result<Ct, ConntrackError> {
         let mut sock = Socket::new(NETLINK_NETFILTER).map_err(ConntrackError::Socket)?;
         sock.bind_auto().map_err(ConntrackError::Socket)?;
         sock.connect(&SocketAddr::new(0, 0))
@@ -345,7 +352,7 @@ impl Ct {
         }
     }
 
-    fn dump(
+    pub(super) fn dump(
         &mut self,
         f: Option<&DumpFilter>,
         each: impl FnMut(Entry),
@@ -356,7 +363,7 @@ impl Ct {
         self.receive("dump", 0, true, each)
     }
 
-    fn delete(&mut self, entries: Vec<Entry>) -> Result<usize, ConntrackError> {
+    pub(super) fn delete(&mut self, entries: Vec<Entry>) -> Result<usize, ConntrackError> {
         let total = entries.len();
         let mut first_err = None;
         for chunk in entries.chunks(DELETES_PER_SEND) {
@@ -414,8 +421,8 @@ fn filters(f: &Flush) -> Vec<DumpFilter> {
     }
 }
 
-/// Finds and deletes the flows of `flush`; returns how many were deleted.
-fn run_blocking(flush: &[Flush]) -> Result<usize, ConntrackError> {
+/// Finds the flows of `flush` by dumps and deletes them; returns how many were deleted.
+fn run_dumps(flush: &[Flush]) -> Result<usize, ConntrackError> {
     let mut ct = Ct::open()?;
     let mut found: Vec<Entry> = Vec::new();
     if flush.len() > FILTERED_MAX {
@@ -442,22 +449,43 @@ fn run_blocking(flush: &[Flush]) -> Result<usize, ConntrackError> {
     ct.delete(found)
 }
 
-/// Deletes the flows of `flush`; returns the problems (the change itself stays applied).
+/// Deletes the flows of `flush`, found in `tracker`'s index when it is in sync, else by
+/// filtered dumps; returns the problems (the change itself stays applied).
 #[tracing::instrument(level = "debug", skip_all, fields(flushes = flush.len()))]
-pub async fn run(flush: &[Flush]) -> Vec<String> {
+pub async fn run(
+    flush: &[Flush],
+    tracker: Option<std::sync::Arc<super::flows::Tracker>>,
+) -> Vec<String> {
     if flush.is_empty() {
         return Vec::new();
     }
-    let owned = flush.to_vec();
     let started = std::time::Instant::now();
-    let outcome = tokio::task::spawn_blocking(move || run_blocking(&owned))
-        .await
-        .map_err(|e| ConntrackError::Task(e.to_string()))
-        .and_then(|r| r);
+    let blocking = |f: Box<dyn FnOnce() -> Result<usize, ConntrackError> + Send>| async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| ConntrackError::Task(e.to_string()))
+            .and_then(|r| r)
+    };
+    let indexed = tracker
+        .as_deref()
+        .and_then(|t| t.take(flush).map(|found| (t, found)));
+    let (via, outcome) = match indexed {
+        // a few direct deletes: ~0.1 ms, not worth a thread
+        Some((t, found)) if found.len() <= INLINE_MAX => ("index", t.delete(found)),
+        Some((_, found)) => (
+            "index",
+            blocking(Box::new(move || Ct::open()?.delete(found))).await,
+        ),
+        None => {
+            let owned = flush.to_vec();
+            ("dumps", blocking(Box::new(move || run_dumps(&owned))).await)
+        }
+    };
     match outcome {
         Ok(n) => {
             tracing::debug!(
                 deleted = n,
+                via,
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "conntrack entries deleted"
             );
