@@ -573,4 +573,170 @@ mod tests {
             CTA_FILTER | NLA_F_NESTED
         );
     }
+
+    /// A UDP flow: source, port, destination, port; reply source and destination.
+    type Flow = (
+        &'static str,
+        u16,
+        &'static str,
+        u16,
+        &'static str,
+        &'static str,
+    );
+
+    /// Creates UDP flows in the current namespace.
+    fn create(flows: &[Flow]) {
+        use netlink_packet_core::NLM_F_CREATE;
+        let mut ct = Ct::open().expect("socket");
+        let ip = |s: &str| IpAddr::V4(s.parse().unwrap());
+        let tuple = |src: &str, dst: &str, sp: u16, dp: u16| {
+            vec![
+                Tuple::Ip(vec![
+                    IPTuple::SourceAddress(ip(src)),
+                    IPTuple::DestinationAddress(ip(dst)),
+                ]),
+                Tuple::Proto(vec![
+                    ProtoTuple::Protocol(Protocol::Udp),
+                    ProtoTuple::SourcePort(sp),
+                    ProtoTuple::DestinationPort(dp),
+                ]),
+            ]
+        };
+        for (i, &(src, sp, dst, dp, rsrc, rdst)) in flows.iter().enumerate() {
+            let req = message(
+                NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK,
+                i as u32,
+                ConntrackMessage::New(vec![
+                    ConntrackAttribute::CtaTupleOrig(tuple(src, dst, sp, dp)),
+                    ConntrackAttribute::CtaTupleReply(tuple(rsrc, rdst, dp, sp)),
+                    ConntrackAttribute::CtaTimeout(600),
+                ]),
+            );
+            ct.sock.send(&req, 0).expect("send");
+            ct.receive("create", 1, false, |_| {}).expect("created");
+        }
+    }
+
+    fn count(ct: &mut Ct) -> usize {
+        let mut n = 0;
+        ct.dump(None, |_| n += 1).expect("dump");
+        n
+    }
+
+    /// Runs `f` on a thread of its own in a fresh network namespace (its conntrack table is
+    /// its own); threads it starts stay there.
+    fn in_netns(f: impl FnOnce() + Send) {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("unshare(CLONE_NEWNET): tests run as root");
+                f();
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        });
+    }
+
+    const FLOWS: &[Flow] = &[
+        // inbound to the EIP 10.10.1.56 (DNAT to 172.20.0.15)
+        (
+            "198.51.100.2",
+            40000,
+            "10.10.1.56",
+            80,
+            "172.20.0.15",
+            "198.51.100.2",
+        ),
+        // outbound of its guest (SNAT: replies come back to the VIP)
+        (
+            "172.20.0.15",
+            40001,
+            "198.51.100.9",
+            53,
+            "198.51.100.9",
+            "10.10.1.56",
+        ),
+        // forwards of 10.10.1.57: ports 8080 and 9000
+        (
+            "198.51.100.2",
+            40002,
+            "10.10.1.57",
+            8080,
+            "172.20.0.16",
+            "198.51.100.2",
+        ),
+        (
+            "198.51.100.2",
+            40003,
+            "10.10.1.57",
+            9000,
+            "172.20.0.16",
+            "198.51.100.2",
+        ),
+        // unrelated
+        (
+            "198.51.100.3",
+            40004,
+            "10.10.1.20",
+            53,
+            "10.10.1.20",
+            "198.51.100.3",
+        ),
+    ];
+
+    fn flushes() -> Vec<Flush> {
+        vec![
+            Flush::Address("10.10.1.56".parse().unwrap()),
+            Flush::Ports {
+                vip: "10.10.1.57".parse().unwrap(),
+                proto: L4Proto::Udp,
+                ports: PortRange::new(8000, 8999).unwrap(),
+            },
+        ]
+    }
+
+    #[test]
+    fn filtered_dumps_delete_exactly_the_flows_of_the_flushes() {
+        in_netns(|| {
+            create(FLOWS);
+            let mut ct = Ct::open().unwrap();
+            assert_eq!(count(&mut ct), 5);
+            assert_eq!(run_dumps(&flushes()).expect("deleted"), 3);
+            assert_eq!(count(&mut ct), 2);
+            // the table-wide path of syncs gives the same
+            let many: Vec<Flush> = (0..=FILTERED_MAX)
+                .map(|i| Flush::Address(Ipv4Addr::new(10, 99, 0, i as u8)))
+                .chain([Flush::Address("10.10.1.57".parse().unwrap())])
+                .collect();
+            assert_eq!(run_dumps(&many).expect("deleted"), 1);
+            assert_eq!(count(&mut ct), 1);
+        });
+    }
+
+    #[test]
+    fn the_event_index_finds_flows_created_just_before_the_removal() {
+        in_netns(|| {
+            let watched = ["10.10.1.56", "10.10.1.57"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect();
+            // the first flow exists before the index: found by the seed dump
+            create(&FLOWS[..1]);
+            let t = super::super::flows::Tracker::start(watched).expect("tracker");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !t.is_synced() {
+                assert!(std::time::Instant::now() < deadline, "index never seeded");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            // the rest arrive as events, immediately before the take
+            create(&FLOWS[1..]);
+            let found = t.take(&flushes()).expect("in sync");
+            assert_eq!(found.len(), 3, "{found:?}");
+            assert_eq!(t.delete(found).expect("deleted"), 3);
+            let mut ct = Ct::open().unwrap();
+            assert_eq!(count(&mut ct), 2);
+            // taken flows are gone from the index; a second take finds nothing
+            assert_eq!(t.take(&flushes()).expect("in sync").len(), 0);
+        });
+    }
 }
