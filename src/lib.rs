@@ -9,6 +9,7 @@ pub mod config;
 pub mod dnsmasq;
 pub mod health;
 pub mod link;
+pub mod logging;
 pub mod md5sum;
 pub mod nat;
 pub mod nics;

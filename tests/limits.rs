@@ -334,3 +334,40 @@ fn callback_allow_widens_the_targets() {
     });
     let _ = &net.agent;
 }
+
+#[test]
+fn a_megabyte_value_never_makes_a_long_log_line() {
+    let ns = Netns::new("vrlim");
+    ns.block_on(|| async {
+        let agent = AgentProc::start(&[]);
+        let mn = MgmtNode::start().await;
+        let huge = "9".repeat(1 << 20);
+        let body = json!({"eip": {"vipIp": huge, "privateMac": "fa:7e:4b:ad:11:02", "guestIp": "172.20.0.15"}});
+        let r = mn
+            .post_raw(agent.vr, "/createeip", &[], body.to_string().into_bytes())
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["success"], json!(false));
+        let long = format!("http://{}/cb", "1".repeat(100_000));
+        let r = mn
+            .post_raw(
+                agent.vr,
+                "/init",
+                &[("taskuuid", "00000000000000000000000000000003"), ("callbackurl", &long)],
+                b"{}".to_vec(),
+            )
+            .await;
+        assert_eq!(r.status, 400);
+        assert!(r.body.len() < 400, "{} bytes", r.body.len());
+        ping_ok(agent.vr).await;
+        let log = agent.log();
+        let longest = log.lines().map(str::len).max().unwrap_or(0);
+        // vr_agent::logging: 1,536 bytes at info and above, 4,608 at debug
+        assert!(longest <= 4608, "a log line of {longest} bytes");
+        for l in log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")) {
+            assert!(l.len() <= 1536, "a warning of {} bytes", l.len());
+        }
+        assert!(log.contains("bytes cut]"), "the refused value was not cut:\n{log}");
+        assert!(log.len() < 200_000, "log of {} bytes", log.len());
+    });
+}
