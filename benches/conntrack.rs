@@ -7,8 +7,13 @@
 //! delete that flow. For reference it also times the `conntrack` tool's `-D --orig-dst` on the
 //! same table (what the agent ran before).
 //!
-//! `cargo bench --bench conntrack` runs 0 and 60,000 entries with 50 samples each (as root).
-//! Under `cargo test` it runs a short smoke pass (0 and 2,000 entries, 5 samples).
+//! It also measures what the event listener costs the data plane: new TCP connections per
+//! second client -> VIP -> guest with `--conntrack-events true` and `false` (each connection
+//! is two events the agent reads), interleaved runs.
+//!
+//! `cargo bench --bench conntrack` runs 0 and 60,000 entries with 50 samples each and 5 runs
+//! of 2 s per setting (as root). Under `cargo test` it runs a short smoke pass (0 and 2,000
+//! entries, 5 samples, 1 run of 0.2 s).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -23,10 +28,12 @@ use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple,
 };
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_NETFILTER};
 use serde_json::json;
-use std::net::{IpAddr, Ipv4Addr};
-use std::time::Instant;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 const VIP: &str = "10.10.1.55";
 
@@ -49,7 +56,7 @@ fn udp_tuple(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<Tuple>
 fn create_flows(flows: &[(Ipv4Addr, u16, Ipv4Addr, u16, Ipv4Addr)]) -> usize {
     let mut sock = Socket::new(NETLINK_NETFILTER).expect("netlink socket");
     sock.bind_auto().expect("bind");
-    sock.connect(&SocketAddr::new(0, 0)).expect("connect");
+    sock.connect(&NlAddr::new(0, 0)).expect("connect");
     let _ = sock.set_rx_buf_sz(1 << 20);
     let mut ok = 0;
     let mut buf = vec![0u8; 1 << 16];
@@ -144,8 +151,97 @@ fn count(net: &Net) -> usize {
         .unwrap_or(0)
 }
 
+/// Accepts connections on guest 1 and drops them at once.
+fn accept_and_close(net: &Net, port: u16) -> Arc<AtomicBool> {
+    let listener = net
+        .guest1
+        .enter(|| TcpListener::bind(("0.0.0.0", port)).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        while !s.load(Ordering::SeqCst) {
+            if let Ok((c, _)) = listener.accept() {
+                drop(c);
+            }
+        }
+    });
+    stop
+}
+
+/// New connections per second from the client to `dst` (closed with RST).
+fn conn_rate(net: &Net, dst: SocketAddr, window: Duration) -> f64 {
+    net.client.enter(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < window {
+                let s = tokio::net::TcpSocket::new_v4().unwrap();
+                #[allow(deprecated)]
+                s.set_linger(Some(Duration::ZERO)).unwrap();
+                if let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_secs(3), s.connect(dst)).await
+                {
+                    n += 1;
+                }
+            }
+            n as f64 / start.elapsed().as_secs_f64()
+        })
+    })
+}
+
+/// Connection rates through an EIP with the event listener on and off.
+fn data_plane(runs: usize, window: Duration) -> (f64, f64) {
+    let mut rates = [Vec::new(), Vec::new()];
+    let nets = [
+        Net::with_agent_args(&["--conntrack-events=true"]),
+        Net::with_agent_args(&["--conntrack-events=false"]),
+    ];
+    let mut stops = Vec::new();
+    for net in &nets {
+        stops.push(accept_and_close(net, 5002));
+        let api = net.api();
+        net.router.block_on(|| async move {
+            let mn = common::mgmt::MgmtNode::start().await;
+            let r = mn
+                .call_sync(
+                    api,
+                    "/createeip",
+                    &json!({ "eip": eip(VIP, G1_MAC, GUEST1, false) }),
+                )
+                .await;
+            assert_eq!(r["success"], json!(true), "{r}");
+        });
+    }
+    let dst: SocketAddr = format!("{VIP}:5002").parse().unwrap();
+    for _ in 0..runs {
+        for (i, net) in nets.iter().enumerate() {
+            net.router.exec(&["conntrack", "-F"]);
+            rates[i].push(conn_rate(net, dst, window));
+        }
+    }
+    for s in stops {
+        s.store(true, Ordering::SeqCst);
+    }
+    let [on, off] = rates;
+    (median(on), median(off))
+}
+
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
+    let (runs, window) = if bench {
+        (5, Duration::from_secs(2))
+    } else {
+        (1, Duration::from_millis(200))
+    };
+    let (on, off) = data_plane(runs, window);
+    let dp = format!(
+        "new TCP conns/s through an EIP, median of {runs}: {on:.0} with the event index, {off:.0} without"
+    );
+    eprintln!("{dp}");
     let (sizes, samples) = if bench {
         (vec![0usize, 60_000], 50)
     } else {
@@ -246,7 +342,7 @@ fn main() {
         ));
         eprintln!("{}", lines.last().unwrap());
     }
-    println!("{}", lines.join("\n"));
+    println!("{}\n\n{dp}", lines.join("\n"));
     let agent_log = net.agent.log();
     let problems = agent_log.matches("stale flows may keep").count();
     println!("conntrack problems logged by the agent: {problems}");

@@ -50,6 +50,11 @@ pub struct Config {
     /// on the management nic's subnet, never to the router's own or loopback addresses.
     #[arg(long = "callback-allow", value_name = "CIDR", value_parser = parse_cidr)]
     pub callback_allow: Vec<Cidr>,
+    /// Keep an index of the VIPs' flows from conntrack events, so removing an EIP or port
+    /// forward deletes its flows directly. `false`: no event listener; each removal finds its
+    /// flows by kernel-filtered dumps, which walk the whole conntrack hash table.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub conntrack_events: bool,
     /// The management nic: ssh and the agent's ports are accepted only there.
     #[arg(long, default_value = "eth0")]
     pub mgmt_nic: String,

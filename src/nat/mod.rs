@@ -51,16 +51,20 @@ pub struct NatBackend {
     observed_guests: Option<BTreeSet<MacAddr>>,
     /// The index of our VIPs' flows (conntrack events), started on first use.
     flows: Option<Arc<flows::Tracker>>,
+    /// Whether to keep that index (`--conntrack-events`).
+    conntrack_events: bool,
 }
 
 impl NatBackend {
     /// A backend for this agent's settings.
     pub fn new(config: &Config, health: Arc<Health>) -> NatBackend {
-        NatBackend::with(
+        let mut b = NatBackend::with(
             config.mgmt_nic.clone(),
             vec![config.vr_listen.port(), config.appliance_listen.port()],
             health,
-        )
+        );
+        b.conntrack_events = config.conntrack_events;
+        b
     }
 
     /// A backend with this management nic and these agent ports.
@@ -74,11 +78,15 @@ impl NatBackend {
             nfnl: None,
             observed_guests: None,
             flows: None,
+            conntrack_events: true,
         }
     }
 
     /// Points the flow index at the VIPs of `state` and `extra` (starting it if needed).
     fn watch_flows(&mut self, state: &DesiredState, extra: &[Ipv4Addr]) {
+        if !self.conntrack_events {
+            return;
+        }
         let vips: std::collections::HashSet<Ipv4Addr> = state
             .eips
             .values()
