@@ -415,7 +415,7 @@ mod tests {
             ("https://192.0.2.10/cb", "is not an http:// URL"),
             ("ftp://192.0.2.10/cb", "is not an http:// URL"),
             ("file:///etc/passwd", "is not a URL"),
-            ("192.0.2.10:8080/cb", "is not an http:// URL"),
+            ("192.0.2.10:8080/cb", "is not a URL"),
             ("not a url", "is not a URL"),
             ("http://user@192.0.2.10/cb", "has no plain host"),
             ("http://localhost:8080/cb", "host names are not resolved"),
