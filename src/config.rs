@@ -1,6 +1,7 @@
 //! Settings of `vr-agent serve`, from the command line. Every path the agent writes is here, so
 //! tests can point each into a temporary directory or a namespace of their own.
 
+use crate::state::types::Cidr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -28,6 +29,32 @@ pub struct Config {
     /// Seconds a callback is retried on connection errors.
     #[arg(long, default_value_t = 60)]
     pub callback_retry_secs: u64,
+    /// Seconds a client has to send a whole request head once it has sent its first byte.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may stay open without a request (after the accept or a reply:
+    /// the keep-alive timeout).
+    #[arg(long, default_value_t = 30)]
+    pub idle_timeout_secs: u64,
+    /// Seconds a client has to send a whole request body.
+    #[arg(long, default_value_t = 60)]
+    pub body_timeout_secs: u64,
+    /// Client connections served at once. At the cap a new connection closes the one idle the
+    /// longest; if none is idle, up to a quarter more (8..256) are served `/ping` and `/echo`
+    /// only, one request each; beyond that a connection is closed at once. Lowered to fit the
+    /// open-file limit.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_connections: u64,
+    /// Also post callbacks to addresses in this prefix (repeatable; e.g. a management node
+    /// behind NAT). By default a callback goes only to the command's sender or to an address
+    /// on the management nic's subnet, never to the router's own or loopback addresses.
+    #[arg(long = "callback-allow", value_name = "CIDR", value_parser = parse_cidr)]
+    pub callback_allow: Vec<Cidr>,
+    /// Keep an index of the VIPs' flows from conntrack events, so removing an EIP or port
+    /// forward deletes its flows directly. `false`: no event listener; each removal finds its
+    /// flows by kernel-filtered dumps, which walk the whole conntrack hash table.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub conntrack_events: bool,
     /// The management nic: ssh and the agent's ports are accepted only there.
     #[arg(long, default_value = "eth0")]
     pub mgmt_nic: String,
@@ -72,4 +99,9 @@ pub struct BootstrapConfig {
     /// The file the management node reads over ssh to learn why bootstrap failed.
     #[arg(long, default_value = "/var/lib/zstack/error.log")]
     pub error_log: PathBuf,
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse()
+        .map_err(|()| format!("{s:?} is not an IPv4 prefix (a.b.c.d/len)"))
 }

@@ -11,6 +11,7 @@ pub mod drift;
 pub mod facts;
 pub mod health;
 pub mod link;
+pub mod logging;
 pub mod md5sum;
 pub mod nat;
 pub mod nics;

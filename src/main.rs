@@ -57,12 +57,16 @@ enum Cmd {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VR_AGENT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // every event is bounded (vr_agent::logging): no request can write a 1 MB log line
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_writer(vr_agent::logging::Bounded { json: false })
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_writer(vr_agent::logging::Bounded { json: true })
+            .init(),
     }
 }
 

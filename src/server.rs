@@ -1,6 +1,7 @@
 //! `vr-agent serve`: load the state, re-apply it, bind, serve until shutdown, drain.
 
 use crate::agent::{Agent, HEALTH_STATE, HEALTH_STORE};
+use crate::api::conns::{Admission, Conns, Limits, Watched};
 use crate::api::inflight::InFlight;
 use crate::api::{self, ApiState};
 use crate::backend::Backend;
@@ -9,12 +10,12 @@ use crate::health::Health;
 use crate::state::store::Store;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -147,6 +148,14 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         n => std::time::Duration::from_secs(n),
     };
     let drift_watch = crate::drift::spawn(handle.clone(), verify_every);
+    let max = crate::api::conns::fit_fd_limit(config.max_connections as usize);
+    let conns = Conns::new(Limits {
+        header: Duration::from_secs(config.header_timeout_secs),
+        idle: Duration::from_secs(config.idle_timeout_secs),
+        body: Duration::from_secs(config.body_timeout_secs),
+        max,
+        reserve: Limits::reserve_for(max),
+    });
     let inflight = InFlight::default();
     let state = Arc::new(ApiState {
         agent: handle,
@@ -154,23 +163,28 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         md5,
         version: env!("CARGO_PKG_VERSION"),
         max_body: config.max_body,
+        body_timeout: Duration::from_secs(config.body_timeout_secs),
+        callbacks: crate::api::callback::CallbackPolicy::new(
+            config.mgmt_nic.clone(),
+            config.callback_allow.clone(),
+            Some(crate::bootstrap::cache_path(&config.state_dir)),
+        ),
         callback_retry: std::time::Duration::from_secs(config.callback_retry_secs),
         inflight: inflight.clone(),
         tasks: Mutex::new(Default::default()),
     });
-    let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_tasks = vec![tokio::spawn(accept_loop(
         vr,
         Arc::clone(&state),
-        Arc::clone(&graceful),
+        Arc::clone(&conns),
         stop_rx.clone(),
     ))];
     if let Some(l) = appliance {
         accept_tasks.push(tokio::spawn(accept_loop(
             l,
             Arc::clone(&state),
-            Arc::clone(&graceful),
+            Arc::clone(&conns),
             stop_rx.clone(),
         )));
     }
@@ -187,9 +201,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     drop(state);
     drift_watch.abort();
     let drain = async {
-        if let Ok(g) = Arc::try_unwrap(graceful) {
-            g.shutdown().await;
-        }
+        conns.closed().await;
         inflight.idle().await;
     };
     if tokio::time::timeout(
@@ -219,7 +231,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 async fn accept_loop(
     listener: TcpListener,
     state: Arc<ApiState>,
-    graceful: Arc<GracefulShutdown>,
+    conns: Arc<Conns>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -227,23 +239,112 @@ async fn accept_loop(
             a = listener.accept() => a,
             _ = stop.changed() => return,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                // EMFILE/ENFILE: the connection stays queued; give closes a moment
+                tracing::warn!(error = %e, open = conns.open(), "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let state = Arc::clone(&state);
-        let svc = service_fn(move |req| api::handle(Arc::clone(&state), req));
-        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let slot = conns.admit();
+        match slot.admission {
+            Admission::Normal => {}
+            Admission::Overflow => {
+                tracing::debug!(%peer, open = conns.open(), "connection cap reached; /ping and /echo only");
             }
-        });
+            Admission::Refused => {
+                tracing::debug!(%peer, open = conns.open(), "connection cap and reserve reached; closed");
+                continue;
+            }
+        }
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            slot,
+            Arc::clone(&state),
+            conns.limits,
+            stop.clone(),
+        ));
+    }
+}
+
+/// Serves one connection and closes it when idle or dribbling past the limits, when evicted,
+/// or (gracefully, after the request running) at shutdown.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: crate::api::conns::Slot,
+    state: Arc<ApiState>,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let overflow = slot.admission == Admission::Overflow;
+    let conn = Arc::clone(&slot.conn);
+    let svc = service_fn(move |req| {
+        let guard = conn.request();
+        let state = Arc::clone(&state);
+        async move {
+            let resp = if overflow {
+                api::handle_overflow(state, peer, req).await
+            } else {
+                api::handle(state, peer, req).await
+            };
+            drop(guard);
+            resp
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // a backstop: our own watchdog below closes idle and dribbling connections earlier
+        .header_read_timeout(limits.idle + limits.header)
+        .keep_alive(!overflow);
+    let io = TokioIo::new(Watched::new(stream, Arc::clone(&slot.conn)));
+    let http = builder.serve_connection(io, svc);
+    tokio::pin!(http);
+    // After a close was asked for: when the connection is dropped even if not done.
+    let mut force_at: Option<Instant> = None;
+    let mut stopping = false;
+    let recheck = limits
+        .idle
+        .min(limits.header)
+        .max(Duration::from_millis(100));
+    loop {
+        let wake = force_at
+            .or_else(|| slot.conn.deadline(&limits))
+            .unwrap_or_else(|| Instant::now() + recheck);
+        tokio::select! {
+            r = http.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                http.as_mut().graceful_shutdown();
+            }
+            _ = slot.conn.evicted(), if force_at.is_none() => {
+                tracing::debug!(%peer, "idle connection closed for a new one (connection cap)");
+                http.as_mut().graceful_shutdown();
+                force_at = Some(Instant::now() + Duration::from_secs(1));
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                if let Some(t) = force_at {
+                    if now >= t {
+                        tracing::debug!(%peer, "connection dropped");
+                        return;
+                    }
+                } else if slot.conn.deadline(&limits).is_some_and(|d| now >= d) {
+                    tracing::debug!(%peer, "idle or incomplete request: connection closed");
+                    http.as_mut().graceful_shutdown();
+                    force_at = Some(now + Duration::from_secs(1));
+                }
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! response (sync) or acked at once and posted to `callbackurl` (async).
 
 pub mod callback;
+pub mod conns;
 pub mod inflight;
 pub mod reply;
 
@@ -12,7 +13,7 @@ use crate::agent::{AgentHandle, ApplyError};
 use crate::health::Health;
 use crate::protocol::{Endpoint, Request as ApiRequest};
 use bytes::Bytes;
-use callback::{CallbackTarget, Delivery};
+use callback::{CallbackPolicy, CallbackTarget, Delivery};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -20,6 +21,7 @@ use inflight::InFlight;
 use reply::Reply;
 use std::collections::HashSet;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::Instrument;
@@ -36,6 +38,10 @@ pub struct ApiState {
     pub version: &'static str,
     /// Largest accepted request body, in bytes.
     pub max_body: usize,
+    /// How long reading a request body may take.
+    pub body_timeout: Duration,
+    /// Where callbacks may go.
+    pub callbacks: CallbackPolicy,
     /// How long to retry a callback on connection errors.
     pub callback_retry: Duration,
     /// Commands and callbacks not finished yet.
@@ -70,8 +76,28 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// Answers one HTTP request.
-pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+/// Answers one request of an overflow connection (one taken above the connection cap):
+/// `/ping` and `/echo` as usual, anything else 503.
+pub async fn handle_overflow(
+    state: Arc<ApiState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Resp, Infallible> {
+    match Endpoint::from_path(req.uri().path()) {
+        Some(Endpoint::Ping | Endpoint::Echo) => handle(state, peer, req).await,
+        _ => Ok(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections: only /ping and /echo are served until some close".into(),
+        )),
+    }
+}
+
+/// Answers one HTTP request from `peer`.
+pub async fn handle(
+    state: Arc<ApiState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
     let Some(endpoint) = Endpoint::from_path(&path) else {
         return Ok(refuse(
@@ -85,9 +111,12 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Resp
     let task_uuid = header(&req, "taskuuid").map(str::to_string);
     let callback_url = header(&req, "callbackurl").map(str::to_string);
     let target = match (&task_uuid, &callback_url) {
-        (Some(_), Some(url)) => match CallbackTarget::parse(url) {
+        (Some(_), Some(url)) => match state.callbacks.check(url, peer.ip()) {
             Ok(t) => Some(t),
-            Err(e) => return Ok(refuse(StatusCode::BAD_REQUEST, e)),
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "callbackurl refused");
+                return Ok(refuse(StatusCode::BAD_REQUEST, e.to_string()));
+            }
         },
         (None, None) => None,
         (Some(_), None) => {
@@ -138,10 +167,24 @@ async fn handle_command(
             ),
         ));
     }
-    let body = match Limited::new(req.into_body(), state.max_body)
-        .collect()
-        .await
-    {
+    let read = tokio::time::timeout(
+        state.body_timeout,
+        Limited::new(req.into_body(), state.max_body).collect(),
+    );
+    let Ok(read) = read.await else {
+        tracing::warn!(
+            timeout_s = state.body_timeout.as_secs(),
+            "body not read in time"
+        );
+        return Ok(refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "request body not received within {} s",
+                state.body_timeout.as_secs()
+            ),
+        ));
+    };
+    let body = match read {
         Ok(b) => b.to_bytes(),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()

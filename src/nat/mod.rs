@@ -7,6 +7,7 @@
 //! [`conntrack`] (forget flows of removed or remapped entries).
 
 pub mod conntrack;
+pub mod flows;
 pub mod inputs;
 pub mod model;
 pub mod netlink;
@@ -24,6 +25,7 @@ use inputs::Inputs;
 use model::{NatError, needs_addresses};
 use plan::Plan;
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 /// Health source while entries are left out for missing nics.
@@ -47,16 +49,22 @@ pub struct NatBackend {
     nfnl: Option<netlink::Nfnl>,
     /// Guest nic MACs last seen by [`Backend::observe`], to skip unchanged states cheaply.
     observed_guests: Option<BTreeSet<MacAddr>>,
+    /// The index of our VIPs' flows (conntrack events), started on first use.
+    flows: Option<Arc<flows::Tracker>>,
+    /// Whether to keep that index (`--conntrack-events`).
+    conntrack_events: bool,
 }
 
 impl NatBackend {
     /// A backend for this agent's settings.
     pub fn new(config: &Config, health: Arc<Health>) -> NatBackend {
-        NatBackend::with(
+        let mut b = NatBackend::with(
             config.mgmt_nic.clone(),
             vec![config.vr_listen.port(), config.appliance_listen.port()],
             health,
-        )
+        );
+        b.conntrack_events = config.conntrack_events;
+        b
     }
 
     /// A backend with this management nic and these agent ports.
@@ -69,6 +77,31 @@ impl NatBackend {
             guest_ifs: None,
             nfnl: None,
             observed_guests: None,
+            flows: None,
+            conntrack_events: true,
+        }
+    }
+
+    /// Points the flow index at the VIPs of `state` and `extra` (starting it if needed).
+    fn watch_flows(&mut self, state: &DesiredState, extra: &[Ipv4Addr]) {
+        if !self.conntrack_events {
+            return;
+        }
+        let vips: std::collections::HashSet<Ipv4Addr> = state
+            .eips
+            .values()
+            .map(|e| e.vip_ip)
+            .chain(state.port_forwards.values().map(|pf| pf.vip_ip))
+            .chain(extra.iter().copied())
+            .collect();
+        match &self.flows {
+            Some(t) => t.watch(vips),
+            None => match flows::Tracker::start(vips) {
+                Ok(t) => self.flows = Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no conntrack flow index; deletions use dumps");
+                }
+            },
         }
     }
 
@@ -160,6 +193,14 @@ impl NatBackend {
                 .chain(cmd_eips.iter().copied())
                 .collect()
         };
+        let mut cmd_vips: Vec<Ipv4Addr> = cmd_eips.iter().map(|e| e.vip_ip).collect();
+        match cmd {
+            Command::CreatePortForwards(pfs) | Command::SyncPortForwards(pfs) => {
+                cmd_vips.extend(pfs.iter().map(|pf| pf.vip_ip));
+            }
+            _ => {}
+        }
+        self.watch_flows(before, &cmd_vips);
         let inputs = self.inputs(before, eips)?;
         let mut p = plan::plan(before, cmd, &inputs)?;
         if self.degraded && !p.full && !p.nft.is_empty() {
@@ -204,7 +245,7 @@ impl NatBackend {
         if p.guest_ifs.is_some() {
             self.guest_ifs = p.guest_ifs.take();
         }
-        let problems = conntrack::run(&p.flush).await;
+        let problems = conntrack::run(&p.flush, self.flows.clone()).await;
         for problem in problems {
             tracing::warn!(%problem, "stale flows may keep their old translation");
         }
@@ -373,6 +414,7 @@ impl Backend for NatBackend {
             let inputs = self
                 .inputs(state, state.eips.values())
                 .map_err(|e| BackendError::new(e.to_string()))?;
+            self.watch_flows(state, &[]);
             let p = plan::full(state, &inputs);
             nft::apply(&p.nft)
                 .await

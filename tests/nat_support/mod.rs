@@ -61,6 +61,11 @@ pub struct Net {
 impl Net {
     /// Builds the namespaces and starts the agent in the router.
     pub fn new() -> Net {
+        Self::with_agent_args(&[])
+    }
+
+    /// [`Net::new`] with more arguments to the agent's `serve`.
+    pub fn with_agent_args(extra: &[&str]) -> Net {
         let router = Netns::new("vrnr");
         let mgmt = Netns::new("vrnm");
         let client = Netns::new("vrnc");
@@ -86,11 +91,13 @@ impl Net {
         guest2.ip(&["addr", "add", &format!("{GUEST2}/24"), "dev", "g0"]);
         guest2.ip(&["route", "add", "default", "via", "172.20.1.1"]);
         let agent = router.enter(|| {
-            AgentProc::start(&[
+            let mut args = vec![
                 "--vr-listen=0.0.0.0:7272",
                 "--appliance-listen=0.0.0.0:7759",
                 "--mgmt-nic=eth0",
-            ])
+            ];
+            args.extend_from_slice(extra);
+            AgentProc::start(&args)
         });
         Net {
             agent,
