@@ -367,7 +367,8 @@ fn a_megabyte_value_never_makes_a_long_log_line() {
         for l in log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")) {
             assert!(l.len() <= 1536, "a warning of {} bytes", l.len());
         }
-        assert!(log.contains("bytes cut]"), "the refused value was not cut:\n{log}");
+        // (the decoder already refuses strings over 64 KiB and quotes at most 100 characters,
+        // so nothing here reaches the logger's cut; logging::tests covers the cut itself)
         assert!(log.len() < 200_000, "log of {} bytes", log.len());
     });
 }

@@ -137,7 +137,7 @@ pub async fn handle(
         path = %path,
         taskuuid = task_uuid.as_deref().unwrap_or("-")
     );
-    handle_command(state, req, endpoint, path, task_uuid, target)
+    handle_command(state, req, endpoint, path, task_uuid, target, peer)
         .instrument(span)
         .await
 }
@@ -149,6 +149,7 @@ async fn handle_command(
     path: String,
     task_uuid: Option<String>,
     target: Option<CallbackTarget>,
+    peer: SocketAddr,
 ) -> Result<Resp, Infallible> {
     let guard = state.inflight.enter();
     if let Some(len) = req
@@ -210,7 +211,7 @@ async fn handle_command(
         }
     }
     // Parse and queue now, before answering, so commands keep their arrival order.
-    let outcome = run(&state, endpoint, &path, &body);
+    let outcome = run(&state, endpoint, &path, &body, peer);
     match (task_uuid, target) {
         (Some(uuid), Some(target)) => {
             let span = tracing::Span::current();
@@ -253,6 +254,7 @@ fn run(
     endpoint: Endpoint,
     path: &str,
     body: &[u8],
+    peer: SocketAddr,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>> {
     let path_static: &'static str = Endpoint::paths()
         .find(|p| path.trim_end_matches('/') == *p)
@@ -272,7 +274,12 @@ fn run(
                 tracing::warn!(%note, "accepted with a change");
             }
             let is_init = matches!(cmd, crate::state::Command::Init { .. });
-            let pending = state.agent.submit(cmd, path_static);
+            // The sender is the management node (or a proxy of it): a guest may not be it.
+            let origin = match peer.ip() {
+                std::net::IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_unspecified() => Some(ip),
+                _ => None,
+            };
+            let pending = state.agent.submit_from(cmd, path_static, origin);
             let state = Arc::clone(state);
             Box::pin(async move {
                 let reply = match pending.await {

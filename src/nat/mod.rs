@@ -274,6 +274,45 @@ async fn ours_present() -> Result<bool, String> {
     }))
 }
 
+impl NatBackend {
+    /// True when neither of our tables is in the kernel (after a reboot, or flushed).
+    async fn tables_absent(&self) -> bool {
+        match nft::tables().await {
+            Ok(t) => {
+                !t.contains(&format!("table {}", model::NAT))
+                    && !t.contains(&format!("table {}", model::FILTER))
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Loads our tables when the kernel holds none of them: the tables with empty sets through
+    /// nft, then every element in one nfnetlink batch (an nft text of 100,000 elements takes
+    /// seconds to parse). Not atomic, which costs nothing here: there was nothing to keep.
+    /// `None` when the batch could not be sent (the caller then uses the nft path).
+    async fn load_split(&mut self, state: &DesiredState, inputs: &Inputs) -> Option<Plan> {
+        let (p, elements) = plan::full_split(state, inputs);
+        if let Err(e) = nft::apply(&p.nft).await {
+            tracing::warn!(error = %e, "empty tables refused; using the full nft path");
+            return None;
+        }
+        if self.nfnl.is_none() {
+            self.nfnl = netlink::Nfnl::open()
+                .map_err(|e| tracing::warn!(error = %e, "no nfnetlink socket"))
+                .ok();
+        }
+        let sock = self.nfnl.as_mut()?;
+        match sock.apply(&[], &[], &elements) {
+            Ok(()) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "element batch refused; using the full nft path");
+                self.nfnl = None;
+                None
+            }
+        }
+    }
+}
+
 /// A full replace with the state after `cmd`.
 fn replace_plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Plan, NatError> {
     let mut after = before.clone();
@@ -415,10 +454,26 @@ impl Backend for NatBackend {
                 .inputs(state, state.eips.values())
                 .map_err(|e| BackendError::new(e.to_string()))?;
             self.watch_flows(state, &[]);
-            let p = plan::full(state, &inputs);
-            nft::apply(&p.nft)
-                .await
-                .map_err(|e| BackendError::new(e.to_string()))?;
+            let started = std::time::Instant::now();
+            let split = match self.tables_absent().await {
+                true => self.load_split(state, &inputs).await,
+                false => None,
+            };
+            let loaded_by = if split.is_some() {
+                "nft + nfnetlink batch"
+            } else {
+                "nft"
+            };
+            let p = match split {
+                Some(p) => p,
+                None => {
+                    let p = plan::full(state, &inputs);
+                    nft::apply(&p.nft)
+                        .await
+                        .map_err(|e| BackendError::new(e.to_string()))?;
+                    p
+                }
+            };
             self.note_skipped(&p);
             self.guest_ifs = p.guest_ifs;
             tracing::info!(
@@ -427,6 +482,8 @@ impl Backend for NatBackend {
                 snats = state.snats.len(),
                 firewall_rules = state.firewall.len(),
                 skipped = p.skipped.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                loaded_by,
                 "nat and firewall tables replaced"
             );
             Ok(())

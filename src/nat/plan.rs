@@ -57,6 +57,22 @@ pub fn full(state: &DesiredState, inputs: &Inputs) -> Plan {
     }
 }
 
+/// [`full`] split in two: the tables with empty sets (nft text) and the sets' elements (for
+/// one nfnetlink batch after it). Not atomic: only for when our tables are absent.
+pub fn full_split(state: &DesiredState, inputs: &Inputs) -> (Plan, Vec<Elem>) {
+    let (mut rs, skipped): (Ruleset, _) = resolve(state, inputs);
+    let elements: Vec<Elem> = std::mem::take(&mut rs.elements).into_iter().collect();
+    let plan = Plan {
+        nft: render::full(&rs),
+        full: true,
+        flush: Vec::new(),
+        skipped,
+        guest_ifs: Some(rs.guest_ifs),
+        elements: None,
+    };
+    (plan, elements)
+}
+
 /// The plan of `cmd` on top of `before`. Every entry the command brings must resolve (else the
 /// error names the field and MAC); entries already in the state that no longer resolve make the
 /// plan a full replace that leaves them out. Sync commands empty and refill the sets they
