@@ -178,6 +178,17 @@ def main():
                 time.sleep(1)
             return None
 
+        def wait_reapplied(since):
+            # The agent serves first and re-applies its stored state behind the listeners;
+            # /ping says `startup: ...` until that is done.
+            deadline = time.time() + BOOT_TIMEOUT
+            while time.time() < deadline:
+                r = mn.call("/ping", fixture("ping"))
+                if "startup:" not in str(r.get("healthDetail", "")):
+                    return time.time() - since
+                time.sleep(0.5)
+            return None
+
         def ssh(command, tries=1):
             for _ in range(tries - 1):
                 rc, out = ssh(command)
@@ -248,6 +259,10 @@ def main():
         check("agent answers /echo after a reboot", up is not None)
         if up is not None:
             print(f"     reboot to /echo: {up:.1f} s")
+        done = wait_reapplied(rebooted)
+        check("the stored state re-applied after the reboot", done is not None)
+        if done is not None:
+            print(f"     reboot to re-applied: {done:.1f} s")
         rc, out = ssh("nft list ruleset", tries=30)
         check("EIP restored after reboot before any command", "10.10.1.55" in out and "172.20.0.15" in out, out[-2000:])
         rc, out = ssh("ip -4 -o addr show dev eth1")

@@ -46,7 +46,19 @@ pub struct ElementChange {
 
 /// A replace of both tables with `state`; entries with missing nics are left out.
 pub fn full(state: &DesiredState, inputs: &Inputs) -> Plan {
-    let (rs, skipped): (Ruleset, _) = resolve(state, inputs);
+    let (rs, skipped) = resolve(state, inputs);
+    replace(rs, skipped)
+}
+
+/// [`full`] split in two: the tables with empty sets (nft text) and the sets' elements (for
+/// one nfnetlink batch after it). Not atomic: only for when our tables are absent.
+pub fn full_split(state: &DesiredState, inputs: &Inputs) -> (Plan, Vec<Elem>) {
+    let (mut rs, skipped) = resolve(state, inputs);
+    let elements: Vec<Elem> = std::mem::take(&mut rs.elements).into_iter().collect();
+    (replace(rs, skipped), elements)
+}
+
+fn replace(rs: Ruleset, skipped: Vec<NatError>) -> Plan {
     Plan {
         nft: render::full(&rs),
         full: true,
@@ -55,22 +67,6 @@ pub fn full(state: &DesiredState, inputs: &Inputs) -> Plan {
         guest_ifs: Some(rs.guest_ifs),
         elements: None,
     }
-}
-
-/// [`full`] split in two: the tables with empty sets (nft text) and the sets' elements (for
-/// one nfnetlink batch after it). Not atomic: only for when our tables are absent.
-pub fn full_split(state: &DesiredState, inputs: &Inputs) -> (Plan, Vec<Elem>) {
-    let (mut rs, skipped): (Ruleset, _) = resolve(state, inputs);
-    let elements: Vec<Elem> = std::mem::take(&mut rs.elements).into_iter().collect();
-    let plan = Plan {
-        nft: render::full(&rs),
-        full: true,
-        flush: Vec::new(),
-        skipped,
-        guest_ifs: Some(rs.guest_ifs),
-        elements: None,
-    };
-    (plan, elements)
 }
 
 /// The plan of `cmd` on top of `before`. Every entry the command brings must resolve (else the
