@@ -69,6 +69,7 @@ pub struct Addr {
 pub struct Netlink {
     handle: Handle,
     driver: std::sync::Arc<tokio::task::JoinHandle<()>>,
+    port: u32,
 }
 
 impl Netlink {
@@ -80,19 +81,33 @@ impl Netlink {
             errno: e.raw_os_error(),
         })?;
         // Changes this socket asks for come back as notifications with its port id: they are
-        // ours, not drift.
+        // ours, not drift. The kernel assigns the port at bind (or at the first send, too late
+        // to record it here), so bind now.
         use rtnetlink::sys::AsyncSocket;
-        let mut addr = rtnetlink::sys::SocketAddr::new(0, 0);
-        if conn
+        let port = conn
             .socket_mut()
-            .socket_ref()
-            .get_address(&mut addr)
-            .is_ok()
-        {
-            crate::drift::own::record_port(addr.port_number());
+            .socket_mut()
+            .bind_auto()
+            .map(|addr| addr.port_number())
+            .unwrap_or(0);
+        if port == 0 {
+            tracing::warn!(
+                "no port id for the netlink socket; its own changes will look like drift"
+            );
+        } else {
+            crate::drift::own::record_port(port);
         }
         let driver = std::sync::Arc::new(tokio::spawn(conn));
-        Ok(Netlink { handle, driver })
+        Ok(Netlink {
+            handle,
+            driver,
+            port,
+        })
+    }
+
+    /// The port id of the socket (0 if unknown): notifications of changes it asked for carry it.
+    pub fn port(&self) -> u32 {
+        self.port
     }
 
     /// False once the connection's driver task has ended (every request would then fail).
@@ -382,5 +397,19 @@ mod del_tests {
             .address("224.0.0.5".parse().unwrap(), 24)
             .build();
         assert!(!names_address(&bare, "224.0.0.5".parse().unwrap()));
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_sockets_port_is_known_and_counts_as_ours() {
+        let nl = Netlink::connect().expect("netlink socket");
+        assert_ne!(nl.port(), 0);
+        assert!(crate::drift::own::is_our_port(nl.port()));
+        // and the socket still works after the early bind
+        assert!(!nl.links().await.expect("links").is_empty());
     }
 }
