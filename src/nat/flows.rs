@@ -158,11 +158,13 @@ impl Tracker {
 
     /// Sets the watched addresses; flows of addresses no longer watched are forgotten.
     pub fn watch(&self, now: HashSet<Ipv4Addr>) {
+        // Lock order everywhere: the index, then the watched set (the event thread drains
+        // under the index lock and reads the watched set).
+        let mut idx = self.index.lock().unwrap_or_else(|e| e.into_inner());
         let mut w = self.watched.write().unwrap_or_else(|e| e.into_inner());
         if *w == now {
             return;
         }
-        let mut idx = self.index.lock().unwrap_or_else(|e| e.into_inner());
         idx.by_ip.retain(|ip, _| now.contains(ip));
         *w = now;
     }
@@ -212,8 +214,8 @@ impl Tracker {
         }
         let mut found = Vec::new();
         Ct::open()?.dump(None, |e| found.push(e))?;
-        let watched = self.watched.read().unwrap_or_else(|e| e.into_inner());
         let mut idx = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let watched = self.watched.read().unwrap_or_else(|e| e.into_inner());
         for e in found {
             idx.insert(e, &watched);
         }
