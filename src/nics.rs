@@ -1,12 +1,13 @@
 //! The nics of the current network namespace, by MAC (netlink dumps, so it sees the
 //! namespace the agent runs in; /sys may not).
 
+use crate::link::netlink::Link;
 use crate::state::types::{Cidr, MacAddr, PrefixLen};
 use rtnetlink::packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use std::collections::{BTreeMap, HashMap};
@@ -46,12 +47,6 @@ pub fn interfaces_of(macs: &[MacAddr], names: &[&str]) -> std::io::Result<Vec<In
     Ok(out)
 }
 
-struct Link {
-    index: u32,
-    name: String,
-    mac: Option<MacAddr>,
-}
-
 fn with_addresses(links: Vec<Link>, only: Option<u32>) -> std::io::Result<Vec<Interface>> {
     let mut by_index: HashMap<u32, Vec<Cidr>> = HashMap::new();
     for (index, cidr) in dump_addrs(only)? {
@@ -68,32 +63,15 @@ fn with_addresses(links: Vec<Link>, only: Option<u32>) -> std::io::Result<Vec<In
 }
 
 fn dump_links() -> std::io::Result<Vec<Link>> {
-    let mut out = Vec::new();
-    for msg in dump(RouteNetlinkMessage::GetLink(LinkMessage::default()), false)? {
-        let RouteNetlinkMessage::NewLink(l) = msg else {
-            continue;
-        };
-        let mut link = Link {
-            index: l.header.index,
-            name: String::new(),
-            mac: None,
-        };
-        for a in l.attributes {
-            match a {
-                LinkAttribute::IfName(n) => link.name = n,
-                LinkAttribute::Address(b) => {
-                    if let Ok(mac) = <[u8; 6]>::try_from(b.as_slice())
-                        && mac != [0; 6]
-                    {
-                        link.mac = Some(MacAddr(mac));
-                    }
-                }
-                _ => {}
-            }
-        }
-        out.push(link);
-    }
-    Ok(out)
+    Ok(
+        dump(RouteNetlinkMessage::GetLink(LinkMessage::default()), false)?
+            .into_iter()
+            .filter_map(|msg| match msg {
+                RouteNetlinkMessage::NewLink(l) => Some(crate::link::netlink::link_of(l)),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 /// IPv4 addresses by interface index: all, or those of one interface.

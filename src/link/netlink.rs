@@ -302,7 +302,8 @@ impl Netlink {
     }
 }
 
-fn link_of(m: LinkMessage) -> Link {
+/// A link as a dump or notification gives it.
+pub(crate) fn link_of(m: LinkMessage) -> Link {
     let mut link = Link {
         index: m.header.index,
         name: String::new(),
