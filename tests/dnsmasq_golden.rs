@@ -149,7 +149,7 @@ fn memoized_rendering_equals_a_fresh_one() {
     let macs: Vec<_> = state.dhcp_hosts.keys().copied().collect();
     state.dhcp_hosts.remove(&macs[0]);
     assert!(state.dhcp_hosts.remove(&macs[1]).is_some());
-    let db1 = "fa:3c:91:5e:22:09".parse().unwrap();
+    let db1: vr_agent::state::types::MacAddr = "fa:3c:91:5e:22:09".parse().unwrap();
     let changed = state.dhcp_hosts.get_mut(&db1).unwrap();
     changed.mtu = Some(9000);
     changed.hostname = Some("renamed.zstack.local".into());

@@ -200,8 +200,8 @@ impl BoundEip {
 /// desired state whose subnet holds it, else the nic that holds it in the kernel.
 pub fn bind_eip(
     eip: &Eip,
-    vips: &BTreeMap<Ipv4Addr, Vip>,
-    nics: &BTreeMap<MacAddr, Nic>,
+    vips: &crate::state::Table<Ipv4Addr, Vip>,
+    nics: &crate::state::Table<MacAddr, Nic>,
     inputs: &Inputs,
     field: &str,
 ) -> Result<BoundEip, NatError> {
@@ -227,8 +227,8 @@ pub fn bind_eip(
 /// True if the public nic of some EIP in `eips` can only be found from the kernel's addresses.
 pub fn needs_addresses<'a>(
     eips: impl IntoIterator<Item = &'a Eip>,
-    vips: &BTreeMap<Ipv4Addr, Vip>,
-    nics: &BTreeMap<MacAddr, Nic>,
+    vips: &crate::state::Table<Ipv4Addr, Vip>,
+    nics: &crate::state::Table<MacAddr, Nic>,
 ) -> bool {
     eips.into_iter().any(|e| {
         !vips.contains_key(&e.vip_ip)
@@ -391,9 +391,9 @@ pub fn firewall_rule(
 /// a DHCP host's gateway, guest nics of SNAT entries, and nics DHCP hosts name. Missing nics
 /// are skipped.
 pub fn guest_ifs<'a>(
-    nics: &BTreeMap<MacAddr, Nic>,
+    nics: &crate::state::Table<MacAddr, Nic>,
     snats: impl IntoIterator<Item = &'a Snat>,
-    dhcp: &BTreeMap<MacAddr, DhcpHost>,
+    dhcp: &crate::state::Table<MacAddr, DhcpHost>,
     inputs: &Inputs,
 ) -> BTreeSet<String> {
     guest_macs(nics, snats, dhcp)
@@ -404,9 +404,9 @@ pub fn guest_ifs<'a>(
 
 /// The MACs of the router's guest nics (see [`guest_ifs`]).
 pub fn guest_macs<'a>(
-    nics: &BTreeMap<MacAddr, Nic>,
+    nics: &crate::state::Table<MacAddr, Nic>,
     snats: impl IntoIterator<Item = &'a Snat>,
-    dhcp: &BTreeMap<MacAddr, DhcpHost>,
+    dhcp: &crate::state::Table<MacAddr, DhcpHost>,
 ) -> BTreeSet<MacAddr> {
     let mut macs: BTreeSet<MacAddr> = BTreeSet::new();
     for n in nics.values() {

@@ -12,7 +12,7 @@ use super::render;
 use crate::state::model::{Eip, PortForward, Snat};
 use crate::state::types::MacAddr;
 use crate::state::{Command, DesiredState};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 /// The nft transaction and follow-up of one change.
@@ -320,7 +320,7 @@ fn snat_change(
 fn snat_rewrite(
     before: &DesiredState,
     inputs: &Inputs,
-    snats: &BTreeMap<MacAddr, Snat>,
+    snats: &crate::state::Table<MacAddr, Snat>,
 ) -> Result<Plan, NatError> {
     if *snats == before.snats {
         return Ok(Plan::default());
@@ -349,7 +349,10 @@ fn snat_rewrite(
     })
 }
 
-fn changed_vips(before: &BTreeMap<Ipv4Addr, Eip>, after: &BTreeMap<Ipv4Addr, Eip>) -> Vec<Flush> {
+fn changed_vips(
+    before: &crate::state::Table<Ipv4Addr, Eip>,
+    after: &crate::state::Table<Ipv4Addr, Eip>,
+) -> Vec<Flush> {
     before
         .iter()
         .filter(|(vip, e)| after.get(*vip) != Some(*e))
@@ -358,8 +361,8 @@ fn changed_vips(before: &BTreeMap<Ipv4Addr, Eip>, after: &BTreeMap<Ipv4Addr, Eip
 }
 
 fn changed_forwards<K: Ord>(
-    before: &BTreeMap<K, PortForward>,
-    after: &BTreeMap<K, PortForward>,
+    before: &crate::state::Table<K, PortForward>,
+    after: &crate::state::Table<K, PortForward>,
 ) -> Vec<Flush> {
     before
         .iter()

@@ -30,7 +30,9 @@ impl DesiredState {
                 Ok(())
             }
             Command::CreatePortForwards(rules) => check_port_forwards(&self.port_forwards, rules),
-            Command::SyncPortForwards(rules) => check_port_forwards(&BTreeMap::new(), rules),
+            Command::SyncPortForwards(rules) => {
+                check_port_forwards(&crate::state::Table::new(), rules)
+            }
             _ => Ok(()),
         }
     }
@@ -155,7 +157,7 @@ impl DesiredState {
 /// The forward of `existing` (free of overlaps) on the same VIP and protocol whose ports
 /// overlap `ports`, if any.
 fn overlapping<'a>(
-    existing: &'a BTreeMap<PortForwardKey, PortForward>,
+    existing: &'a crate::state::Table<PortForwardKey, PortForward>,
     vip_ip: Ipv4Addr,
     protocol: L4Proto,
     ports: PortRange,
@@ -187,10 +189,10 @@ fn overlapping<'a>(
 /// Refuses a rule whose VIP ports overlap another rule's on the same VIP and protocol, in
 /// `existing` or earlier in `rules`. Re-adding a rule identical to an existing one is fine.
 fn check_port_forwards(
-    existing: &BTreeMap<PortForwardKey, PortForward>,
+    existing: &crate::state::Table<PortForwardKey, PortForward>,
     rules: &[PortForward],
 ) -> Result<(), Invalid> {
-    let mut accepted: BTreeMap<PortForwardKey, PortForward> = BTreeMap::new();
+    let mut accepted: crate::state::Table<PortForwardKey, PortForward> = crate::state::Table::new();
     for (i, rule) in rules.iter().enumerate() {
         if existing.get(&rule.key()) == Some(rule) || accepted.get(&rule.key()) == Some(rule) {
             continue;

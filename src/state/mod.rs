@@ -10,12 +10,15 @@ pub mod types;
 
 use model::{DhcpHost, Eip, FirewallRule, Nic, PortForward, PortForwardKey, Snat, Vip};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use types::MacAddr;
 
 pub use command::{Command, Feature};
+
+/// A map of the desired state: persistent, so cloning the state for a command costs nothing
+/// and the clone shares every entry it does not change.
+pub type Table<K, V> = imbl::OrdMap<K, V>;
 
 /// A value the agent refuses, with the path of the field that carries it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -51,31 +54,30 @@ pub struct DesiredState {
     /// Restart dnsmasq after this many reloads (0: never).
     pub restart_dnsmasq_after: u32,
     /// Nics by MAC.
-    pub nics: BTreeMap<MacAddr, Nic>,
+    pub nics: Table<MacAddr, Nic>,
     /// VIPs by address.
-    pub vips: BTreeMap<Ipv4Addr, Vip>,
+    pub vips: Table<Ipv4Addr, Vip>,
     /// SNAT by the router's guest nic MAC.
-    pub snats: BTreeMap<MacAddr, Snat>,
+    pub snats: Table<MacAddr, Snat>,
     /// EIPs by VIP.
-    pub eips: BTreeMap<Ipv4Addr, Eip>,
+    pub eips: Table<Ipv4Addr, Eip>,
     /// Port forwards by claimed VIP ports (stored as a list: JSON keys must be strings).
     #[serde(with = "port_forward_list")]
-    pub port_forwards: BTreeMap<PortForwardKey, PortForward>,
+    pub port_forwards: Table<PortForwardKey, PortForward>,
     /// The appliance firewall's accept rules, in the order given.
     pub firewall: Vec<FirewallRule>,
     /// Static DHCP hosts by guest MAC.
-    pub dhcp_hosts: BTreeMap<MacAddr, DhcpHost>,
+    pub dhcp_hosts: Table<MacAddr, DhcpHost>,
     /// Upstream DNS servers, in the order given.
     pub dns_servers: Vec<Ipv4Addr>,
 }
 
 mod port_forward_list {
-    use super::{PortForward, PortForwardKey};
+    use super::{PortForward, PortForwardKey, Table};
     use serde::{Deserialize, Deserializer, Serializer};
-    use std::collections::BTreeMap;
 
     pub fn serialize<S: Serializer>(
-        map: &BTreeMap<PortForwardKey, PortForward>,
+        map: &Table<PortForwardKey, PortForward>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
         s.collect_seq(map.values())
@@ -83,7 +85,7 @@ mod port_forward_list {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
-    ) -> Result<BTreeMap<PortForwardKey, PortForward>, D::Error> {
+    ) -> Result<Table<PortForwardKey, PortForward>, D::Error> {
         let list = Vec::<PortForward>::deserialize(d)?;
         Ok(list.into_iter().map(|pf| (pf.key(), pf)).collect())
     }
