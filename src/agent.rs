@@ -1,15 +1,17 @@
 //! The single writer: commands that change state are applied one at a time, in arrival order.
 //!
-//! For each command: `next = desired.apply(cmd)` (pure, validated) -> the feature's backend
-//! makes the system follow -> the command is journaled durably -> `desired = next` -> reply.
-//! A failure at any step leaves both the system and the desired state as they were.
+//! For each command: `after = desired.apply(cmd)` (pure, validated, computed once; the state's
+//! maps are persistent, so the copy is cheap) -> every backend whose parts the command touches
+//! makes the system follow the [`Change`] -> the command is journaled durably ->
+//! `desired = after` -> reply. A failure at any step leaves both the system and the desired
+//! state as they were (backends that already followed are brought back).
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, Engine};
 use crate::facts::FactsSource;
 use crate::health::Health;
 use crate::state::facts::SystemFacts;
 use crate::state::store::{Store, StoreError};
-use crate::state::{Command, DesiredState, Feature, Invalid};
+use crate::state::{Change, Command, DesiredState, Feature, Invalid};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, Span};
@@ -162,11 +164,11 @@ impl AgentHandle {
     }
 }
 
-/// The writer task's state.
-pub struct Agent {
+/// The writer task's state, over the backends `B` (the agent's [`Engine`]s, or a test's).
+pub struct Agent<B: Backend = Engine> {
     desired: DesiredState,
     store: Store,
-    backends: Vec<Box<dyn Backend>>,
+    backends: Vec<B>,
     health: Arc<Health>,
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
     facts: Option<FactsSource>,
@@ -175,16 +177,16 @@ pub struct Agent {
     preserve: bool,
 }
 
-impl Agent {
+impl<B: Backend + 'static> Agent<B> {
     /// Creates the writer from loaded state. Call [`Agent::reconcile_all`] before serving.
     /// With `preserve` (a lossy recovery), re-applies add and never remove until `/init`.
     pub fn new(
         desired: DesiredState,
         store: Store,
-        backends: Vec<Box<dyn Backend>>,
+        backends: Vec<B>,
         health: Arc<Health>,
         preserve: bool,
-    ) -> Agent {
+    ) -> Agent<B> {
         let snapshot = Arc::new(RwLock::new(Arc::new(Snapshot {
             uuid: desired.uuid.clone(),
         })));
@@ -202,7 +204,7 @@ impl Agent {
     /// Brings one backend in line with `state`: a full reconcile, or while preserving an
     /// add-only one.
     async fn reconcile_one(
-        backend: &mut Box<dyn Backend>,
+        backend: &mut B,
         state: &DesiredState,
         preserve: bool,
     ) -> Result<(), BackendError> {
@@ -214,7 +216,7 @@ impl Agent {
     }
 
     /// Checks every command against the rails of [`SystemFacts`] gathered from `source`.
-    pub fn with_facts(mut self, source: FactsSource) -> Agent {
+    pub fn with_facts(mut self, source: FactsSource) -> Agent<B> {
         self.facts = Some(source);
         self
     }
@@ -350,19 +352,40 @@ impl Agent {
             return Err(ApplyError::Unwritable(e));
         }
         let feature = cmd.feature();
-        let index = self
-            .backends
-            .iter()
-            .position(|b| b.features().contains(&feature));
-        match (feature, index) {
-            (Feature::Core, _) => {}
-            (_, Some(i)) => self.backends[i].apply(&self.desired, cmd).await?,
-            (_, None) => {
-                return Err(ApplyError::Unsupported {
-                    feature: feature.name(),
-                    path,
-                });
+        if feature != Feature::Core
+            && !self
+                .backends
+                .iter()
+                .any(|b| b.features().contains(&feature))
+        {
+            return Err(ApplyError::Unsupported {
+                feature: feature.name(),
+                path,
+            });
+        }
+        let mut after = self.desired.clone();
+        let parts = after.apply_checked(cmd);
+        let mut change = Change::new(&self.desired, &after, cmd, parts);
+        change.preserve = self.preserve;
+        // Every backend the command concerns follows, in order; on a failure those that
+        // already did go back to the state before.
+        let mut followed: Vec<usize> = Vec::new();
+        let mut failure = None;
+        for (i, backend) in self.backends.iter_mut().enumerate() {
+            if !backend.concerns(parts) {
+                continue;
             }
+            match backend.apply(&change).await {
+                Ok(()) => followed.push(i),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            self.roll_back(&followed).await;
+            return Err(e.into());
         }
         let persisted = if self.store.needs_snapshot() {
             // The journal holds a record that could not be taken back: replace it by a
@@ -380,22 +403,11 @@ impl Agent {
                     format!("{e}; the last command was refused and rolled back"),
                 );
             }
-            if let Some(i) = index
-                && let Err(undo) =
-                    Self::reconcile_one(&mut self.backends[i], &self.desired, self.preserve).await
-            {
-                tracing::error!(error = %undo, "rollback after a failed persist failed");
-                self.health
-                    .set(format!("apply:{}", feature.name()), undo.to_string());
-            }
+            self.roll_back(&followed).await;
             return Err(e.into());
         }
         self.health.clear(HEALTH_STORE);
-        if let Err(e) = self.desired.apply(cmd) {
-            // check() passed above, so this cannot happen; never leave the two apart silently.
-            tracing::error!(error = %e, "a checked command failed to apply");
-            return Err(e.into());
-        }
+        self.desired = after;
         if matches!(cmd, Command::Init { .. }) {
             // The management node has taken charge again: whatever we lost, it now resends.
             if self.preserve {
@@ -409,18 +421,22 @@ impl Agent {
             if let Some((feature, e)) = failures.into_iter().next() {
                 tracing::warn!(feature = feature.name(), error = %e, "re-apply at /init failed");
             }
-        } else if matches!(cmd, Command::ConfigureNics(_) | Command::RemoveNics(_)) {
-            // Nic names and addresses feed the other renderings (NAT interfaces, dnsmasq
-            // listen addresses): bring them along. Failures show in health.
-            self.reconcile_others(index).await;
-        }
-        for (i, backend) in self.backends.iter_mut().enumerate() {
-            if Some(i) != index {
-                backend.observe(&self.desired).await;
-            }
         }
         self.publish();
         Ok(())
+    }
+
+    /// Brings the backends at `indexes` back to the desired state (a command they followed
+    /// failed further on). Failures go to health.
+    async fn roll_back(&mut self, indexes: &[usize]) {
+        for &i in indexes.iter().rev() {
+            let backend = &mut self.backends[i];
+            if let Err(undo) = Self::reconcile_one(backend, &self.desired, self.preserve).await {
+                let name = backend.features()[0].name();
+                tracing::error!(backend = name, error = %undo, "rollback failed");
+                self.health.set(format!("apply:{name}"), undo.to_string());
+            }
+        }
     }
 
     async fn upkeep(&mut self, u: Upkeep) {

@@ -1,12 +1,9 @@
-//! The seam between the pure core and the kernel: one backend per feature brings the system in
-//! line with the desired state. Each apply is all-or-nothing on its own side.
+//! The seam between the pure core and the kernel: one backend per engine brings the system in
+//! line with the desired state. The agent computes each command's [`Change`] once and hands it
+//! to every backend whose parts it touches; no backend re-applies a command.
 
-use crate::state::{Command, DesiredState, Feature};
+use crate::state::{Change, DesiredState, Feature, Parts};
 use std::future::Future;
-use std::pin::Pin;
-
-/// A boxed future, for object-safe async backends.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Why a backend could not apply a change. The message goes to the management node as is.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -20,56 +17,109 @@ impl BackendError {
     }
 }
 
-/// Applies one feature's part of the desired state to the system.
+/// Applies its part of the desired state to the system.
 pub trait Backend: Send {
-    /// The features this backend owns (each feature has exactly one backend).
+    /// The features this backend owns (each feature has exactly one backend); the first
+    /// names it in health and logs.
     fn features(&self) -> &'static [Feature];
 
-    /// Makes the system follow `cmd` applied to `before` (already checked with
-    /// [`DesiredState::check`]). Either takes full effect or changes nothing.
-    fn apply<'a>(
-        &'a mut self,
-        before: &'a DesiredState,
-        cmd: &'a Command,
-    ) -> BoxFuture<'a, Result<(), BackendError>>;
+    /// True when a change of `parts` concerns this backend (it renders from them).
+    fn concerns(&self, parts: Parts) -> bool;
 
-    /// Makes the system match `state` from scratch (start-up, `/init`, rollback, and after
-    /// another backend changed the nics, since names and addresses may have moved).
-    fn reconcile<'a>(
-        &'a mut self,
-        state: &'a DesiredState,
-    ) -> BoxFuture<'a, Result<(), BackendError>>;
+    /// Makes the system follow `change.after` (already checked). Either takes full effect or
+    /// changes nothing.
+    fn apply(
+        &mut self,
+        change: &Change<'_>,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
+
+    /// Makes the system match `state` from scratch (start-up, `/init`, rollback, drift repair).
+    fn reconcile(
+        &mut self,
+        state: &DesiredState,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// Compares the system with `state`, repairs what differs, and says what was wrong
     /// (`None`: nothing). Runs between commands (periodically, and when notifications say the
     /// system changed). Default: nothing to compare.
-    fn check_and_repair<'a>(
-        &'a mut self,
-        _state: &'a DesiredState,
-    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
-        Box::pin(async { Ok(None) })
+    fn check_and_repair(
+        &mut self,
+        _state: &DesiredState,
+    ) -> impl Future<Output = Result<Option<String>, BackendError>> + Send {
+        async { Ok(None) }
     }
 
     /// Makes the system hold everything of `state` without removing anything it has beyond
     /// it: the start-up re-apply after a lossy recovery of the stored state, when the system
     /// may hold entries the agent can no longer read (kept until `/init` resends everything).
     /// Default: leave the system as it is.
-    fn reconcile_keeping<'a>(
-        &'a mut self,
-        _state: &'a DesiredState,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    /// Called after a command of another backend's feature changed the desired state (now
-    /// `after`), for renderings that read other features' entries (the firewall accepts DHCP
-    /// and DNS on the nics DHCP hosts use). Problems go to health. Default: nothing.
-    fn observe<'a>(&'a mut self, _after: &'a DesiredState) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
+    fn reconcile_keeping(
+        &mut self,
+        _state: &DesiredState,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        async { Ok(()) }
     }
 
     /// Stops anything the backend runs (processes it supervises). Default: nothing.
-    fn shutdown(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
+    fn shutdown(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// The engines of this agent, in the order a change reaches them (interfaces first: the
+/// others render from nic names and addresses). A fixed set, dispatched without boxing.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value of each engine, held for the agent's life"
+)]
+pub enum Engine {
+    /// Nics, addresses, VIPs (netlink).
+    Links(crate::link::LinksBackend),
+    /// NAT and the appliance firewall (nftables).
+    Nat(crate::nat::NatBackend),
+    /// DHCP and DNS (dnsmasq).
+    Dnsmasq(crate::dnsmasq::DnsmasqBackend),
+}
+
+macro_rules! each_engine {
+    ($self:ident, $b:ident => $e:expr) => {
+        match $self {
+            Engine::Links($b) => $e,
+            Engine::Nat($b) => $e,
+            Engine::Dnsmasq($b) => $e,
+        }
+    };
+}
+
+impl Backend for Engine {
+    fn features(&self) -> &'static [Feature] {
+        each_engine!(self, b => b.features())
+    }
+
+    fn concerns(&self, parts: Parts) -> bool {
+        each_engine!(self, b => b.concerns(parts))
+    }
+
+    async fn apply(&mut self, change: &Change<'_>) -> Result<(), BackendError> {
+        each_engine!(self, b => b.apply(change).await)
+    }
+
+    async fn reconcile(&mut self, state: &DesiredState) -> Result<(), BackendError> {
+        each_engine!(self, b => b.reconcile(state).await)
+    }
+
+    async fn check_and_repair(
+        &mut self,
+        state: &DesiredState,
+    ) -> Result<Option<String>, BackendError> {
+        each_engine!(self, b => b.check_and_repair(state).await)
+    }
+
+    async fn reconcile_keeping(&mut self, state: &DesiredState) -> Result<(), BackendError> {
+        each_engine!(self, b => b.reconcile_keeping(state).await)
+    }
+
+    async fn shutdown(&mut self) {
+        each_engine!(self, b => b.shutdown().await);
     }
 }

@@ -4,7 +4,7 @@ use crate::agent::{Agent, HEALTH_STATE, HEALTH_STORE};
 use crate::api::conns::{Admission, Conns, Limits, Watched};
 use crate::api::inflight::InFlight;
 use crate::api::{self, ApiState};
-use crate::backend::Backend;
+use crate::backend::{Backend, Engine};
 use crate::config::Config;
 use crate::health::Health;
 use crate::state::store::Store;
@@ -41,15 +41,15 @@ pub enum ServeError {
 }
 
 /// The backends of every feature built into this agent.
-pub fn backends(config: &Config, health: &Arc<Health>) -> Vec<Box<dyn Backend>> {
+pub fn backends(config: &Config, health: &Arc<Health>) -> Vec<Engine> {
     vec![
         // Interfaces first: the others render from nic names and addresses.
-        Box::new(crate::link::LinksBackend::new(
+        Engine::Links(crate::link::LinksBackend::new(
             crate::bootstrap::cache_path(&config.state_dir),
             Arc::clone(health),
         )),
-        Box::new(crate::nat::NatBackend::new(config, Arc::clone(health))),
-        Box::new(crate::dnsmasq::DnsmasqBackend::new(
+        Engine::Nat(crate::nat::NatBackend::new(config, Arc::clone(health))),
+        Engine::Dnsmasq(crate::dnsmasq::DnsmasqBackend::new(
             config
                 .dnsmasq_dir
                 .clone()
@@ -60,13 +60,46 @@ pub fn backends(config: &Config, health: &Arc<Health>) -> Vec<Box<dyn Backend>> 
     ]
 }
 
+/// The listeners the agent serves on: the management node's and the appliance port (the same
+/// socket when both addresses are equal).
+pub struct Listeners {
+    /// The management node's port (7272).
+    pub vr: TcpListener,
+    /// The appliance port (7759), when it differs.
+    pub appliance: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds both addresses of `config`.
+    pub async fn bind(config: &Config) -> Result<Listeners, ServeError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })
+        };
+        let vr = bind(config.vr_listen).await?;
+        let appliance = if config.appliance_listen == config.vr_listen {
+            None
+        } else {
+            Some(bind(config.appliance_listen).await?)
+        };
+        Ok(Listeners { vr, appliance })
+    }
+
+    /// The bound addresses: (management node's, appliance).
+    pub fn addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
+        let vr = self.vr.local_addr()?;
+        let appliance = match &self.appliance {
+            Some(l) => l.local_addr()?,
+            None => vr,
+        };
+        Ok((vr, appliance))
+    }
+}
+
 /// Runs the agent until `shutdown` resolves, then drains and returns.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     let health = Arc::new(Health::default());
-    let md5 = crate::md5sum::md5_hex(Path::new("/proc/self/exe")).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "cannot read /proc/self/exe for its md5");
-        String::new()
-    });
     std::fs::create_dir_all(&config.run_dir).map_err(|source| ServeError::RunDir {
         path: config.run_dir.display().to_string(),
         source,
@@ -104,50 +137,71 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     .with_facts(crate::facts::FactsSource::from_config(&config));
     // Serve first: the listeners are bound and `/echo`, `/ping` answered while the writer
     // re-applies the stored state; commands queue behind the re-apply.
-    let vr = TcpListener::bind(config.vr_listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.vr_listen,
-            source,
-        })?;
-    let vr_addr = vr.local_addr().map_err(|source| ServeError::Bind {
+    let listeners = Listeners::bind(&config).await?;
+    let (vr_addr, appliance_addr) = listeners.addrs().map_err(|source| ServeError::Bind {
         addr: config.vr_listen,
         source,
     })?;
-    let appliance = if config.appliance_listen == config.vr_listen {
-        None
-    } else {
-        Some(
-            TcpListener::bind(config.appliance_listen)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    addr: config.appliance_listen,
-                    source,
-                })?,
-        )
-    };
-    let appliance_addr = match &appliance {
-        Some(l) => l.local_addr().map_err(|source| ServeError::Bind {
-            addr: config.appliance_listen,
-            source,
-        })?,
-        None => vr_addr,
-    };
-    let listeners =
+    let recorded =
         serde_json::json!({"vr": vr_addr.to_string(), "appliance": appliance_addr.to_string()});
     let listeners_path = config.run_dir.join("listeners.json");
     if let Err(e) =
-        crate::state::store::write_atomic(&listeners_path, listeners.to_string().as_bytes())
+        crate::state::store::write_atomic(&listeners_path, recorded.to_string().as_bytes())
     {
         tracing::warn!(error = %e, "cannot record the listener addresses");
     }
+    let md5 = crate::md5sum::md5_hex(Path::new("/proc/self/exe")).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot read /proc/self/exe for its md5");
+        String::new()
+    });
+    let around = Around {
+        health,
+        md5,
+        watch_drift: true,
+    };
+    run(listeners, agent, &config, around, shutdown).await;
+    Ok(())
+}
 
+/// What [`run`] serves besides the agent.
+pub struct Around {
+    /// Current problems, shared with the agent.
+    pub health: Arc<Health>,
+    /// Hex md5 of the running binary, for `/ping`.
+    pub md5: String,
+    /// Follow netlink notifications and verify periodically ([`crate::drift`]); off for
+    /// backends that do not touch the kernel.
+    pub watch_drift: bool,
+}
+
+/// Serves `listeners` with `agent` (which first re-applies its state) until `shutdown`
+/// resolves, then drains: connections and callbacks within the grace period, then the writer.
+/// Used by [`serve`] with the agent's engines, and by tests with backends of their own.
+pub async fn run<B: Backend + 'static>(
+    listeners: Listeners,
+    agent: Agent<B>,
+    config: &Config,
+    around: Around,
+    shutdown: impl Future<Output = ()>,
+) {
+    let Around {
+        health,
+        md5,
+        watch_drift,
+    } = around;
+    let (vr_addr, appliance_addr) = match listeners.addrs() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "listeners without an address");
+            return;
+        }
+    };
     let (handle, writer) = agent.spawn_reapplying();
     let verify_every = match config.verify_secs {
         0 => std::time::Duration::from_secs(365 * 24 * 3600),
         n => std::time::Duration::from_secs(n),
     };
-    let drift_watch = crate::drift::spawn(handle.clone(), verify_every);
+    let drift_watch = watch_drift.then(|| crate::drift::spawn(handle.clone(), verify_every));
     let max = crate::api::conns::fit_fd_limit(config.max_connections as usize);
     let conns = Conns::new(Limits {
         header: Duration::from_secs(config.header_timeout_secs),
@@ -175,12 +229,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_tasks = vec![tokio::spawn(accept_loop(
-        vr,
+        listeners.vr,
         Arc::clone(&state),
         Arc::clone(&conns),
         stop_rx.clone(),
     ))];
-    if let Some(l) = appliance {
+    if let Some(l) = listeners.appliance {
         accept_tasks.push(tokio::spawn(accept_loop(
             l,
             Arc::clone(&state),
@@ -199,7 +253,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         let _ = t.await;
     }
     drop(state);
-    drift_watch.abort();
+    if let Some(w) = drift_watch {
+        w.abort();
+    }
     let drain = async {
         conns.closed().await;
         inflight.idle().await;
@@ -216,7 +272,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             grace_s = config.shutdown_grace_secs,
             "grace period over; exiting with work in flight"
         );
-        return Ok(());
+        return;
     }
     if tokio::time::timeout(std::time::Duration::from_secs(5), writer)
         .await
@@ -225,7 +281,6 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         tracing::warn!("writer did not stop in time");
     }
     tracing::info!("stopped");
-    Ok(())
 }
 
 async fn accept_loop(

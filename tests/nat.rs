@@ -525,8 +525,11 @@ fn dhcp_hosts_added_through_another_backend_open_dhcp_and_dns_on_their_nic() {
          "hostname": null, "vr_nic_mac": G1_MAC, "dns_domain": null, "is_default_l3": true, "mtu": null}
     ]}}))
     .unwrap();
-    state.apply(&host).unwrap();
-    router.block_on(|| async { backend.observe(&state).await });
+    let before = state.clone();
+    let parts = state.apply(&host).unwrap();
+    let change = vr_agent::state::Change::new(&before, &state, &host, parts);
+    assert!(backend.concerns(parts));
+    router.block_on(|| async { backend.apply(&change).await.unwrap() });
     assert_eq!(
         udp_ask(&guest, "172.20.0.1:53", None).as_deref(),
         Some("172.20.0.15 53")

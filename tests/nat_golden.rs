@@ -51,6 +51,17 @@ fn plan_cases() -> Vec<(String, Command)> {
     out
 }
 
+/// The plan of `cmd` on `base`, with the state after it computed as the agent does.
+fn plan_of(
+    base: &DesiredState,
+    cmd: &Command,
+    inputs: &Inputs,
+) -> Result<plan::Plan, vr_agent::nat::model::NatError> {
+    let mut after = base.clone();
+    after.apply(cmd).expect("the command applies to the state");
+    plan::plan(base, &after, cmd, inputs)
+}
+
 fn plan_text(p: &plan::Plan) -> String {
     let mut out = String::new();
     for f in &p.flush {
@@ -96,7 +107,7 @@ fn renderings_match_golden_files() {
     for (name, cmd) in plan_cases() {
         base.check(&cmd)
             .unwrap_or_else(|e| panic!("{name}: the core refuses it: {e}"));
-        let p = plan::plan(&base, &cmd, &inputs).unwrap();
+        let p = plan_of(&base, &cmd, &inputs).unwrap();
         ok &= check(&dir().join(format!("plans/{name}.nft")), &plan_text(&p));
     }
     assert!(ok, "golden files differ");
@@ -122,7 +133,7 @@ fn a_command_with_a_missing_mac_is_refused_naming_it() {
         r#"{"cmd": "create_eip", "args": {"vip_ip": "10.10.1.70", "private_mac": "fa:7e:4b:ad:11:77", "guest_ip": "172.20.0.70", "snat_inbound": false}}"#,
     )
     .unwrap();
-    let err = plan::plan(&base, &cmd, &inputs()).unwrap_err().to_string();
+    let err = plan_of(&base, &cmd, &inputs()).unwrap_err().to_string();
     assert!(err.contains("fa:7e:4b:ad:11:77"), "{err}");
     assert!(err.contains("eip.privateMac"), "{err}");
 }
@@ -204,7 +215,7 @@ fn golden_renderings_load_into_nft_and_plans_reach_the_state_after() {
     let base_text = plan::full(&base, &inputs).nft;
     for (name, cmd) in plan_cases() {
         load(&ns, &base_text);
-        let p = plan::plan(&base, &cmd, &inputs).unwrap();
+        let p = plan_of(&base, &cmd, &inputs).unwrap();
         if !p.nft.is_empty() {
             load(&ns, &p.nft);
         }
@@ -231,7 +242,7 @@ fn golden_renderings_load_into_nft_and_plans_reach_the_state_after() {
     // a refused netlink transaction names the reason and changes nothing
     load(&ns, &base_text);
     let before = dump(&ns);
-    let p = plan::plan(&base, &plan_cases()[0].1, &inputs).unwrap();
+    let p = plan_of(&base, &plan_cases()[0].1, &inputs).unwrap();
     let adds = p.elements.unwrap().adds;
     let err = ns.enter(|| {
         let mut sock = Nfnl::open().unwrap();
@@ -253,7 +264,7 @@ fn netlink_batches_match_golden_files() {
         "synceip",
     ] {
         let (_, cmd) = plan_cases().into_iter().find(|(n, _)| n == name).unwrap();
-        let p = plan::plan(&base, &cmd, &inputs).unwrap();
+        let p = plan_of(&base, &cmd, &inputs).unwrap();
         let c = p.elements.unwrap();
         let (bytes, acked) = vr_agent::nat::netlink::batch(&c.flush, &c.deletes, &c.adds, 100);
         let mut text = format!("# acknowledged: {acked:?}\n");

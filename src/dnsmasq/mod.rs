@@ -20,11 +20,11 @@ pub mod process;
 pub mod render;
 pub mod write;
 
-use crate::backend::{Backend, BackendError, BoxFuture};
+use crate::backend::{Backend, BackendError};
 use crate::health::Health;
 use crate::state::model::DhcpHost;
 use crate::state::types::{Cidr, MacAddr};
-use crate::state::{Command, DesiredState, Feature};
+use crate::state::{Change, Command, DesiredState, Feature, Parts};
 use leases::Release;
 use process::{LeaseSet, Supervisor};
 use render::{Iface, Paths};
@@ -401,109 +401,83 @@ impl Backend for DnsmasqBackend {
         &[Feature::Dhcp, Feature::Dns]
     }
 
-    fn apply<'a>(
-        &'a mut self,
-        before: &'a DesiredState,
-        cmd: &'a Command,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move {
-            match cmd {
-                Command::AddDhcp {
-                    hosts,
-                    rebuild: false,
-                } => {
-                    if let Some(new) = self.incremental_adds(before, hosts) {
-                        return self.add_files(&new);
-                    }
+    fn concerns(&self, parts: Parts) -> bool {
+        // nics: listen addresses and subnets; SNAT: the guest nics the forwarder serves
+        parts.intersects(Parts::DHCP_HOSTS | Parts::DNS_SERVERS | Parts::NICS | Parts::SNATS)
+    }
+
+    async fn apply(&mut self, change: &Change<'_>) -> Result<(), BackendError> {
+        let (before, after) = (change.before, change.after);
+        match change.cmd {
+            Command::AddDhcp {
+                hosts,
+                rebuild: false,
+            } => {
+                if let Some(new) = self.incremental_adds(before, hosts) {
+                    return self.add_files(&new);
                 }
-                Command::SetDns(_) | Command::RemoveDns(_) if self.applied.is_some() => {
-                    let mut dns = DesiredState {
-                        dns_servers: before.dns_servers.clone(),
-                        ..DesiredState::default()
-                    };
-                    dns.apply(cmd).map_err(err)?;
-                    // Going from no upstream to some (or back) changes where dnsmasq listens
-                    // when there are SNAT guest nics: that needs a full sync below.
-                    let listening_changes = !before.snats.is_empty()
-                        && before.dns_servers.is_empty() != dns.dns_servers.is_empty();
-                    if !listening_changes {
-                        // The forwarder's servers only: dnsmasq watches its resolv file itself.
-                        let text = render::render_resolv(&dns.dns_servers);
-                        write::write_if_changed(&self.paths.resolv(), text.as_bytes())
-                            .map_err(err)?;
-                        return Ok(());
-                    }
+            }
+            Command::SetDns(_) | Command::RemoveDns(_) if self.applied.is_some() => {
+                // Going from no upstream to some (or back) changes where dnsmasq listens
+                // when there are SNAT guest nics: that needs a full sync below.
+                let listening_changes = !before.snats.is_empty()
+                    && before.dns_servers.is_empty() != after.dns_servers.is_empty();
+                if !listening_changes {
+                    // The forwarder's servers only: dnsmasq watches its resolv file itself.
+                    let text = render::render_resolv(&after.dns_servers);
+                    write::write_if_changed(&self.paths.resolv(), text.as_bytes()).map_err(err)?;
+                    return Ok(());
                 }
-                Command::AddDhcp { .. }
-                | Command::RemoveDhcp(_)
-                | Command::SetDns(_)
-                | Command::RemoveDns(_) => {}
-                _ => return Ok(()),
             }
-            let mut after = before.clone();
-            after.apply(cmd).map_err(err)?;
-            if let Err(e) = self.sync(&after).await {
-                tracing::warn!(error = %e, "dnsmasq change failed; restoring the previous state");
-                if let Err(undo) = self.sync(before).await {
-                    tracing::error!(error = %undo, "restoring dnsmasq failed");
-                }
-                return Err(e);
+            // A SNAT change: only a change of the guest nics the forwarder serves matters.
+            _ if !change.touches(Parts::DHCP_HOSTS | Parts::DNS_SERVERS | Parts::NICS)
+                && self.dns_guests.as_ref() == Some(&dns_guests(after)) =>
+            {
+                return Ok(());
             }
-            Ok(())
-        })
+            _ => {}
+        }
+        if change.preserve {
+            return self.sync_with(after, true).await;
+        }
+        if let Err(e) = self.sync(after).await {
+            tracing::warn!(error = %e, "dnsmasq change failed; restoring the previous state");
+            if let Err(undo) = self.sync(before).await {
+                tracing::error!(error = %undo, "restoring dnsmasq failed");
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
-    fn reconcile<'a>(
-        &'a mut self,
-        state: &'a DesiredState,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(self.sync(state))
+    async fn reconcile(&mut self, state: &DesiredState) -> Result<(), BackendError> {
+        self.sync(state).await
     }
 
-    fn check_and_repair<'a>(
-        &'a mut self,
-        state: &'a DesiredState,
-    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
-        Box::pin(async move {
-            let changed = self.changed_files();
-            if changed.is_empty() {
-                return Ok(None);
-            }
-            self.sync(state).await?;
-            Ok(Some(format!(
-                "dnsmasq files changed outside the agent ({}); rewritten",
-                changed.join(", ")
-            )))
-        })
+    async fn check_and_repair(
+        &mut self,
+        state: &DesiredState,
+    ) -> Result<Option<String>, BackendError> {
+        let changed = self.changed_files();
+        if changed.is_empty() {
+            return Ok(None);
+        }
+        self.sync(state).await?;
+        Ok(Some(format!(
+            "dnsmasq files changed outside the agent ({}); rewritten",
+            changed.join(", ")
+        )))
     }
 
-    fn reconcile_keeping<'a>(
-        &'a mut self,
-        state: &'a DesiredState,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(self.sync_with(state, true))
+    async fn reconcile_keeping(&mut self, state: &DesiredState) -> Result<(), BackendError> {
+        self.sync_with(state, true).await
     }
 
-    fn observe<'a>(&'a mut self, after: &'a DesiredState) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            if self.dns_guests.as_ref() == Some(&dns_guests(after)) {
-                return;
-            }
-            // A SNAT command added or removed a guest nic the DNS forwarder listens on.
-            match self.sync(after).await {
-                Ok(()) => self.health.clear(HEALTH_DNS_GUESTS),
-                Err(e) => self.health.set(HEALTH_DNS_GUESTS, e.to_string()),
-            }
-        })
-    }
-
-    fn shutdown(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            if let Some(s) = self.supervisor.take() {
-                s.stop().await;
-            }
-            self.running = false;
-        })
+    async fn shutdown(&mut self) {
+        if let Some(s) = self.supervisor.take() {
+            s.stop().await;
+        }
+        self.running = false;
     }
 }
 

@@ -5,12 +5,12 @@ use super::garp;
 use super::netlink::{Link, Netlink};
 use super::plan::{self, Wanted};
 use super::sync::{self, SyncError, SyncOptions};
-use crate::backend::{Backend, BackendError, BoxFuture};
+use crate::backend::{Backend, BackendError};
 use crate::bootstrap::info::BootstrapInfo;
 use crate::health::Health;
 use crate::state::model::{Nic, Vip};
 use crate::state::types::MacAddr;
-use crate::state::{Command, DesiredState, Feature};
+use crate::state::{Change, Command, DesiredState, Feature, Parts};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -92,13 +92,12 @@ impl LinksBackend {
     async fn configure(
         &mut self,
         before: &DesiredState,
-        cmd: &Command,
+        after: &DesiredState,
         nics: &[Nic],
     ) -> Result<(), BackendError> {
         let nl = self.netlink()?;
         // Every MAC must resolve to exactly one link before anything changes.
         sync::find_links(&nl, nics.iter().map(|n| n.mac)).await?;
-        let after = applied(before, cmd)?;
         let scope: BTreeSet<MacAddr> = nics.iter().map(|n| n.mac).collect();
         let opts = SyncOptions {
             prune: true,
@@ -108,7 +107,7 @@ impl LinksBackend {
         let result = sync::sync(
             &nl,
             &mut self.announcer,
-            &Wanted::new(&self.bootstrap, &after),
+            &Wanted::new(&self.bootstrap, after),
             &opts,
         )
         .await;
@@ -122,13 +121,12 @@ impl LinksBackend {
     async fn remove_nics(
         &mut self,
         before: &DesiredState,
-        cmd: &Command,
+        after: &DesiredState,
         macs: &[MacAddr],
     ) -> Result<(), BackendError> {
         let nl = self.netlink()?;
-        let after = applied(before, cmd)?;
         let links = nl.links().await?;
-        let wanted = Wanted::new(&self.bootstrap, &after);
+        let wanted = Wanted::new(&self.bootstrap, after);
         let mut keep = BTreeSet::new();
         let mut removed: Vec<Undo> = Vec::new();
         let mut result: Result<(), BackendError> = Ok(());
@@ -311,58 +309,43 @@ async fn run_undo(nl: &Netlink, undo: Vec<Undo>) {
     }
 }
 
-fn applied(before: &DesiredState, cmd: &Command) -> Result<DesiredState, BackendError> {
-    let mut after = before.clone();
-    after
-        .apply(cmd)
-        .map_err(|e| BackendError::new(e.to_string()))?;
-    Ok(after)
-}
-
 impl Backend for LinksBackend {
     fn features(&self) -> &'static [Feature] {
         &[Feature::Links]
     }
 
-    fn apply<'a>(
-        &'a mut self,
-        before: &'a DesiredState,
-        cmd: &'a Command,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move {
-            match cmd {
-                Command::ConfigureNics(nics) => self.configure(before, cmd, nics).await,
-                Command::RemoveNics(macs) => self.remove_nics(before, cmd, macs).await,
-                Command::CreateVips(vips) => self.create_vips(before, vips).await,
-                Command::RemoveVips(vips) => self.remove_vips(before, vips).await,
-                other => Err(BackendError::new(format!(
-                    "the interfaces backend got a {} command",
-                    other.feature().name()
-                ))),
-            }
-        })
+    fn concerns(&self, parts: Parts) -> bool {
+        parts.intersects(Parts::NICS | Parts::VIPS)
     }
 
-    fn reconcile<'a>(
-        &'a mut self,
-        state: &'a DesiredState,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move { self.resync(state, true).await.map(|_| ()) })
+    async fn apply(&mut self, change: &Change<'_>) -> Result<(), BackendError> {
+        let before = change.before;
+        match change.cmd {
+            Command::ConfigureNics(nics) => self.configure(before, change.after, nics).await,
+            Command::RemoveNics(macs) => self.remove_nics(before, change.after, macs).await,
+            Command::CreateVips(vips) => self.create_vips(before, vips).await,
+            Command::RemoveVips(vips) => self.remove_vips(before, vips).await,
+            other => Err(BackendError::new(format!(
+                "the interfaces backend got a {} command",
+                other.feature().name()
+            ))),
+        }
+    }
+
+    async fn reconcile(&mut self, state: &DesiredState) -> Result<(), BackendError> {
+        self.resync(state, true).await.map(|_| ())
     }
 
     /// The re-apply without removing addresses the state does not know.
-    fn reconcile_keeping<'a>(
-        &'a mut self,
-        state: &'a DesiredState,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move { self.resync(state, false).await.map(|_| ()) })
+    async fn reconcile_keeping(&mut self, state: &DesiredState) -> Result<(), BackendError> {
+        self.resync(state, false).await.map(|_| ())
     }
 
-    fn check_and_repair<'a>(
-        &'a mut self,
-        state: &'a DesiredState,
-    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
-        Box::pin(async move {
+    async fn check_and_repair(
+        &mut self,
+        state: &DesiredState,
+    ) -> Result<Option<String>, BackendError> {
+        {
             let missing_before = self.missing.clone();
             let report = self.resync(state, true).await?;
             let mut what = Vec::new();
@@ -386,7 +369,7 @@ impl Backend for LinksBackend {
                 });
             }
             Ok((!what.is_empty()).then(|| format!("interfaces drifted: {}", what.join(", "))))
-        })
+        }
     }
 }
 

@@ -15,12 +15,12 @@ pub mod nft;
 pub mod plan;
 pub mod render;
 
-use crate::backend::{Backend, BackendError, BoxFuture};
+use crate::backend::{Backend, BackendError};
 use crate::config::Config;
 use crate::health::Health;
 use crate::state::model::Eip;
 use crate::state::types::MacAddr;
-use crate::state::{Command, DesiredState, Feature};
+use crate::state::{Change, Command, DesiredState, Feature, Parts};
 use inputs::Inputs;
 use model::{NatError, needs_addresses};
 use plan::Plan;
@@ -166,7 +166,12 @@ impl NatBackend {
         nft::apply(&p.nft).await
     }
 
-    async fn change(&mut self, before: &DesiredState, cmd: &Command) -> Result<(), NatError> {
+    async fn change(
+        &mut self,
+        before: &DesiredState,
+        after: &DesiredState,
+        cmd: &Command,
+    ) -> Result<(), NatError> {
         let cmd_eips: Vec<&Eip> = match cmd {
             Command::CreateEip(e) | Command::RemoveEip(e) => vec![e],
             Command::SyncEips(new) => new.iter().collect(),
@@ -202,15 +207,15 @@ impl NatBackend {
         }
         self.watch_flows(before, &cmd_vips);
         let inputs = self.inputs(before, eips)?;
-        let mut p = plan::plan(before, cmd, &inputs)?;
+        let mut p = plan::plan(before, after, cmd, &inputs)?;
         if self.degraded && !p.full && !p.nft.is_empty() {
-            p = replace_plan(before, cmd, &inputs)?;
+            p = replace_plan(before, after, cmd, &inputs)?;
         }
         if p.guest_ifs.is_none() {
             let now = model::guest_ifs(
-                &before.nics,
-                before.snats.values(),
-                &before.dhcp_hosts,
+                &after.nics,
+                after.snats.values(),
+                &after.dhcp_hosts,
                 &inputs,
             );
             if self.guest_ifs.as_ref() != Some(&now) {
@@ -234,7 +239,7 @@ impl NatBackend {
                 tracing::warn!(error = %e, "element update refused; replacing our tables");
                 let all =
                     self.inputs(before, before.eips.values().chain(cmd_eips.iter().copied()))?;
-                let full = replace_plan(before, cmd, &all)?;
+                let full = replace_plan(before, after, cmd, &all)?;
                 nft::apply(&full.nft).await.map_err(|_| e)?;
                 p.full = true;
                 p.skipped = full.skipped;
@@ -314,13 +319,14 @@ impl NatBackend {
 }
 
 /// A full replace with the state after `cmd`.
-fn replace_plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Plan, NatError> {
-    let mut after = before.clone();
-    after
-        .apply(cmd)
-        .map_err(|e| NatError::System(e.to_string()))?;
-    let flush = plan::plan(before, cmd, inputs)?.flush;
-    let mut p = plan::full(&after, inputs);
+fn replace_plan(
+    before: &DesiredState,
+    after: &DesiredState,
+    cmd: &Command,
+    inputs: &Inputs,
+) -> Result<Plan, NatError> {
+    let flush = plan::plan(before, after, cmd, inputs)?.flush;
+    let mut p = plan::full(after, inputs);
     p.flush = flush;
     Ok(p)
 }
@@ -334,11 +340,20 @@ impl Backend for NatBackend {
     /// state's set and map elements are added in one transaction and nothing is deleted (rules
     /// of chains are left as they are); if the kernel refuses (an element holds another value),
     /// the tables are left exactly as they are and the refusal is returned for health.
-    fn reconcile_keeping<'a>(
-        &'a mut self,
-        state: &'a DesiredState,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move {
+    fn concerns(&self, parts: Parts) -> bool {
+        // nics: names and addresses bind every entry; DHCP hosts: the guest nic set
+        parts.intersects(
+            Parts::NICS
+                | Parts::SNATS
+                | Parts::EIPS
+                | Parts::PORT_FORWARDS
+                | Parts::FIREWALL
+                | Parts::DHCP_HOSTS,
+        )
+    }
+
+    async fn reconcile_keeping(&mut self, state: &DesiredState) -> Result<(), BackendError> {
+        {
             if !ours_present().await.map_err(BackendError::new)? {
                 return self.reconcile(state).await;
             }
@@ -362,66 +377,37 @@ impl Backend for NatBackend {
                 "nat and firewall elements added; nothing removed"
             );
             Ok(())
-        })
+        }
     }
 
-    fn apply<'a>(
-        &'a mut self,
-        before: &'a DesiredState,
-        cmd: &'a Command,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move {
-            self.change(before, cmd).await.map_err(|e| match e {
+    async fn apply(&mut self, change: &Change<'_>) -> Result<(), BackendError> {
+        if change.touches(Parts::NICS) {
+            // Names and addresses may have moved: every entry binds anew.
+            return if change.preserve {
+                self.reconcile_keeping(change.after).await
+            } else {
+                self.reconcile(change.after).await
+            };
+        }
+        if !change.touches(Parts::SNATS | Parts::EIPS | Parts::PORT_FORWARDS | Parts::FIREWALL) {
+            // Only the DHCP hosts changed: the nics they use may open or close.
+            return self.follow_guests(change.after).await;
+        }
+        self.change(change.before, change.after, change.cmd)
+            .await
+            .map_err(|e| match e {
                 NatError::Nic { .. } | NatError::NoPublicNic { .. } => {
                     BackendError::new(format!("{e}; nothing was changed"))
                 }
                 other => BackendError::new(other.to_string()),
             })
-        })
     }
 
-    fn observe<'a>(&'a mut self, after: &'a DesiredState) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            let macs = model::guest_macs(&after.nics, after.snats.values(), &after.dhcp_hosts);
-            if self.observed_guests.as_ref() == Some(&macs) {
-                return;
-            }
-            let names = match crate::nics::by_mac() {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot list the nics");
-                    return;
-                }
-            };
-            let inputs = Inputs {
-                names,
-                ..Inputs::default()
-            };
-            let now = model::guest_ifs(
-                &after.nics,
-                after.snats.values(),
-                &after.dhcp_hosts,
-                &inputs,
-            );
-            if self.guest_ifs.as_ref() != Some(&now) {
-                if let Err(e) = nft::apply(&render::guest_ifs_rewrite(&now)).await {
-                    tracing::warn!(error = %e, "guest nic set not updated");
-                    self.health.set(HEALTH_GUESTS, e.to_string());
-                    return;
-                }
-                tracing::info!(guest_nics = ?now, "guest nics updated");
-                self.guest_ifs = Some(now);
-            }
-            self.health.clear(HEALTH_GUESTS);
-            self.observed_guests = Some(macs);
-        })
-    }
-
-    fn check_and_repair<'a>(
-        &'a mut self,
-        state: &'a DesiredState,
-    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
-        Box::pin(async move {
+    async fn check_and_repair(
+        &mut self,
+        state: &DesiredState,
+    ) -> Result<Option<String>, BackendError> {
+        {
             // Changes inside our tables are caught at once through notifications; this safety
             // net checks that the tables themselves are there.
             let tables = nft::tables()
@@ -442,14 +428,11 @@ impl Backend for NatBackend {
                 "nftables: {} missing, re-created",
                 missing.join(" and ")
             )))
-        })
+        }
     }
 
-    fn reconcile<'a>(
-        &'a mut self,
-        state: &'a DesiredState,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move {
+    async fn reconcile(&mut self, state: &DesiredState) -> Result<(), BackendError> {
+        {
             let inputs = self
                 .inputs(state, state.eips.values())
                 .map_err(|e| BackendError::new(e.to_string()))?;
@@ -487,6 +470,39 @@ impl Backend for NatBackend {
                 "nat and firewall tables replaced"
             );
             Ok(())
-        })
+        }
+    }
+}
+
+impl NatBackend {
+    /// Brings the guest nic set (DHCP and DNS accepted there) in line with `after`, whose
+    /// DHCP hosts changed.
+    async fn follow_guests(&mut self, after: &DesiredState) -> Result<(), BackendError> {
+        let macs = model::guest_macs(&after.nics, after.snats.values(), &after.dhcp_hosts);
+        if self.observed_guests.as_ref() == Some(&macs) {
+            return Ok(());
+        }
+        let names = crate::nics::by_mac()
+            .map_err(|e| BackendError::new(format!("cannot list the nics: {e}")))?;
+        let inputs = Inputs {
+            names,
+            ..Inputs::default()
+        };
+        let now = model::guest_ifs(
+            &after.nics,
+            after.snats.values(),
+            &after.dhcp_hosts,
+            &inputs,
+        );
+        if self.guest_ifs.as_ref() != Some(&now) {
+            nft::apply(&render::guest_ifs_rewrite(&now))
+                .await
+                .map_err(|e| BackendError::new(format!("guest nic set not updated: {e}")))?;
+            tracing::info!(guest_nics = ?now, "guest nics updated");
+            self.guest_ifs = Some(now);
+        }
+        self.health.clear(HEALTH_GUESTS);
+        self.observed_guests = Some(macs);
+        Ok(())
     }
 }

@@ -73,7 +73,12 @@ fn replace(rs: Ruleset, skipped: Vec<NatError>) -> Plan {
 /// error names the field and MAC); entries already in the state that no longer resolve make the
 /// plan a full replace that leaves them out. Sync commands empty and refill the sets they
 /// cover, in one transaction.
-pub fn plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Plan, NatError> {
+pub fn plan(
+    before: &DesiredState,
+    after: &DesiredState,
+    cmd: &Command,
+    inputs: &Inputs,
+) -> Result<Plan, NatError> {
     match cmd {
         Command::CreateEip(eip) => eip_change(before, inputs, eip.vip_ip, Some(eip)),
         Command::RemoveEip(eip) => eip_change(before, inputs, eip.vip_ip, None),
@@ -81,9 +86,8 @@ pub fn plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Pla
             for (i, e) in eips.iter().enumerate() {
                 bind_eip(e, &before.vips, &before.nics, inputs, &format!("eips[{i}]"))?;
             }
-            let after = after(before, cmd)?;
             let mut skipped = Vec::new();
-            let adds = model::eip_set_elements(&after, inputs, &mut skipped);
+            let adds = model::eip_set_elements(after, inputs, &mut skipped);
             let conntrack = changed_vips(&before.eips, &after.eips);
             Ok(replace_sets(model::EIP_SETS, adds, conntrack))
         }
@@ -137,9 +141,8 @@ pub fn plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Pla
             for (i, rule) in rules.iter().enumerate() {
                 check_pf(rule, inputs, &format!("rules[{i}]"))?;
             }
-            let after = after(before, cmd)?;
             let mut skipped = Vec::new();
-            let adds = model::pf_set_elements(&after, inputs, &mut skipped);
+            let adds = model::pf_set_elements(after, inputs, &mut skipped);
             let conntrack = changed_forwards(&before.port_forwards, &after.port_forwards);
             Ok(replace_sets(model::PF_SETS, adds, conntrack))
         }
@@ -153,16 +156,7 @@ pub fn plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Pla
                     bind_snat(snat, inputs, &format!("snats[{i}]"))?;
                 }
             }
-            // In order: a later entry for the same nic wins, as in DesiredState::apply.
-            let mut snats = before.snats.clone();
-            for (snat, enabled) in entries {
-                if *enabled {
-                    snats.insert(snat.private_nic_mac, snat.clone());
-                } else {
-                    snats.remove(&snat.private_nic_mac);
-                }
-            }
-            snat_rewrite(before, inputs, &snats)
+            snat_rewrite(before, inputs, &after.snats)
         }
         Command::RemoveSnat(snats) => {
             let macs: Vec<MacAddr> = snats.iter().map(|s| s.private_nic_mac).collect();
@@ -180,14 +174,6 @@ pub fn plan(before: &DesiredState, cmd: &Command, inputs: &Inputs) -> Result<Pla
         }
         _ => Ok(Plan::default()),
     }
-}
-
-fn after(before: &DesiredState, cmd: &Command) -> Result<DesiredState, NatError> {
-    let mut after = before.clone();
-    after
-        .apply(cmd)
-        .map_err(|e| NatError::System(e.to_string()))?;
-    Ok(after)
 }
 
 fn elements(deletes: Vec<Elem>, adds: Vec<Elem>, flush: Vec<Flush>) -> Plan {

@@ -4,7 +4,7 @@
 use super::command::Command;
 use super::model::{Eip, L4Proto, PortForward, PortForwardKey};
 use super::types::{MacAddr, PortRange};
-use super::{DesiredState, Invalid};
+use super::{DesiredState, Invalid, Parts};
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
@@ -37,9 +37,16 @@ impl DesiredState {
         }
     }
 
-    /// Applies `cmd` to `self` after [`DesiredState::check`]. On error `self` is unchanged.
-    pub fn apply(&mut self, cmd: &Command) -> Result<(), Invalid> {
+    /// Applies `cmd` to `self` after [`DesiredState::check`] and says which parts it wrote.
+    /// On error `self` is unchanged.
+    pub fn apply(&mut self, cmd: &Command) -> Result<Parts, Invalid> {
         self.check(cmd)?;
+        Ok(self.apply_checked(cmd))
+    }
+
+    /// Applies `cmd`, which [`DesiredState::check`] (or `check_with`) accepted on this very
+    /// state, and says which parts it wrote.
+    pub fn apply_checked(&mut self, cmd: &Command) -> Parts {
         match cmd {
             Command::Init {
                 uuid,
@@ -150,7 +157,7 @@ impl DesiredState {
             }
             Command::RefreshLb(_) | Command::DeleteLb(_) => {}
         }
-        Ok(())
+        cmd.parts()
     }
 }
 

@@ -1,5 +1,6 @@
 //! Typed changes to the desired state, one per management-node command that changes state.
 
+use super::Parts;
 use super::model::{DhcpHost, Eip, FirewallRule, LbListener, Nic, PortForward, Snat, Vip};
 use super::types::MacAddr;
 use serde::{Deserialize, Serialize};
@@ -100,6 +101,25 @@ impl Feature {
 }
 
 impl Command {
+    /// The parts of the desired state this command writes.
+    pub fn parts(&self) -> Parts {
+        match self {
+            Command::Init { .. } => Parts::IDENTITY,
+            Command::ApplianceInit => Parts::NONE,
+            Command::ConfigureNics(_) | Command::RemoveNics(_) => Parts::NICS,
+            Command::CreateVips(_) | Command::RemoveVips(_) => Parts::VIPS,
+            Command::AddDhcp { .. } | Command::RemoveDhcp(_) => Parts::DHCP_HOSTS,
+            Command::SetDns(_) | Command::RemoveDns(_) => Parts::DNS_SERVERS,
+            Command::SetSnat(_) | Command::SyncSnat(_) | Command::RemoveSnat(_) => Parts::SNATS,
+            Command::CreateEip(_) | Command::RemoveEip(_) | Command::SyncEips(_) => Parts::EIPS,
+            Command::CreatePortForwards(_)
+            | Command::RevokePortForwards(_)
+            | Command::SyncPortForwards(_) => Parts::PORT_FORWARDS,
+            Command::RefreshFirewall(_) => Parts::FIREWALL,
+            Command::RefreshLb(_) | Command::DeleteLb(_) => Parts::LISTENERS,
+        }
+    }
+
     /// The feature whose backend applies this command.
     pub fn feature(&self) -> Feature {
         match self {

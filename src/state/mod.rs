@@ -2,6 +2,7 @@
 //! `apply` for every command and durable storage.
 
 pub mod apply;
+pub mod change;
 pub mod command;
 pub mod facts;
 pub mod model;
@@ -14,6 +15,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use types::MacAddr;
 
+pub use change::{Change, Parts};
 pub use command::{Command, Feature};
 
 /// A map of the desired state: persistent, so cloning the state for a command costs nothing

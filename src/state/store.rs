@@ -247,7 +247,7 @@ fn replay(bytes: &[u8], state: &mut DesiredState) -> Replay {
             None => Some(("cut short (no line end)".to_string(), true)),
             Some(end) => match parse_record(&rest[..end]) {
                 Ok(cmd) => match state.apply(&cmd) {
-                    Ok(()) => {
+                    Ok(_) => {
                         applied += 1;
                         off += end + 1;
                         None
