@@ -30,15 +30,29 @@ struct Params {
     runs: usize,
 }
 
+fn filler_vip(i: usize) -> String {
+    // 198.18.0.0/15 holds 131,072 addresses; .1 of the first /24 is the nic's own
+    let (hi, lo) = (i / 250, i % 250 + 2);
+    format!("198.{}.{}.{lo}", 18 + hi / 256, hi % 256)
+}
+
 fn filler(i: usize) -> Value {
     // VIPs 198.18.x.y -> guests 10.1.x.y (only the measured EIP has a real guest)
     let (hi, lo) = (i / 250, i % 250 + 1);
     eip(
-        &format!("198.18.{hi}.{lo}"),
+        &filler_vip(i),
         G1_MAC,
-        &format!("10.1.{hi}.{lo}"),
+        &format!("10.{}.{}.{lo}", 1 + hi / 256, hi % 256),
         false,
     )
+}
+
+/// A number from the environment (benchmark knobs), or `default`.
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn measured() -> Value {
@@ -172,6 +186,20 @@ fn main() {
             runs: 1,
         }
     };
+    // knobs: VR_BENCH_SIZES=10000,100000 (EIPs present), VR_BENCH_VIPS=N (the first N filler
+    // VIPs are made addresses on the public nic through /createvip, as the management node
+    // does), VR_BENCH_DATAPLANE=0 (skip the connection and throughput part)
+    let mut p = p;
+    if let Ok(list) = std::env::var("VR_BENCH_SIZES") {
+        p.sizes = list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect();
+    }
+    let vips_wanted = knob("VR_BENCH_VIPS", 0);
+    p.sync_runs = knob("VR_BENCH_SYNC_RUNS", p.sync_runs);
+    p.samples = knob("VR_BENCH_SAMPLES", p.samples);
+    let dataplane = knob("VR_BENCH_DATAPLANE", 1) != 0;
     let net = Net::new();
     // the filler VIPs' subnet sits on the public nic
     net.router
@@ -196,11 +224,31 @@ fn main() {
             }
         };
         let mut lines = vec![
+            format!("VIPs as addresses on the public nic: {vips_wanted} (capped at N)"),
             "| N EIPs | /createeip median (ms) | /createeip p90 (ms) |".to_string(),
             "|---:|---:|---:|".to_string(),
         ];
         let mut sync_ms = Vec::new();
+        let mut vips_made = 0;
         for &size in &p.sizes {
+            let target = vips_wanted.min(size);
+            if vips_made < target {
+                let t = Instant::now();
+                for chunk in (vips_made..target).collect::<Vec<_>>().chunks(5_000) {
+                    let vips: Vec<Value> = chunk
+                        .iter()
+                        .map(|&i| json!({"ip": filler_vip(i), "netmask": "255.254.0.0",
+                            "gateway": "198.18.0.1", "ownerEthernetMac": PUB_MAC}))
+                        .collect();
+                    call("/createvip", json!({ "vips": vips })).await;
+                }
+                eprintln!(
+                    "{} VIPs made addresses of the public nic in {:.1} s",
+                    target - vips_made,
+                    t.elapsed().as_secs_f64()
+                );
+                vips_made = target;
+            }
             let mut ms = Vec::new();
             for _ in 0..p.sync_runs.max(1) {
                 ms.push(call("/synceip", eips(size)).await);
@@ -230,6 +278,10 @@ fn main() {
 
         // data plane with 1 and with the largest N, interleaved (the machine is shared)
         let (mut r1, mut g1, mut rn, mut gn) = (vec![], vec![], vec![], vec![]);
+        if !dataplane {
+            println!("{}\n\n{sync_line}", lines.join("\n"));
+            return;
+        }
         for _ in 0..p.runs {
             call("/synceip", eips(1)).await;
             let (r, g) = data_plane(n, p);

@@ -256,6 +256,16 @@ impl<B: Backend + 'static> Agent<B> {
     }
 
     fn spawn_with(self, reapply: bool) -> (AgentHandle, tokio::task::JoinHandle<()>) {
+        if reapply {
+            // Before the task runs: a `/ping` served first must already say so.
+            self.health.set(
+                HEALTH_REAPPLY,
+                format!(
+                    "re-applying the stored state ({}); commands wait for it",
+                    self.desired.summary()
+                ),
+            );
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = AgentHandle {
             tx,
@@ -268,13 +278,6 @@ impl<B: Backend + 'static> Agent<B> {
     async fn reapply_at_start(&mut self) {
         let span = tracing::info_span!("reapply", state = %self.desired.summary());
         async {
-            self.health.set(
-                HEALTH_REAPPLY,
-                format!(
-                    "re-applying the stored state ({}); commands wait for it",
-                    self.desired.summary()
-                ),
-            );
             let started = std::time::Instant::now();
             let failures = self.reconcile_all().await;
             self.health.clear(HEALTH_REAPPLY);
@@ -307,7 +310,7 @@ impl<B: Backend + 'static> Agent<B> {
                 .instrument(span.clone())
                 .await;
             span.in_scope(|| match &result {
-                Ok(()) => tracing::info!("applied"),
+                Ok(()) => {}
                 Err(e) => tracing::warn!(error = %e, "refused"),
             });
             let _ = job.reply.send(result);
@@ -336,6 +339,7 @@ impl<B: Backend + 'static> Agent<B> {
         path: &'static str,
         origin: Option<std::net::Ipv4Addr>,
     ) -> Result<(), ApplyError> {
+        let started = std::time::Instant::now();
         let mut facts = match &self.facts {
             Some(source) if SystemFacts::needed(cmd) => source.gather(cmd),
             _ => SystemFacts::default(),
@@ -363,19 +367,25 @@ impl<B: Backend + 'static> Agent<B> {
                 path,
             });
         }
+        let checked = started.elapsed();
         let mut after = self.desired.clone();
         let parts = after.apply_checked(cmd);
+        let computed = started.elapsed();
         let mut change = Change::new(&self.desired, &after, cmd, parts);
         change.preserve = self.preserve;
         // Every backend the command concerns follows, in order; on a failure those that
         // already did go back to the state before.
         let mut followed: Vec<usize> = Vec::new();
         let mut failure = None;
+        let mut spent: Vec<(&'static str, std::time::Duration)> = Vec::new();
         for (i, backend) in self.backends.iter_mut().enumerate() {
             if !backend.concerns(parts) {
                 continue;
             }
-            match backend.apply(&change).await {
+            let t = std::time::Instant::now();
+            let result = backend.apply(&change).await;
+            spent.push((backend.features()[0].name(), t.elapsed()));
+            match result {
                 Ok(()) => followed.push(i),
                 Err(e) => {
                     failure = Some(e);
@@ -387,6 +397,7 @@ impl<B: Backend + 'static> Agent<B> {
             self.roll_back(&followed).await;
             return Err(e.into());
         }
+        let persist_started = std::time::Instant::now();
         let persisted = if self.store.needs_snapshot() {
             // The journal holds a record that could not be taken back: replace it by a
             // snapshot of the state before this command, then journal the command.
@@ -407,7 +418,20 @@ impl<B: Backend + 'static> Agent<B> {
             return Err(e.into());
         }
         self.health.clear(HEALTH_STORE);
+        let persist = persist_started.elapsed();
         self.desired = after;
+        let backends: Vec<String> = spent
+            .iter()
+            .map(|(name, d)| format!("{name}={}us", d.as_micros()))
+            .collect();
+        tracing::info!(
+            check_us = checked.as_micros() as u64,
+            state_us = (computed - checked).as_micros() as u64,
+            backends = %backends.join(","),
+            persist_us = persist.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "applied"
+        );
         if matches!(cmd, Command::Init { .. }) {
             // The management node has taken charge again: whatever we lost, it now resends.
             if self.preserve {

@@ -201,7 +201,22 @@ pub async fn run<B: Backend + 'static>(
         0 => std::time::Duration::from_secs(365 * 24 * 3600),
         n => std::time::Duration::from_secs(n),
     };
-    let drift_watch = watch_drift.then(|| crate::drift::spawn(handle.clone(), verify_every));
+    let dnsmasq_paths = crate::dnsmasq::render::Paths::new(
+        config
+            .dnsmasq_dir
+            .clone()
+            .unwrap_or_else(|| config.run_dir.join("dnsmasq")),
+    );
+    let mut file_dirs = vec![
+        dnsmasq_paths
+            .conf()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+    ];
+    file_dirs.extend(dnsmasq_paths.dirs());
+    let drift_watch =
+        watch_drift.then(|| crate::drift::spawn(handle.clone(), verify_every, file_dirs));
     let max = crate::api::conns::fit_fd_limit(config.max_connections as usize);
     let conns = Conns::new(Limits {
         header: Duration::from_secs(config.header_timeout_secs),

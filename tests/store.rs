@@ -111,7 +111,8 @@ fn a_corrupt_middle_record_keeps_the_data_plane_and_ping_names_the_drop() {
     assert!(!has_eip(&tables, 1), "{tables}");
     // and the next start is clean
     restart(&mut net, &[]);
-    assert_eq!(ping(&net)["healthy"], json!(true));
+    let p = ping(&net);
+    assert_eq!(p["healthy"], json!(true), "{p}");
 }
 
 #[test]

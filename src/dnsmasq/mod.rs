@@ -29,7 +29,7 @@ use leases::Release;
 use process::{LeaseSet, Supervisor};
 use render::{Iface, Paths};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -80,6 +80,9 @@ pub struct DnsmasqBackend {
     /// The files of the last full sync and the sha256 of what was written, to notice edits
     /// made behind our back.
     written: Vec<(PathBuf, [u8; 32])>,
+    /// The same for the per-host and per-profile files added since (the incremental
+    /// directories hold nothing else).
+    added: HashMap<PathBuf, [u8; 32]>,
 }
 
 /// Whether DNS is forwarded, and the SNAT guest nics it is forwarded on.
@@ -110,24 +113,58 @@ impl DnsmasqBackend {
             tagged_loaded: Arc::default(),
             dns_guests: None,
             written: Vec::new(),
+            added: HashMap::new(),
         }
     }
 
-    /// The files of the last full sync whose content on disk differs from what was written.
+    /// The files whose content on disk differs from what the agent wrote, and files in the
+    /// incremental directories it did not write.
     fn changed_files(&self) -> Vec<String> {
-        self.written
+        let differs = |path: &PathBuf, digest: &[u8; 32]| {
+            let now: Option<[u8; 32]> = std::fs::read(path).ok().map(|b| Sha256::digest(&b).into());
+            now.as_ref() != Some(digest)
+        };
+        let name = |path: &std::path::Path| {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let mut changed: Vec<String> = self
+            .written
             .iter()
-            .filter(|(path, digest)| {
-                let now: Option<[u8; 32]> =
-                    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into());
-                now != Some(*digest)
-            })
-            .map(|(path, _)| {
-                path.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            })
-            .collect()
+            .filter(|(path, digest)| differs(path, digest))
+            .map(|(path, _)| name(path))
+            .collect();
+        changed.extend(
+            self.added
+                .iter()
+                .filter(|(path, digest)| differs(path, digest))
+                .map(|(path, _)| name(path)),
+        );
+        for dir in self.paths.dirs() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let hidden = entry.file_name().to_string_lossy().starts_with('.');
+                if !hidden && !self.added.contains_key(&path) {
+                    changed.push(format!("{} (not written by the agent)", name(&path)));
+                }
+            }
+        }
+        changed
+    }
+
+    /// Records what the agent wrote at `path` (for [`Self::changed_files`]).
+    fn remember(&mut self, path: &std::path::Path, content: &[u8]) {
+        let digest: [u8; 32] = Sha256::digest(content).into();
+        match self.written.iter_mut().find(|(p, _)| p == path) {
+            Some((_, d)) => *d = digest,
+            None => {
+                self.added.insert(path.to_path_buf(), digest);
+            }
+        }
     }
 
     fn supervisor(&mut self) -> &Supervisor {
@@ -192,6 +229,7 @@ impl DnsmasqBackend {
     /// Adds hosts through new files in the watched directories (no reload).
     fn add_files(&mut self, hosts: &[&DhcpHost]) -> Result<(), BackendError> {
         let mut written: Vec<PathBuf> = Vec::new();
+        let mut contents: Vec<(PathBuf, String)> = Vec::new();
         let mut new_profiles: Vec<String> = Vec::new();
         let result = (|| {
             let applied = self.applied.as_ref().ok_or_else(|| err("state unknown"))?;
@@ -202,7 +240,8 @@ impl DnsmasqBackend {
                     let p = self.paths.opts_dir().join(&tag);
                     let lines = render::own_profile_lines(&tag, &body);
                     write::write_new(&p, lines.as_bytes()).map_err(err)?;
-                    written.push(p);
+                    written.push(p.clone());
+                    contents.push((p, lines));
                     new_profiles.push(tag.clone());
                 }
                 if own {
@@ -214,7 +253,8 @@ impl DnsmasqBackend {
                 let p = self.paths.hosts_dir().join(render::host_file_name(h.mac));
                 let line = render::host_line(h, own.then_some(tag.as_str()));
                 write::write_new(&p, line.as_bytes()).map_err(err)?;
-                written.push(p);
+                written.push(p.clone());
+                contents.push((p, line));
             }
             Ok(())
         })();
@@ -222,6 +262,9 @@ impl DnsmasqBackend {
             Ok(()) => {
                 if let Some(a) = self.applied.as_mut() {
                     a.profiles.extend(new_profiles);
+                }
+                for (p, c) in contents {
+                    self.remember(&p, c.as_bytes());
                 }
                 Ok(())
             }
@@ -291,11 +334,14 @@ impl DnsmasqBackend {
         }
         let conf_changed =
             write::write_if_changed(&self.paths.conf(), r.conf.as_bytes()).map_err(err)?;
+        if !keep {
+            self.added.clear();
+        }
         self.written = [
             (self.paths.resolv(), &r.resolv),
-            (self.paths.hosts(), &r.hosts),
+            (self.paths.hosts(), &hosts),
             (self.paths.opts(), &r.opts),
-            (self.paths.addn_hosts(), &r.addn_hosts),
+            (self.paths.addn_hosts(), &addn_hosts),
             (self.paths.conf(), &r.conf),
         ]
         .into_iter()
@@ -425,7 +471,9 @@ impl Backend for DnsmasqBackend {
                 if !listening_changes {
                     // The forwarder's servers only: dnsmasq watches its resolv file itself.
                     let text = render::render_resolv(&after.dns_servers);
-                    write::write_if_changed(&self.paths.resolv(), text.as_bytes()).map_err(err)?;
+                    let path = self.paths.resolv();
+                    write::write_if_changed(&path, text.as_bytes()).map_err(err)?;
+                    self.remember(&path, text.as_bytes());
                     return Ok(());
                 }
             }

@@ -8,6 +8,7 @@
 //! everything every `verify_every` as a safety net. The writer repairs between commands, so
 //! a repair never races a command; [`crate::health::Health`] reports each drift and repair.
 
+pub mod file_events;
 pub mod link_events;
 pub mod nft_events;
 pub mod own;
@@ -33,12 +34,22 @@ pub enum Signal {
     Links(String),
     /// Notifications were lost (socket overrun): verify everything.
     Lost(String),
+    /// A file the agent wrote for dnsmasq changed: verify dnsmasq's files.
+    Files(String),
 }
 
-/// Starts the watchers and the task that turns their signals into writer jobs. Watchers that
+/// Starts the watchers (netlink groups, and inotify on `file_dirs`, where the agent writes
+/// dnsmasq's files) and the task that turns their signals into writer jobs. Watchers that
 /// cannot start are logged and left out; the periodic verify still runs.
-pub fn spawn(agent: AgentHandle, verify_every: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    agent: AgentHandle,
+    verify_every: Duration,
+    file_dirs: Vec<std::path::PathBuf>,
+) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::unbounded_channel();
+    if let Err(e) = file_events::spawn(file_dirs, tx.clone()) {
+        tracing::warn!(error = %e, "file notifications unavailable; relying on the periodic verify");
+    }
     if let Err(e) = nft_events::spawn(tx.clone()) {
         tracing::warn!(error = %e, "nftables notifications unavailable; relying on the periodic verify");
     }
@@ -96,11 +107,13 @@ async fn watch(
         let mut nft = Vec::new();
         let mut links = Vec::new();
         let mut lost = Vec::new();
+        let mut files = Vec::new();
         for s in burst {
             match s {
                 Signal::Nft(w) => push_unique(&mut nft, w),
                 Signal::Links(w) => push_unique(&mut links, w),
                 Signal::Lost(w) => push_unique(&mut lost, w),
+                Signal::Files(w) => push_unique(&mut files, w),
             }
         }
         let mut queued = Ok(());
@@ -112,6 +125,9 @@ async fn watch(
         }
         if !nft.is_empty() && queued.is_ok() {
             queued = agent.repair(Feature::Nat, summary(&nft)).await;
+        }
+        if !files.is_empty() && queued.is_ok() {
+            queued = agent.verify(Some(Feature::Dhcp), summary(&files)).await;
         }
         if queued.is_err() {
             return;
