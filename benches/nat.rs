@@ -280,6 +280,18 @@ fn main() {
         let (mut r1, mut g1, mut rn, mut gn) = (vec![], vec![], vec![], vec![]);
         if !dataplane {
             println!("{}\n\n{sync_line}", lines.join("\n"));
+            // where the commands' time went, from the agent's own log
+            for path in ["/synceip", "/createeip"] {
+                let log = n.agent.log();
+                let spent: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains(&format!("path=\"{path}\"")) && l.contains("applied"))
+                    .collect();
+                for line in spent.iter().rev().take(3) {
+                    let at = line.find("check_us").unwrap_or(0);
+                    println!("{path}: {}", &line[at..]);
+                }
+            }
             return;
         }
         for _ in 0..p.runs {

@@ -40,9 +40,15 @@ pub enum ApplyError {
         /// The request path.
         path: &'static str,
     },
-    /// The kernel or a helper process refused the change.
-    #[error("{0}")]
-    Backend(#[from] BackendError),
+    /// The kernel or a helper process refused the change. The backends that had followed it
+    /// were brought back; `rollback` says what failed in that, if anything.
+    #[error("{}", backend_failure(source, rollback.as_deref()))]
+    Backend {
+        /// What the backend said.
+        source: BackendError,
+        /// Why bringing the others back failed, if it did.
+        rollback: Option<String>,
+    },
     /// The change was applied but could not be recorded, and was rolled back.
     #[error("could not persist the change, rolled back: {0}")]
     Persist(#[from] StoreError),
@@ -52,6 +58,18 @@ pub enum ApplyError {
     /// The agent is shutting down.
     #[error("the agent is shutting down")]
     ShuttingDown,
+}
+
+/// The reply for a backend's refusal: whether the router is as it was is always said.
+fn backend_failure(source: &BackendError, rollback: Option<&str>) -> String {
+    let said = source.to_string();
+    match rollback {
+        None if said.contains("nothing was changed") => said,
+        None => format!("{said}; nothing was changed"),
+        Some(undo) => format!(
+            "{said}; bringing the other parts back failed too ({undo}): the router may differ from its last acknowledged state until /init or the next repair"
+        ),
+    }
 }
 
 /// What readers may see without waiting for the writer.
@@ -393,9 +411,9 @@ impl<B: Backend + 'static> Agent<B> {
                 }
             }
         }
-        if let Some(e) = failure {
-            self.roll_back(&followed).await;
-            return Err(e.into());
+        if let Some(source) = failure {
+            let rollback = self.roll_back(&followed).await;
+            return Err(ApplyError::Backend { source, rollback });
         }
         let persist_started = std::time::Instant::now();
         let persisted = if self.store.needs_snapshot() {
@@ -414,7 +432,9 @@ impl<B: Backend + 'static> Agent<B> {
                     format!("{e}; the last command was refused and rolled back"),
                 );
             }
-            self.roll_back(&followed).await;
+            if let Some(undo) = self.roll_back(&followed).await {
+                tracing::error!(%undo, "rollback after a failed persist failed");
+            }
             return Err(e.into());
         }
         self.health.clear(HEALTH_STORE);
@@ -451,16 +471,19 @@ impl<B: Backend + 'static> Agent<B> {
     }
 
     /// Brings the backends at `indexes` back to the desired state (a command they followed
-    /// failed further on). Failures go to health.
-    async fn roll_back(&mut self, indexes: &[usize]) {
+    /// failed further on). Failures go to health and are returned.
+    async fn roll_back(&mut self, indexes: &[usize]) -> Option<String> {
+        let mut failed = Vec::new();
         for &i in indexes.iter().rev() {
             let backend = &mut self.backends[i];
             if let Err(undo) = Self::reconcile_one(backend, &self.desired, self.preserve).await {
                 let name = backend.features()[0].name();
                 tracing::error!(backend = name, error = %undo, "rollback failed");
                 self.health.set(format!("apply:{name}"), undo.to_string());
+                failed.push(format!("{name}: {undo}"));
             }
         }
+        (!failed.is_empty()).then(|| failed.join("; "))
     }
 
     async fn upkeep(&mut self, u: Upkeep) {

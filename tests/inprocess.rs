@@ -69,6 +69,13 @@ impl Backend for Recording {
             state.nics.len(),
             state.eips.len()
         ));
+        let key = format!("{}:reconcile", self.name);
+        if self.fail.lock().unwrap().contains(&key.as_str()) {
+            return Err(BackendError::new(format!(
+                "{} could not reconcile",
+                self.name
+            )));
+        }
         Ok(())
     }
 }
@@ -247,7 +254,7 @@ fn a_failing_backend_rolls_back_those_that_followed_and_nothing_is_stored() {
         let reply = mn
             .call(agent.addr, "/configurenic", &fixture("configurenic"))
             .await;
-        assert_fails(&reply, "nat refused configure_nics");
+        assert_fails(&reply, "nat refused configure_nics; nothing was changed");
         // links followed, nat refused: links is brought back to the state before (no nic)
         assert_eq!(
             agent.take_log(),
@@ -257,8 +264,23 @@ fn a_failing_backend_rolls_back_those_that_followed_and_nothing_is_stored() {
                 "links reconcile nics 0 eips 1"
             ]
         );
+        // a rollback that fails too is said, and shows in /ping
+        agent
+            .fail
+            .lock()
+            .unwrap()
+            .extend(["nat:configure_nics", "links:reconcile"]);
+        let reply = mn
+            .call(agent.addr, "/configurenic", &fixture("configurenic"))
+            .await;
+        assert_fails(
+            &reply,
+            "nat refused configure_nics; bringing the other parts back failed too (interfaces: links could not reconcile)",
+        );
+        let ping = mn.call(agent.addr, "/ping", &json!({})).await;
+        assert_eq!(ping["healthy"], json!(false), "{ping}");
         agent.fail.lock().unwrap().clear();
-        // the refused command was not journaled: a restart loads the EIP and no nic
+        // the refused commands were not journaled: a restart loads the EIP and no nic
         let dir = agent.stop().await;
         let (_store, loaded) = Store::open(dir.path());
         assert!(loaded.problem.is_none(), "{:?}", loaded.problem);

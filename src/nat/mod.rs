@@ -395,12 +395,7 @@ impl Backend for NatBackend {
         }
         self.change(change.before, change.after, change.cmd)
             .await
-            .map_err(|e| match e {
-                NatError::Nic { .. } | NatError::NoPublicNic { .. } => {
-                    BackendError::new(format!("{e}; nothing was changed"))
-                }
-                other => BackendError::new(other.to_string()),
-            })
+            .map_err(|e| BackendError::new(e.to_string()))
     }
 
     async fn check_and_repair(
