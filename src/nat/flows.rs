@@ -169,6 +169,14 @@ impl Tracker {
         *w = now;
     }
 
+    /// Adds `more` to the watched addresses (a command's new VIPs: cheap whatever the number
+    /// already watched; [`Tracker::watch`] with the whole set prunes at syncs and re-applies).
+    pub fn watch_also(&self, more: &[Ipv4Addr]) {
+        let _idx = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = self.watched.write().unwrap_or_else(|e| e.into_inner());
+        w.extend(more.iter().copied());
+    }
+
     /// Takes the indexed flows of `flush` out of the index; `None` while the index is out of
     /// sync (seeding, or events were lost).
     pub(super) fn take(&self, flush: &[Flush]) -> Option<Vec<Entry>> {

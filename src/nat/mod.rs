@@ -205,7 +205,11 @@ impl NatBackend {
             }
             _ => {}
         }
-        self.watch_flows(before, &cmd_vips);
+        match (&self.flows, replaces) {
+            // a command adds its VIPs to those watched, at a cost that does not grow with them
+            (Some(t), false) => t.watch_also(&cmd_vips),
+            _ => self.watch_flows(before, &cmd_vips),
+        }
         let inputs = self.inputs(before, eips)?;
         let mut p = plan::plan(before, after, cmd, &inputs)?;
         if self.degraded && !p.full && !p.nft.is_empty() {
