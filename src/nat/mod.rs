@@ -9,6 +9,7 @@
 pub mod conntrack;
 pub mod flows;
 pub mod inputs;
+pub mod mgmt_guard;
 pub mod model;
 pub mod netlink;
 pub mod nft;
@@ -53,6 +54,8 @@ pub struct NatBackend {
     flows: Option<Arc<flows::Tracker>>,
     /// Whether to keep that index (`--conntrack-events`).
     conntrack_events: bool,
+    /// Whether a management nic is known (else no drop policies).
+    guard: mgmt_guard::Guard,
 }
 
 impl NatBackend {
@@ -64,12 +67,18 @@ impl NatBackend {
             health,
         );
         b.conntrack_events = config.conntrack_events;
+        b.guard = mgmt_guard::Guard::new(
+            config.mgmt_nic.clone(),
+            Some(crate::bootstrap::cache_path(&config.state_dir)),
+            Arc::clone(&b.health),
+        );
         b
     }
 
     /// A backend with this management nic and these agent ports.
     pub fn with(mgmt_nic: String, agent_ports: Vec<u16>, health: Arc<Health>) -> NatBackend {
         NatBackend {
+            guard: mgmt_guard::Guard::new(mgmt_nic.clone(), None, Arc::clone(&health)),
             mgmt_nic,
             agent_ports,
             health,
@@ -123,6 +132,7 @@ impl NatBackend {
             addrs,
             mgmt_nic: self.mgmt_nic.clone(),
             agent_ports: self.agent_ports.clone(),
+            mgmt_unknown: self.guard.open(),
         })
     }
 
@@ -422,6 +432,10 @@ impl Backend for NatBackend {
         state: &'a DesiredState,
     ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
         Box::pin(async move {
+            if self.guard.refresh() {
+                self.reconcile(state).await?;
+                return Ok(Some(self.guard.describe()));
+            }
             // Changes inside our tables are caught at once through notifications; this safety
             // net checks that the tables themselves are there.
             let tables = nft::tables()
@@ -450,6 +464,7 @@ impl Backend for NatBackend {
         state: &'a DesiredState,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
+            self.guard.refresh();
             let inputs = self
                 .inputs(state, state.eips.values())
                 .map_err(|e| BackendError::new(e.to_string()))?;
