@@ -7,6 +7,7 @@ use crate::api::{self, ApiState};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::state::store::Store;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -41,22 +42,27 @@ pub enum ServeError {
 }
 
 /// The backends of every feature built into this agent.
-pub fn backends(config: &Config, health: &Arc<Health>) -> Vec<Box<dyn Backend>> {
+pub fn backends(config: &Config, health: &Arc<Health>, metrics: &Metrics) -> Vec<Box<dyn Backend>> {
     vec![
         // Interfaces first: the others render from nic names and addresses.
         Box::new(crate::link::LinksBackend::new(
             crate::bootstrap::cache_path(&config.state_dir),
             Arc::clone(health),
         )),
-        Box::new(crate::nat::NatBackend::new(config, Arc::clone(health))),
-        Box::new(crate::dnsmasq::DnsmasqBackend::new(
-            config
-                .dnsmasq_dir
-                .clone()
-                .unwrap_or_else(|| config.run_dir.join("dnsmasq")),
-            config.dnsmasq_bin.clone(),
-            Arc::clone(health),
-        )),
+        Box::new(
+            crate::nat::NatBackend::new(config, Arc::clone(health)).with_metrics(metrics.clone()),
+        ),
+        Box::new(
+            crate::dnsmasq::DnsmasqBackend::new(
+                config
+                    .dnsmasq_dir
+                    .clone()
+                    .unwrap_or_else(|| config.run_dir.join("dnsmasq")),
+                config.dnsmasq_bin.clone(),
+                Arc::clone(health),
+            )
+            .with_metrics(metrics.clone()),
+        ),
     ]
 }
 
@@ -93,7 +99,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         );
     }
     tracing::info!(state = %loaded.state.summary(), "loaded desired state");
-    let backends = backends(&config, &health);
+    let metrics = Metrics::new(env!("CARGO_PKG_VERSION"), &md5);
+    let backends = backends(&config, &health, &metrics);
     let agent = Agent::new(
         loaded.state,
         store,
@@ -147,7 +154,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         0 => std::time::Duration::from_secs(365 * 24 * 3600),
         n => std::time::Duration::from_secs(n),
     };
-    let drift_watch = crate::drift::spawn(handle.clone(), verify_every);
+    let drift_watch = crate::drift::spawn(handle.clone(), verify_every, metrics.clone());
     let max = crate::api::conns::fit_fd_limit(config.max_connections as usize);
     let conns = Conns::new(Limits {
         header: Duration::from_secs(config.header_timeout_secs),
@@ -172,6 +179,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         callback_retry: std::time::Duration::from_secs(config.callback_retry_secs),
         inflight: inflight.clone(),
         tasks: Mutex::new(Default::default()),
+        metrics,
+        recent: Default::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_tasks = vec![tokio::spawn(accept_loop(

@@ -80,6 +80,8 @@ pub struct DnsmasqBackend {
     /// The files of the last full sync and the sha256 of what was written, to notice edits
     /// made behind our back.
     written: Vec<(PathBuf, [u8; 32])>,
+    /// Counts dnsmasq's restarts and reloads, and its leases.
+    metrics: crate::metrics::Metrics,
 }
 
 /// Whether DNS is forwarded, and the SNAT guest nics it is forwarded on.
@@ -110,7 +112,14 @@ impl DnsmasqBackend {
             tagged_loaded: Arc::default(),
             dns_guests: None,
             written: Vec::new(),
+            metrics: crate::metrics::Metrics::default(),
         }
+    }
+
+    /// Counts into `metrics` (restarts, reloads, and the lease file at each scrape).
+    pub fn with_metrics(self, metrics: crate::metrics::Metrics) -> DnsmasqBackend {
+        metrics.dnsmasq_leases_at(self.paths.leases());
+        DnsmasqBackend { metrics, ..self }
     }
 
     /// The files of the last full sync whose content on disk differs from what was written.
@@ -133,12 +142,14 @@ impl DnsmasqBackend {
     fn supervisor(&mut self) -> &Supervisor {
         let (bin, paths, health) = (&self.bin, &self.paths, &self.health);
         let tagged = &self.tagged_loaded;
+        let metrics = &self.metrics;
         self.supervisor.get_or_insert_with(|| {
             Supervisor::spawn(
                 bin.clone(),
                 paths.clone(),
                 Arc::clone(health),
                 Arc::clone(tagged),
+                metrics.clone(),
             )
         })
     }

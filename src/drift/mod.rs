@@ -37,7 +37,11 @@ pub enum Signal {
 
 /// Starts the watchers and the task that turns their signals into writer jobs. Watchers that
 /// cannot start are logged and left out; the periodic verify still runs.
-pub fn spawn(agent: AgentHandle, verify_every: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    agent: AgentHandle,
+    verify_every: Duration,
+    metrics: crate::metrics::Metrics,
+) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::unbounded_channel();
     if let Err(e) = nft_events::spawn(tx.clone()) {
         tracing::warn!(error = %e, "nftables notifications unavailable; relying on the periodic verify");
@@ -45,7 +49,7 @@ pub fn spawn(agent: AgentHandle, verify_every: Duration) -> tokio::task::JoinHan
     if let Err(e) = link_events::spawn(tx) {
         tracing::warn!(error = %e, "link notifications unavailable; relying on the periodic verify");
     }
-    tokio::spawn(watch(agent, rx, verify_every))
+    tokio::spawn(watch(agent, rx, verify_every, metrics))
 }
 
 /// Folds signals into writer jobs: at most one repair per feature per burst.
@@ -53,6 +57,7 @@ async fn watch(
     agent: AgentHandle,
     mut rx: mpsc::UnboundedReceiver<Signal>,
     verify_every: Duration,
+    metrics: crate::metrics::Metrics,
 ) {
     let mut ticker = tokio::time::interval(verify_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -93,6 +98,7 @@ async fn watch(
                 _ = &mut settle => break,
             }
         }
+        metrics.drift_events(burst.len() as u64);
         let mut nft = Vec::new();
         let mut links = Vec::new();
         let mut lost = Vec::new();

@@ -56,6 +56,8 @@ pub struct NatBackend {
     conntrack_events: bool,
     /// Whether a management nic is known (else no drop policies).
     guard: mgmt_guard::Guard,
+    /// Counts nft transactions and nfnetlink batches.
+    metrics: crate::metrics::Metrics,
 }
 
 impl NatBackend {
@@ -88,7 +90,21 @@ impl NatBackend {
             observed_guests: None,
             flows: None,
             conntrack_events: true,
+            metrics: crate::metrics::Metrics::default(),
         }
+    }
+
+    /// Counts into `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> NatBackend {
+        self.metrics = metrics;
+        self
+    }
+
+    /// [`nft::apply`], counted.
+    async fn nft(&self, text: &str) -> Result<(), NatError> {
+        let r = nft::apply(text).await;
+        self.metrics.nft_transaction(r.is_ok());
+        r
     }
 
     /// Points the flow index at the VIPs of `state` and `extra` (starting it if needed).
@@ -163,7 +179,9 @@ impl NatBackend {
                 }
             }
             if let Some(sock) = self.nfnl.as_mut() {
-                match sock.apply(&change.flush, &change.deletes, &change.adds) {
+                let sent = sock.apply(&change.flush, &change.deletes, &change.adds);
+                self.metrics.netlink_batch(sent.is_ok());
+                match sent {
                     Ok(()) => return Ok(()),
                     Err(NatError::System(e)) => {
                         tracing::warn!(error = %e, "nfnetlink failed; using nft");
@@ -173,7 +191,7 @@ impl NatBackend {
                 }
             }
         }
-        nft::apply(&p.nft).await
+        self.nft(&p.nft).await
     }
 
     async fn change(&mut self, before: &DesiredState, cmd: &Command) -> Result<(), NatError> {
@@ -245,7 +263,7 @@ impl NatBackend {
                 let all =
                     self.inputs(before, before.eips.values().chain(cmd_eips.iter().copied()))?;
                 let full = replace_plan(before, cmd, &all)?;
-                nft::apply(&full.nft).await.map_err(|_| e)?;
+                self.nft(&full.nft).await.map_err(|_| e)?;
                 p.full = true;
                 p.skipped = full.skipped;
                 p.guest_ifs = full.guest_ifs;
@@ -302,7 +320,7 @@ impl NatBackend {
     /// `None` when the batch could not be sent (the caller then uses the nft path).
     async fn load_split(&mut self, state: &DesiredState, inputs: &Inputs) -> Option<Plan> {
         let (p, elements) = plan::full_split(state, inputs);
-        if let Err(e) = nft::apply(&p.nft).await {
+        if let Err(e) = self.nft(&p.nft).await {
             tracing::warn!(error = %e, "empty tables refused; using the full nft path");
             return None;
         }
@@ -312,7 +330,9 @@ impl NatBackend {
                 .ok();
         }
         let sock = self.nfnl.as_mut()?;
-        match sock.apply(&[], &[], &elements) {
+        let sent = sock.apply(&[], &[], &elements);
+        self.metrics.netlink_batch(sent.is_ok());
+        match sent {
             Ok(()) => Some(p),
             Err(e) => {
                 tracing::warn!(error = %e, "element batch refused; using the full nft path");
@@ -359,7 +379,7 @@ impl Backend for NatBackend {
             let adds: Vec<model::Elem> = rs.elements.into_iter().collect();
             let text = render::element_ops(&[], &[], &adds);
             if !text.is_empty() {
-                nft::apply(&text).await.map_err(|e| {
+                self.nft(&text).await.map_err(|e| {
                     BackendError::new(format!(
                         "our nft tables were left as they are (adding the stored state's {} elements failed: {e})",
                         adds.len()
@@ -414,7 +434,7 @@ impl Backend for NatBackend {
                 &inputs,
             );
             if self.guest_ifs.as_ref() != Some(&now) {
-                if let Err(e) = nft::apply(&render::guest_ifs_rewrite(&now)).await {
+                if let Err(e) = self.nft(&render::guest_ifs_rewrite(&now)).await {
                     tracing::warn!(error = %e, "guest nic set not updated");
                     self.health.set(HEALTH_GUESTS, e.to_string());
                     return;
@@ -483,7 +503,7 @@ impl Backend for NatBackend {
                 Some(p) => p,
                 None => {
                     let p = plan::full(state, &inputs);
-                    nft::apply(&p.nft)
+                    self.nft(&p.nft)
                         .await
                         .map_err(|e| BackendError::new(e.to_string()))?;
                     p

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod command;
+pub mod counts;
 pub mod facts;
 pub mod model;
 pub mod store;
