@@ -96,11 +96,13 @@ sandbox_start_agent() {
   SB_AGENT_PID=$!
 }
 
-# Waits (up to 30 s) until the agent answers /echo from the host.
+# Waits (up to 60 s) until the agent answers /ping from the host and has re-applied its
+# stored state (the agent serves first; /ping says "startup:" until then).
 sandbox_wait_ready() {
-  local i
-  for i in $(seq 1 300); do
-    if curl -fsS -m 1 -X POST "http://$SB_ROUTER_IP:7272/echo" >/dev/null 2>&1; then
+  local i ping
+  for i in $(seq 1 600); do
+    ping=$(curl -fsS -m 1 -X POST "http://$SB_ROUTER_IP:7272/ping" -d '{}' 2>/dev/null || true)
+    if [ -n "$ping" ] && [[ "$ping" != *'startup:'* ]]; then
       return 0
     fi
     if ! kill -0 "$SB_AGENT_PID" 2>/dev/null; then
@@ -110,7 +112,7 @@ sandbox_wait_ready() {
     fi
     sleep 0.1
   done
-  echo "the agent did not answer within 30 s; its log: $SB_DIR/agent.log" >&2
+  echo "the agent did not get ready within 60 s; its log: $SB_DIR/agent.log" >&2
   return 1
 }
 
