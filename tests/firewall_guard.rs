@@ -148,5 +148,28 @@ fn bootstrap_info_names_the_management_nic() {
                 .contains("firewall"),
             "{p}"
         );
+        // Managed nics are verified without end: setting promote_secondaries is announced
+        // with port id 0, and setting it again at each verify read as drift, forever (it
+        // looped every 150 ms). Now the drift events stop. A change of another nic by
+        // hand starts a verify of the interfaces.
+        ns.ip(&["link", "set", "ens4p", "mtu", "1400"]);
+        std::thread::sleep(Duration::from_secs(1));
+        let first = drift_events(&agent);
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(drift_events(&agent), first, "{}", agent.log());
     });
+}
+
+/// `vr_agent_drift_events_total` from a scrape.
+fn drift_events(agent: &AgentProc) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(agent.vr).expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    text.lines()
+        .find_map(|l| l.strip_prefix("vr_agent_drift_events_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no drift events in:\n{text}"))
 }
