@@ -179,6 +179,15 @@ fn counters_follow_a_known_sequence_of_commands() {
         )
         .await;
         ok(&mn, api, "/ping", json!({})).await;
+        // the guest takes its lease (a real DHCP client; the address is not configured)
+        let lease = n.guest1.exec(&[
+            "busybox", "udhcpc", "-i", "g0", "-n", "-q", "-t", "5", "-T", "1", "-s", "/bin/true",
+        ]);
+        assert!(
+            lease.status.success(),
+            "udhcpc: {}",
+            String::from_utf8_lossy(&lease.stderr)
+        );
 
         // a change behind the agent's back: one drift event, one repair
         n.router.exec_ok(&["nft", "flush", "ruleset"]);
@@ -222,6 +231,7 @@ fn counters_follow_a_known_sequence_of_commands() {
         assert!(delta("vr_agent_netlink_batches_total", &[("outcome", "ok")]) >= 2.0);
         assert_eq!(delta("vr_agent_nft_transactions_total", &[("outcome", "failed")]), 0.0);
         assert!(after.get("vr_agent_dnsmasq_restarts_total", &[]) >= 1.0);
+        assert_eq!(after.get("vr_agent_dnsmasq_leases", &[]), 1.0);
         assert!(delta("vr_agent_drift_events_total", &[]) >= 1.0);
         assert!(delta("vr_agent_drift_repairs_total", &[]) >= 1.0);
         // five commands journaled since the first scrape (the refused one and /ping are not)
