@@ -1,5 +1,6 @@
 //! Agent core figures: `/ping` round trip in sync mode (median of 1,000), the cost of a
-//! state-changing command through the writer and the journal, and the agent's idle RSS.
+//! state-changing command through the writer and the journal, `GET /metrics` and `/status`,
+//! `vr-agent status`, and the agent's idle RSS.
 //! Runs the release binary inside a private network namespace. `cargo bench --bench core`.
 
 #[path = "../tests/common/mod.rs"]
@@ -100,6 +101,31 @@ fn main() {
             samples.push(t.elapsed());
         }
         report("/init sync (full re-apply of an empty state)", samples);
+
+        // Reads that never wait for the writer: a scrape and the status report, with the
+        // counters and histograms of the commands above filled in.
+        for path in ["/metrics", "/status"] {
+            let url = format!("http://{}{path}", agent.vr);
+            let mut samples = Vec::new();
+            for _ in 0..1000 {
+                let t = Instant::now();
+                let r = client.get(&url).send().await.unwrap();
+                r.bytes().await.unwrap();
+                samples.push(t.elapsed());
+            }
+            report(&format!("GET {path}"), samples);
+        }
+        let mut samples = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            let out = std::process::Command::new(common::agent::binary())
+                .args(["status", "--url", &format!("http://{}", agent.vr)])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            samples.push(t.elapsed());
+        }
+        report("vr-agent status --url (process start to exit)", samples);
 
         tokio::time::sleep(Duration::from_secs(2)).await;
         println!("agent RSS when idle: {} KiB", rss_kib(agent.pid()));

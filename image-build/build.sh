@@ -29,6 +29,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "build.sh needs root (mmdebstrap --mode=root)" >&2; exit 1; }
+# What the build needs (mmdebstrap, syslinux, mtools, faketime, qemu-img, ...); idempotent:
+# installs only what is missing.
+bash "$here/deps.sh"
 if [ -z "$agent" ]; then
   agent="$repo/target/release/vr-agent"
   (cd "$repo" && cargo build --release --locked)

@@ -21,13 +21,18 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+updated=""
+# A fresh machine may have no package lists yet: update once before the first install.
+update_once() { [ -n "$updated" ] || { apt-get update; updated=1; }; }
 if ! command -v qemu-system-x86_64 >/dev/null; then
   if [ "$codename" = bookworm ]; then
+    update_once
     apt-get install -y --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils
   else
     missing+=(qemu-system-x86 qemu-utils)
   fi
 fi
 if ((${#missing[@]})); then
+  update_once
   apt-get install -y --no-install-recommends "${missing[@]}"
 fi

@@ -3,8 +3,9 @@
 # guest networks in namespaces, drives it as the management node would, shows DHCP, DNS, SNAT,
 # EIP and port forwarding working with real packets, and cleans up. Run as root.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "the demo creates network namespaces: run as root" >&2; exit 1; }
-bash scripts/deps.sh
-cargo build --release --locked
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib/common.sh"
+need_root "the demo creates network namespaces"
+deps_and_build
+cd "$(repo_root)"
 cargo run --release --locked --example demo

@@ -12,6 +12,7 @@ packages=(
   iputils-ping    # ping in tests
   iputils-arping  # gratuitous ARP checks in tests
   socat           # TCP/UDP peers in tests
+  curl            # run-agent.sh: readiness and the curl lines it prints
   tcpdump         # captures in tests
   dnsutils        # dig in tests
   procps          # ps, pkill

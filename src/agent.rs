@@ -77,6 +77,10 @@ fn backend_failure(source: &BackendError, rollback: Option<&str>) -> String {
 pub struct Snapshot {
     /// The uuid `/ping` answers with.
     pub uuid: Option<String>,
+    /// Entries by kind (`/metrics`, `/status`).
+    pub counts: crate::state::counts::EntryCounts,
+    /// Bytes in the current journal, and compactions since the start.
+    pub journal: (u64, u64),
 }
 
 struct Job {
@@ -116,6 +120,8 @@ enum Work {
 pub struct AgentHandle {
     tx: mpsc::UnboundedSender<Work>,
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    /// Jobs sent and not yet taken by the writer.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl AgentHandle {
@@ -137,6 +143,8 @@ impl AgentHandle {
         origin: Option<std::net::Ipv4Addr>,
     ) -> impl std::future::Future<Output = Result<(), ApplyError>> + use<> {
         let (reply, rx) = oneshot::channel();
+        self.queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let queued = self
             .tx
             .send(Work::Command(Job {
@@ -167,10 +175,17 @@ impl AgentHandle {
 
     async fn upkeep(&self, u: Upkeep) -> Result<(), ApplyError> {
         let (done, rx) = oneshot::channel();
+        self.queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.tx
             .send(Work::Upkeep(u, done))
             .map_err(|_| ApplyError::ShuttingDown)?;
         rx.await.map_err(|_| ApplyError::ShuttingDown)
+    }
+
+    /// Jobs (commands and upkeep) waiting for the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The latest applied state, without waiting for the writer.
@@ -207,6 +222,8 @@ impl<B: Backend + 'static> Agent<B> {
     ) -> Agent<B> {
         let snapshot = Arc::new(RwLock::new(Arc::new(Snapshot {
             uuid: desired.uuid.clone(),
+            counts: crate::state::counts::EntryCounts::of(&desired),
+            journal: (store.journal_bytes(), store.compactions()),
         })));
         Agent {
             desired,
@@ -285,11 +302,13 @@ impl<B: Backend + 'static> Agent<B> {
             );
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let handle = AgentHandle {
             tx,
             snapshot: Arc::clone(&self.snapshot),
+            queued: Arc::clone(&queued),
         };
-        let task = tokio::spawn(self.run(rx, reapply));
+        let task = tokio::spawn(self.run(rx, reapply, queued));
         (handle, task)
     }
 
@@ -309,11 +328,17 @@ impl<B: Backend + 'static> Agent<B> {
         .await;
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Work>, reapply: bool) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Work>,
+        reapply: bool,
+        queued: Arc<std::sync::atomic::AtomicUsize>,
+    ) {
         if reapply {
             self.reapply_at_start().await;
         }
         while let Some(work) = rx.recv().await {
+            queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             let job = match work {
                 Work::Command(job) => job,
                 Work::Upkeep(u, done) => {
@@ -334,7 +359,10 @@ impl<B: Backend + 'static> Agent<B> {
             let _ = job.reply.send(result);
             if self.store.wants_compaction() {
                 match self.store.compact(&self.desired) {
-                    Ok(()) => self.health.clear(HEALTH_STORE),
+                    Ok(()) => {
+                        self.health.clear(HEALTH_STORE);
+                        self.publish();
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "snapshot failed; the journal keeps growing");
                         self.health.set(
@@ -584,6 +612,8 @@ impl<B: Backend + 'static> Agent<B> {
     fn publish(&self) {
         let snap = Arc::new(Snapshot {
             uuid: self.desired.uuid.clone(),
+            counts: crate::state::counts::EntryCounts::of(&self.desired),
+            journal: (self.store.journal_bytes(), self.store.compactions()),
         });
         match self.snapshot.write() {
             Ok(mut s) => *s = snap,

@@ -62,6 +62,12 @@ impl Health {
         self.drift.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Every current problem as `(source, reason)`, by source.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        p.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     /// `(healthy, detail)`: detail is empty when healthy, else one `source: reason` per line.
     pub fn report(&self) -> (bool, String) {
         let p = self.problems.lock().unwrap_or_else(|e| e.into_inner());

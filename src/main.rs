@@ -46,6 +46,16 @@ enum Cmd {
     },
     /// Print the version.
     Version,
+    /// Summarize a running agent (health, counts, last commands, problems), or with
+    /// --state-dir what the store of a stopped one holds.
+    Status {
+        /// The running agent.
+        #[arg(long, default_value = "http://127.0.0.1:7272")]
+        url: String,
+        /// Read this state directory instead (the agent need not run).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
     /// Print the persisted desired state as JSON.
     State {
         /// Where the desired state is persisted.
@@ -145,6 +155,21 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("vr-agent: {}: {e}", path.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Status { url, state_dir } => {
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            match rt.block_on(vr_agent::status::text(&url, state_dir.as_deref())) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vr-agent status: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -7,6 +7,7 @@ use crate::api::{self, ApiState};
 use crate::backend::{Backend, Engine};
 use crate::config::Config;
 use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::state::store::Store;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -41,22 +42,27 @@ pub enum ServeError {
 }
 
 /// The backends of every feature built into this agent.
-pub fn backends(config: &Config, health: &Arc<Health>) -> Vec<Engine> {
+pub fn backends(config: &Config, health: &Arc<Health>, metrics: &Metrics) -> Vec<Engine> {
     vec![
         // Interfaces first: the others render from nic names and addresses.
         Engine::Links(crate::link::LinksBackend::new(
             crate::bootstrap::cache_path(&config.state_dir),
             Arc::clone(health),
         )),
-        Engine::Nat(crate::nat::NatBackend::new(config, Arc::clone(health))),
-        Engine::Dnsmasq(crate::dnsmasq::DnsmasqBackend::new(
-            config
-                .dnsmasq_dir
-                .clone()
-                .unwrap_or_else(|| config.run_dir.join("dnsmasq")),
-            config.dnsmasq_bin.clone(),
-            Arc::clone(health),
-        )),
+        Engine::Nat(
+            crate::nat::NatBackend::new(config, Arc::clone(health)).with_metrics(metrics.clone()),
+        ),
+        Engine::Dnsmasq(
+            crate::dnsmasq::DnsmasqBackend::new(
+                config
+                    .dnsmasq_dir
+                    .clone()
+                    .unwrap_or_else(|| config.run_dir.join("dnsmasq")),
+                config.dnsmasq_bin.clone(),
+                Arc::clone(health),
+            )
+            .with_metrics(metrics.clone()),
+        ),
     ]
 }
 
@@ -126,7 +132,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         );
     }
     tracing::info!(state = %loaded.state.summary(), "loaded desired state");
-    let backends = backends(&config, &health);
+    let md5 = crate::md5sum::md5_hex(Path::new("/proc/self/exe")).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot read /proc/self/exe for its md5");
+        String::new()
+    });
+    let metrics = Metrics::new(env!("CARGO_PKG_VERSION"), &md5);
+    let backends = backends(&config, &health, &metrics);
     let agent = Agent::new(
         loaded.state,
         store,
@@ -150,13 +161,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     {
         tracing::warn!(error = %e, "cannot record the listener addresses");
     }
-    let md5 = crate::md5sum::md5_hex(Path::new("/proc/self/exe")).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "cannot read /proc/self/exe for its md5");
-        String::new()
-    });
     let around = Around {
         health,
         md5,
+        metrics,
         watch_drift: true,
     };
     run(listeners, agent, &config, around, shutdown).await;
@@ -169,6 +177,8 @@ pub struct Around {
     pub health: Arc<Health>,
     /// Hex md5 of the running binary, for `/ping`.
     pub md5: String,
+    /// The agent's metrics (`/metrics`).
+    pub metrics: Metrics,
     /// Follow netlink notifications and verify periodically ([`crate::drift`]); off for
     /// backends that do not touch the kernel.
     pub watch_drift: bool,
@@ -187,6 +197,7 @@ pub async fn run<B: Backend + 'static>(
     let Around {
         health,
         md5,
+        metrics,
         watch_drift,
     } = around;
     let (vr_addr, appliance_addr) = match listeners.addrs() {
@@ -215,8 +226,8 @@ pub async fn run<B: Backend + 'static>(
             .unwrap_or_default(),
     ];
     file_dirs.extend(dnsmasq_paths.dirs());
-    let drift_watch =
-        watch_drift.then(|| crate::drift::spawn(handle.clone(), verify_every, file_dirs));
+    let drift_watch = watch_drift
+        .then(|| crate::drift::spawn(handle.clone(), verify_every, file_dirs, metrics.clone()));
     let max = crate::api::conns::fit_fd_limit(config.max_connections as usize);
     let conns = Conns::new(Limits {
         header: Duration::from_secs(config.header_timeout_secs),
@@ -241,6 +252,8 @@ pub async fn run<B: Backend + 'static>(
         callback_retry: std::time::Duration::from_secs(config.callback_retry_secs),
         inflight: inflight.clone(),
         tasks: Mutex::new(Default::default()),
+        metrics,
+        recent: Default::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_tasks = vec![tokio::spawn(accept_loop(

@@ -145,6 +145,7 @@ impl InProcess {
             let around = Around {
                 health,
                 md5: "0123456789abcdef0123456789abcdef".into(),
+                metrics: vr_agent::metrics::Metrics::default(),
                 watch_drift: false,
             };
             run(listeners, agent, &config, around, async {

@@ -513,7 +513,8 @@ fn dhcp_hosts_added_through_another_backend_open_dhcp_and_dns_on_their_nic() {
     guest.ip(&["addr", "add", &format!("{GUEST1}/24"), "dev", "g0"]);
     let _dns = udp_server(&router, "0.0.0.0:53");
     let health = std::sync::Arc::new(vr_agent::health::Health::default());
-    let mut backend = vr_agent::nat::NatBackend::with("eth0".into(), vec![7272], health.clone());
+    // a management nic that exists (lo), so the firewall goes in with its drop policies
+    let mut backend = vr_agent::nat::NatBackend::with("lo".into(), vec![7272], health.clone());
     let mut state = DesiredState::default();
     router.block_on(|| async {
         backend.reconcile(&state).await.unwrap();

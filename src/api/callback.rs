@@ -324,6 +324,7 @@ pub async fn post(
     task_uuid: &str,
     body: Vec<u8>,
     retry_for: Duration,
+    metrics: &crate::metrics::Metrics,
 ) -> Delivery {
     let deadline = Instant::now() + retry_for;
     let body = Bytes::from(body);
@@ -335,6 +336,7 @@ pub async fn post(
                     return Delivery::GaveUp(e);
                 }
                 tracing::debug!(error = %e, "callback failed, retrying in 1 s");
+                metrics.callback_retried();
                 sleep(Duration::from_secs(1)).await;
             }
         }

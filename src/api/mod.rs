@@ -11,7 +11,9 @@ pub mod reply;
 
 use crate::agent::{AgentHandle, ApplyError};
 use crate::health::Health;
+use crate::metrics::{Metrics, Outcome, WriterView};
 use crate::protocol::{Endpoint, Request as ApiRequest};
+use crate::status::recent::RecentCommands;
 use bytes::Bytes;
 use callback::{CallbackPolicy, CallbackTarget, Delivery};
 use http_body_util::{BodyExt, Full, Limited};
@@ -23,7 +25,7 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// Everything a request handler needs.
@@ -48,6 +50,10 @@ pub struct ApiState {
     pub inflight: InFlight,
     /// `taskuuid`s in flight; a repeat is acked and ignored.
     pub tasks: Mutex<HashSet<String>>,
+    /// Counters and histograms of `GET /metrics`.
+    pub metrics: Metrics,
+    /// The last commands, for `GET /status`.
+    pub recent: RecentCommands,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -99,6 +105,13 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
+    if req.method() == hyper::Method::GET {
+        match path.trim_end_matches('/') {
+            "/metrics" => return Ok(metrics_response(&state)),
+            "/status" => return Ok(status_response(&state)),
+            _ => {}
+        }
+    }
     let Some(endpoint) = Endpoint::from_path(&path) else {
         return Ok(refuse(
             StatusCode::NOT_FOUND,
@@ -151,6 +164,14 @@ async fn handle_command(
     target: Option<CallbackTarget>,
     peer: SocketAddr,
 ) -> Result<Resp, Infallible> {
+    let started = Instant::now();
+    let path_static: &'static str = Endpoint::paths()
+        .find(|p| path.trim_end_matches('/') == *p)
+        .unwrap_or("?");
+    let refused = |status: StatusCode, msg: String| {
+        done(&state, path_static, started, Outcome::Refused, &msg);
+        refuse(status, msg)
+    };
     let guard = state.inflight.enter();
     if let Some(len) = req
         .headers()
@@ -160,7 +181,7 @@ async fn handle_command(
         && len > state.max_body as u64
     {
         tracing::warn!(len, "body too large");
-        return Ok(refuse(
+        return Ok(refused(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "request body of {len} bytes exceeds the limit of {} bytes",
@@ -177,7 +198,7 @@ async fn handle_command(
             timeout_s = state.body_timeout.as_secs(),
             "body not read in time"
         );
-        return Ok(refuse(
+        return Ok(refused(
             StatusCode::REQUEST_TIMEOUT,
             format!(
                 "request body not received within {} s",
@@ -191,13 +212,13 @@ async fn handle_command(
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            return Ok(refuse(
+            return Ok(refused(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body exceeds the limit of {} bytes", state.max_body),
             ));
         }
         Err(e) => {
-            return Ok(refuse(
+            return Ok(refused(
                 StatusCode::BAD_REQUEST,
                 format!("reading the request body: {e}"),
             ));
@@ -211,7 +232,7 @@ async fn handle_command(
         }
     }
     // Parse and queue now, before answering, so commands keep their arrival order.
-    let outcome = run(&state, endpoint, &path, &body, peer);
+    let outcome = run(&state, endpoint, path_static, &body, peer);
     match (task_uuid, target) {
         (Some(uuid), Some(target)) => {
             let span = tracing::Span::current();
@@ -219,14 +240,27 @@ async fn handle_command(
             tokio::spawn(
                 async move {
                     let _guard = guard;
-                    let reply = outcome.await;
-                    let delivery =
-                        callback::post(&target, &uuid, reply.to_bytes(), state2.callback_retry)
-                            .await;
+                    let (reply, result) = outcome.await;
+                    done(&state2, path_static, started, result, reply.error());
+                    let delivery = callback::post(
+                        &target,
+                        &uuid,
+                        reply.to_bytes(),
+                        state2.callback_retry,
+                        &state2.metrics,
+                    )
+                    .await;
                     match delivery {
-                        Delivery::Answered(200) => tracing::debug!("callback delivered"),
-                        Delivery::Answered(s) => tracing::warn!(status = s, "callback answered"),
+                        Delivery::Answered(status) => {
+                            state2.metrics.callback_delivered();
+                            if status == 200 {
+                                tracing::debug!("callback delivered");
+                            } else {
+                                tracing::warn!(status, "callback answered");
+                            }
+                        }
                         Delivery::GaveUp(e) => {
+                            state2.metrics.callback_dropped();
                             tracing::error!(error = %e, "callback not delivered");
                         }
                     }
@@ -241,33 +275,41 @@ async fn handle_command(
             Ok(respond(StatusCode::OK, Vec::new(), false))
         }
         _ => {
-            let reply = outcome.await;
+            let (reply, result) = outcome.await;
+            done(&state, path_static, started, result, reply.error());
             drop(guard);
             Ok(respond(StatusCode::OK, reply.to_bytes(), true))
         }
     }
 }
 
-/// Parses the body and queues the command; the returned future resolves to the reply.
+/// Counts a command answered (and keeps it in the ring of `/status`, but `/ping`).
+fn done(state: &ApiState, path: &'static str, started: Instant, outcome: Outcome, error: &str) {
+    let secs = started.elapsed().as_secs_f64();
+    state.metrics.command_done(path, outcome, secs);
+    if path != "/ping" {
+        state.recent.record(path, outcome.as_str(), secs, error);
+    }
+}
+
+/// Parses the body and queues the command; the returned future resolves to the reply and
+/// how the command ended.
 fn run(
     state: &Arc<ApiState>,
     endpoint: Endpoint,
-    path: &str,
+    path_static: &'static str,
     body: &[u8],
     peer: SocketAddr,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send>> {
-    let path_static: &'static str = Endpoint::paths()
-        .find(|p| path.trim_end_matches('/') == *p)
-        .unwrap_or("?");
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = (Reply, Outcome)> + Send>> {
     match endpoint.parse_noted(body) {
         Err(e) => {
             tracing::warn!(error = %e, "refused");
             let reply = Reply::fail(e.to_string());
-            Box::pin(async move { reply })
+            Box::pin(async move { (reply, Outcome::Refused) })
         }
         Ok((ApiRequest::Ping, _)) => {
             let state = Arc::clone(state);
-            Box::pin(async move { ping_reply(&state) })
+            Box::pin(async move { (ping_reply(&state), Outcome::Ok) })
         }
         Ok((ApiRequest::Change(cmd), notes)) => {
             for note in &notes {
@@ -282,18 +324,21 @@ fn run(
             let pending = state.agent.submit_from(cmd, path_static, origin);
             let state = Arc::clone(state);
             Box::pin(async move {
-                let reply = match pending.await {
-                    Ok(()) if is_init => Reply::ok()
-                        .with("version", state.version)
-                        .with("md5", state.md5.clone()),
-                    Ok(()) => Reply::ok(),
-                    Err(e) => error_reply(&e),
+                let (reply, outcome) = match pending.await {
+                    Ok(()) if is_init => (
+                        Reply::ok()
+                            .with("version", state.version)
+                            .with("md5", state.md5.clone()),
+                        Outcome::Ok,
+                    ),
+                    Ok(()) => (Reply::ok(), Outcome::Ok),
+                    Err(e) => (error_reply(&e), outcome_of(&e)),
                 };
                 // Extra reply keys are allowed; a string, as the node may declare it one.
                 if notes.is_empty() {
-                    reply
+                    (reply, outcome)
                 } else {
-                    reply.with("notes", notes.join("; "))
+                    (reply.with("notes", notes.join("; ")), outcome)
                 }
             })
         }
@@ -302,6 +347,71 @@ fn run(
 
 fn error_reply(e: &ApplyError) -> Reply {
     Reply::fail(e.to_string())
+}
+
+/// Refused before any change (the request), or failed on the system's side.
+fn outcome_of(e: &ApplyError) -> Outcome {
+    match e {
+        ApplyError::Invalid(_) | ApplyError::Unsupported { .. } => Outcome::Refused,
+        ApplyError::Backend { .. }
+        | ApplyError::Persist(_)
+        | ApplyError::Unwritable(_)
+        | ApplyError::ShuttingDown => Outcome::Failed,
+    }
+}
+
+/// What the writer published, without waiting for it.
+fn writer_view(state: &ApiState) -> WriterView {
+    let snap = state.agent.snapshot();
+    WriterView {
+        counts: snap.counts,
+        journal_bytes: snap.journal.0,
+        compactions: snap.journal.1,
+        queue_depth: state.agent.queue_depth(),
+        drift_repairs: state.health.drift().repairs,
+    }
+}
+
+fn metrics_response(state: &ApiState) -> Resp {
+    let text = state.metrics.render(&writer_view(state));
+    let mut r = respond(StatusCode::OK, text.into_bytes(), false);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    r
+}
+
+fn status_response(state: &ApiState) -> Resp {
+    let view = writer_view(state);
+    let (healthy, _) = state.health.report();
+    let drift = state.health.drift();
+    let report = crate::status::Report {
+        uuid: state.agent.snapshot().uuid.clone(),
+        version: state.version.to_string(),
+        md5: state.md5.clone(),
+        healthy,
+        problems: state
+            .health
+            .problems()
+            .into_iter()
+            .map(|(source, reason)| crate::status::Problem { source, reason })
+            .collect(),
+        counts: view.counts,
+        queue_depth: view.queue_depth,
+        journal_bytes: view.journal_bytes,
+        compactions: view.compactions,
+        drift_repairs: drift.repairs,
+        last_drift: drift.last,
+        recent: state.recent.list(),
+    };
+    match serde_json::to_vec(&report) {
+        Ok(body) => respond(StatusCode::OK, body, true),
+        Err(e) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("status report: {e}"),
+        ),
+    }
 }
 
 fn ping_reply(state: &ApiState) -> Reply {

@@ -32,6 +32,11 @@ impl Reply {
         self
     }
 
+    /// The `error` text (empty on success).
+    pub fn error(&self) -> &str {
+        self.0.get("error").and_then(Value::as_str).unwrap_or("")
+    }
+
     /// True for a success reply.
     pub fn is_success(&self) -> bool {
         self.0.get("success") == Some(&json!(true))

@@ -83,6 +83,8 @@ pub struct DnsmasqBackend {
     /// The same for the per-host and per-profile files added since (the incremental
     /// directories hold nothing else).
     added: HashMap<PathBuf, [u8; 32]>,
+    /// Counts dnsmasq's restarts and reloads, and its leases.
+    metrics: crate::metrics::Metrics,
 }
 
 /// Whether DNS is forwarded, and the SNAT guest nics it is forwarded on.
@@ -114,7 +116,14 @@ impl DnsmasqBackend {
             dns_guests: None,
             written: Vec::new(),
             added: HashMap::new(),
+            metrics: crate::metrics::Metrics::default(),
         }
+    }
+
+    /// Counts into `metrics` (restarts, reloads, and the lease file at each scrape).
+    pub fn with_metrics(self, metrics: crate::metrics::Metrics) -> DnsmasqBackend {
+        metrics.dnsmasq_leases_at(self.paths.leases());
+        DnsmasqBackend { metrics, ..self }
     }
 
     /// The files whose content on disk differs from what the agent wrote, and files in the
@@ -170,12 +179,14 @@ impl DnsmasqBackend {
     fn supervisor(&mut self) -> &Supervisor {
         let (bin, paths, health) = (&self.bin, &self.paths, &self.health);
         let tagged = &self.tagged_loaded;
+        let metrics = &self.metrics;
         self.supervisor.get_or_insert_with(|| {
             Supervisor::spawn(
                 bin.clone(),
                 paths.clone(),
                 Arc::clone(health),
                 Arc::clone(tagged),
+                metrics.clone(),
             )
         })
     }

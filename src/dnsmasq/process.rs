@@ -64,9 +64,11 @@ impl Supervisor {
         paths: Paths,
         health: Arc<Health>,
         tagged: Arc<Mutex<HashSet<MacAddr>>>,
+        metrics: crate::metrics::Metrics,
     ) -> Supervisor {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = Task {
+            metrics,
             bin,
             paths,
             health,
@@ -116,6 +118,8 @@ impl Supervisor {
 }
 
 struct Task {
+    /// Counts restarts and reloads.
+    metrics: crate::metrics::Metrics,
     bin: PathBuf,
     paths: Paths,
     health: Arc<Health>,
@@ -261,6 +265,7 @@ impl Task {
             return;
         }
         self.reloads += 1;
+        self.metrics.dnsmasq_reloaded();
         tracing::debug!(reloads = self.reloads, "dnsmasq reloaded");
         let releases = std::mem::take(&mut self.releases);
         if releases.is_empty() {
@@ -325,6 +330,7 @@ impl Task {
 
     /// (Re)starts dnsmasq and waits until it serves. `keep`: prune the lease file to these.
     async fn start_now(&mut self, keep: Option<&LeaseSet>) -> Result<(), String> {
+        self.metrics.dnsmasq_started();
         self.stop_child().await;
         self.stop_stale().await;
         self.reload_at = None;

@@ -45,6 +45,7 @@ pub fn spawn(
     agent: AgentHandle,
     verify_every: Duration,
     file_dirs: Vec<std::path::PathBuf>,
+    metrics: crate::metrics::Metrics,
 ) -> tokio::task::JoinHandle<()> {
     let (tx, rx) = mpsc::unbounded_channel();
     if let Err(e) = file_events::spawn(file_dirs, tx.clone()) {
@@ -56,7 +57,7 @@ pub fn spawn(
     if let Err(e) = link_events::spawn(tx) {
         tracing::warn!(error = %e, "link notifications unavailable; relying on the periodic verify");
     }
-    tokio::spawn(watch(agent, rx, verify_every))
+    tokio::spawn(watch(agent, rx, verify_every, metrics))
 }
 
 /// Folds signals into writer jobs: at most one repair per feature per burst.
@@ -64,6 +65,7 @@ async fn watch(
     agent: AgentHandle,
     mut rx: mpsc::UnboundedReceiver<Signal>,
     verify_every: Duration,
+    metrics: crate::metrics::Metrics,
 ) {
     let mut ticker = tokio::time::interval(verify_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -104,6 +106,7 @@ async fn watch(
                 _ = &mut settle => break,
             }
         }
+        metrics.drift_events(burst.len() as u64);
         let mut nft = Vec::new();
         let mut links = Vec::new();
         let mut lost = Vec::new();

@@ -51,6 +51,8 @@ pub struct Link {
     pub mtu: Option<u32>,
     /// Administratively up.
     pub up: bool,
+    /// `promote_secondaries` is on (from the link's inet device settings).
+    pub promotes_secondaries: bool,
 }
 
 /// An IPv4 address on a link.
@@ -195,6 +197,11 @@ impl Netlink {
     /// Sets `promote_secondaries` on `link`, so removing a subnet's primary address promotes
     /// the next one instead of removing every address of that subnet with it.
     pub async fn promote_secondaries(&self, link: &Link) -> Result<(), NetlinkError> {
+        // The kernel announces this change with port id 0 (netdev_state_change), not ours:
+        // setting it again at every verify would read as drift and verify again, forever.
+        if link.promotes_secondaries {
+            return Ok(());
+        }
         let mut conf = InetDevConf::default();
         conf.promote_secondaries = 1;
         let msg = LinkUnspec::new_with_index(link.index)
@@ -310,6 +317,7 @@ pub(crate) fn link_of(m: LinkMessage) -> Link {
         mac: None,
         mtu: None,
         up: m.header.flags.contains(LinkFlags::Up),
+        promotes_secondaries: false,
     };
     for a in m.attributes {
         match a {
@@ -322,6 +330,17 @@ pub(crate) fn link_of(m: LinkMessage) -> Link {
                 }
             }
             LinkAttribute::Mtu(mtu) => link.mtu = Some(mtu),
+            LinkAttribute::AfSpecUnspec(specs) => {
+                for spec in specs {
+                    if let AfSpecUnspec::Inet(inet) = spec {
+                        for conf in inet {
+                            if let AfSpecInet::DevConf(c) = conf {
+                                link.promotes_secondaries = c.promote_secondaries != 0;
+                            }
+                        }
+                    }
+                }
+            }
             _ => {}
         }
     }

@@ -235,6 +235,7 @@ mod tests {
             mac: m.map(mac),
             mtu: Some(1500),
             up: true,
+            promotes_secondaries: false,
         }
     }
 

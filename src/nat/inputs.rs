@@ -19,6 +19,9 @@ pub struct Inputs {
     pub mgmt_nic: String,
     /// TCP ports the agent listens on.
     pub agent_ports: Vec<u16>,
+    /// No nic is known to be the management nic ([`super::mgmt_guard`]): the filter table
+    /// goes in without its drop policies and drop rules.
+    pub mgmt_unknown: bool,
 }
 
 /// Reads every IPv4 address of the current namespace with the name of its interface.

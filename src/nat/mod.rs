@@ -9,6 +9,7 @@
 pub mod conntrack;
 pub mod flows;
 pub mod inputs;
+pub mod mgmt_guard;
 pub mod model;
 pub mod netlink;
 pub mod nft;
@@ -53,6 +54,10 @@ pub struct NatBackend {
     flows: Option<Arc<flows::Tracker>>,
     /// Whether to keep that index (`--conntrack-events`).
     conntrack_events: bool,
+    /// Whether a management nic is known (else no drop policies).
+    guard: mgmt_guard::Guard,
+    /// Counts nft transactions and nfnetlink batches.
+    metrics: crate::metrics::Metrics,
 }
 
 impl NatBackend {
@@ -64,12 +69,18 @@ impl NatBackend {
             health,
         );
         b.conntrack_events = config.conntrack_events;
+        b.guard = mgmt_guard::Guard::new(
+            config.mgmt_nic.clone(),
+            Some(crate::bootstrap::cache_path(&config.state_dir)),
+            Arc::clone(&b.health),
+        );
         b
     }
 
     /// A backend with this management nic and these agent ports.
     pub fn with(mgmt_nic: String, agent_ports: Vec<u16>, health: Arc<Health>) -> NatBackend {
         NatBackend {
+            guard: mgmt_guard::Guard::new(mgmt_nic.clone(), None, Arc::clone(&health)),
             mgmt_nic,
             agent_ports,
             health,
@@ -79,7 +90,21 @@ impl NatBackend {
             observed_guests: None,
             flows: None,
             conntrack_events: true,
+            metrics: crate::metrics::Metrics::default(),
         }
+    }
+
+    /// Counts into `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> NatBackend {
+        self.metrics = metrics;
+        self
+    }
+
+    /// [`nft::apply`], counted.
+    async fn nft(&self, text: &str) -> Result<(), NatError> {
+        let r = nft::apply(text).await;
+        self.metrics.nft_transaction(r.is_ok());
+        r
     }
 
     /// Points the flow index at the VIPs of `state` and `extra` (starting it if needed).
@@ -123,6 +148,7 @@ impl NatBackend {
             addrs,
             mgmt_nic: self.mgmt_nic.clone(),
             agent_ports: self.agent_ports.clone(),
+            mgmt_unknown: self.guard.open(),
         })
     }
 
@@ -153,7 +179,9 @@ impl NatBackend {
                 }
             }
             if let Some(sock) = self.nfnl.as_mut() {
-                match sock.apply(&change.flush, &change.deletes, &change.adds) {
+                let sent = sock.apply(&change.flush, &change.deletes, &change.adds);
+                self.metrics.netlink_batch(sent.is_ok());
+                match sent {
                     Ok(()) => return Ok(()),
                     Err(NatError::System(e)) => {
                         tracing::warn!(error = %e, "nfnetlink failed; using nft");
@@ -163,7 +191,7 @@ impl NatBackend {
                 }
             }
         }
-        nft::apply(&p.nft).await
+        self.nft(&p.nft).await
     }
 
     async fn change(
@@ -244,7 +272,7 @@ impl NatBackend {
                 let all =
                     self.inputs(before, before.eips.values().chain(cmd_eips.iter().copied()))?;
                 let full = replace_plan(before, after, cmd, &all)?;
-                nft::apply(&full.nft).await.map_err(|_| e)?;
+                self.nft(&full.nft).await.map_err(|_| e)?;
                 p.full = true;
                 p.skipped = full.skipped;
                 p.guest_ifs = full.guest_ifs;
@@ -301,7 +329,7 @@ impl NatBackend {
     /// `None` when the batch could not be sent (the caller then uses the nft path).
     async fn load_split(&mut self, state: &DesiredState, inputs: &Inputs) -> Option<Plan> {
         let (p, elements) = plan::full_split(state, inputs);
-        if let Err(e) = nft::apply(&p.nft).await {
+        if let Err(e) = self.nft(&p.nft).await {
             tracing::warn!(error = %e, "empty tables refused; using the full nft path");
             return None;
         }
@@ -311,7 +339,9 @@ impl NatBackend {
                 .ok();
         }
         let sock = self.nfnl.as_mut()?;
-        match sock.apply(&[], &[], &elements) {
+        let sent = sock.apply(&[], &[], &elements);
+        self.metrics.netlink_batch(sent.is_ok());
+        match sent {
             Ok(()) => Some(p),
             Err(e) => {
                 tracing::warn!(error = %e, "element batch refused; using the full nft path");
@@ -368,7 +398,7 @@ impl Backend for NatBackend {
             let adds: Vec<model::Elem> = rs.elements.into_iter().collect();
             let text = render::element_ops(&[], &[], &adds);
             if !text.is_empty() {
-                nft::apply(&text).await.map_err(|e| {
+                self.nft(&text).await.map_err(|e| {
                     BackendError::new(format!(
                         "our nft tables were left as they are (adding the stored state's {} elements failed: {e})",
                         adds.len()
@@ -407,6 +437,10 @@ impl Backend for NatBackend {
         state: &DesiredState,
     ) -> Result<Option<String>, BackendError> {
         {
+            if self.guard.refresh() {
+                self.reconcile(state).await?;
+                return Ok(Some(self.guard.describe()));
+            }
             // Changes inside our tables are caught at once through notifications; this safety
             // net checks that the tables themselves are there.
             let tables = nft::tables()
@@ -432,6 +466,7 @@ impl Backend for NatBackend {
 
     async fn reconcile(&mut self, state: &DesiredState) -> Result<(), BackendError> {
         {
+            self.guard.refresh();
             let inputs = self
                 .inputs(state, state.eips.values())
                 .map_err(|e| BackendError::new(e.to_string()))?;
@@ -450,7 +485,7 @@ impl Backend for NatBackend {
                 Some(p) => p,
                 None => {
                     let p = plan::full(state, &inputs);
-                    nft::apply(&p.nft)
+                    self.nft(&p.nft)
                         .await
                         .map_err(|e| BackendError::new(e.to_string()))?;
                     p

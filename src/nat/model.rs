@@ -440,6 +440,8 @@ pub struct Ruleset {
     pub mgmt_nic: String,
     /// Agent ports.
     pub agent_ports: Vec<u16>,
+    /// No management nic known: input and forward accept by default, no drop rules.
+    pub mgmt_unknown: bool,
 }
 
 /// The sets and maps that hold EIPs.
@@ -516,6 +518,7 @@ pub fn resolve(state: &DesiredState, inputs: &Inputs) -> (Ruleset, Vec<NatError>
     let mut rs = Ruleset {
         mgmt_nic: inputs.mgmt_nic.clone(),
         agent_ports: inputs.agent_ports.clone(),
+        mgmt_unknown: inputs.mgmt_unknown,
         ..Ruleset::default()
     };
     rs.elements

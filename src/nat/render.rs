@@ -159,12 +159,16 @@ pub fn full(rs: &Ruleset) -> String {
             value: None,
         }));
     write_sets(&mut out, FILTER, &filter_sets);
-    let mut input = vec![
-        s("ct state established,related accept"),
-        s("ct state invalid drop"),
-        s("iif \"lo\" accept"),
-        s("meta l4proto { icmp, icmpv6 } accept"),
-    ];
+    // Without a known management nic nothing is dropped (mgmt_guard): the chains keep their
+    // accepts and sets, so every command applies, but cannot cut the machine's ssh.
+    let enforcing = !rs.mgmt_unknown;
+    let policy = if enforcing { "drop" } else { "accept" };
+    let mut input = vec![s("ct state established,related accept")];
+    if enforcing {
+        input.push(s("ct state invalid drop"));
+    }
+    input.push(s("iif \"lo\" accept"));
+    input.push(s("meta l4proto { icmp, icmpv6 } accept"));
     let mut ports = vec![22u16];
     ports.extend(rs.agent_ports.iter().copied().filter(|p| *p != 0));
     ports.sort_unstable();
@@ -179,31 +183,40 @@ pub fn full(rs: &Ruleset) -> String {
         "iifname \"{}\" tcp dport {{ {ports} }} accept",
         rs.mgmt_nic
     ));
-    input.push(format!("tcp dport {{ {ports} }} drop"));
+    if enforcing {
+        input.push(format!("tcp dport {{ {ports} }} drop"));
+    }
     input.push(s("iifname @guest_ifs udp dport { 53, 67 } accept"));
     input.push(s("iifname @guest_ifs tcp dport 53 accept"));
     input.push(s("jump appliance"));
     write_chain(
         &mut out,
         "input",
-        Some("type filter hook input priority filter; policy drop;"),
+        Some(&format!(
+            "type filter hook input priority filter; policy {policy};"
+        )),
         &input,
     );
     write_chain(&mut out, "appliance", None, &rs.appliance);
+    let mut forward = vec![s("ct state established,related accept")];
+    if enforcing {
+        forward.push(s("ct state invalid drop"));
+    }
+    forward.extend([
+        s("ct status dnat ct original ip daddr @eip_vips accept comment \"eip inbound\""),
+        format!(
+            "ct status dnat ct mark & 0x{MARK_PF:08x} == 0x{MARK_PF:08x} accept comment \"port forwarding inbound\""
+        ),
+        s("ip saddr . oifname @eip_out accept comment \"eip outbound\""),
+        s("jump snat_fwd"),
+    ]);
     write_chain(
         &mut out,
         "forward",
-        Some("type filter hook forward priority filter; policy drop;"),
-        &[
-            s("ct state established,related accept"),
-            s("ct state invalid drop"),
-            s("ct status dnat ct original ip daddr @eip_vips accept comment \"eip inbound\""),
-            format!(
-                "ct status dnat ct mark & 0x{MARK_PF:08x} == 0x{MARK_PF:08x} accept comment \"port forwarding inbound\""
-            ),
-            s("ip saddr . oifname @eip_out accept comment \"eip outbound\""),
-            s("jump snat_fwd"),
-        ],
+        Some(&format!(
+            "type filter hook forward priority filter; policy {policy};"
+        )),
+        &forward,
     );
     write_chain(&mut out, "snat_fwd", None, &rs.snat_forward);
     out.push_str("}\n");

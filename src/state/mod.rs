@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod change;
 pub mod command;
+pub mod counts;
 pub mod facts;
 pub mod model;
 pub mod store;

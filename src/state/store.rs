@@ -191,6 +191,8 @@ pub struct Store {
     probe: Probe,
     /// Why the last attempt to make the store writable failed.
     blocked: Option<String>,
+    /// Compactions done since the store was opened.
+    compactions: u64,
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -550,6 +552,7 @@ impl Store {
             repairs: r.repairs,
             probe,
             blocked: None,
+            compactions: 0,
         };
         let problem = (!r.problems.is_empty()).then(|| r.problems.join("; "));
         let loaded = Loaded {
@@ -570,6 +573,13 @@ impl Store {
             tracing::warn!(problem = %p, "stored state");
         }
         Ok(r.state)
+    }
+
+    /// Reads the stored state without changing anything on disk, with what could not be
+    /// read (for `vr-agent status --state-dir`).
+    pub fn inspect(dir: &Path) -> (DesiredState, Vec<String>) {
+        let r = recover(dir);
+        (r.state, r.problems)
     }
 
     /// True when appends are accepted now (without trying again).
@@ -736,6 +746,11 @@ impl Store {
         self.journal_bytes
     }
 
+    /// Compactions done since the store was opened.
+    pub fn compactions(&self) -> u64 {
+        self.compactions
+    }
+
     /// Writes `state` as a new snapshot and starts an empty journal.
     pub fn compact(&mut self, state: &DesiredState) -> Result<(), StoreError> {
         if self.journal.is_none() {
@@ -792,6 +807,7 @@ impl Store {
         self.snapshot_bytes = bytes.len() as u64;
         self.journal = Some(journal);
         self.journal_bytes = 0;
+        self.compactions += 1;
         self.poisoned = false;
         tracing::info!(
             generation,

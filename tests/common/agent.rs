@@ -103,6 +103,7 @@ impl AgentProc {
             .arg("--appliance-listen=127.0.0.1:0")
             .arg(format!("--state-dir={}", dir.join("state").display()))
             .arg(format!("--run-dir={}", run.display()))
+            .args(default_mgmt_nic(&extra))
             .args(&extra)
             .env("VR_AGENT_LOG", "debug")
             .stdin(Stdio::null())
@@ -247,6 +248,22 @@ impl AgentProc {
         *self = Self::spawn_wrapped(&self.dir.clone(), self.extra.clone(), self.wrapper.clone());
         self._tmp = tmp;
     }
+}
+
+/// Without `--mgmt-nic` in `extra` and without an `eth0` in the namespace, the tests reach
+/// the agent over loopback: `lo` is then its management nic (else the agent, rightly, refuses
+/// its drop-policy firewall and reports itself unhealthy for want of a management nic).
+fn default_mgmt_nic(extra: &[String]) -> Option<&'static str> {
+    if extra.iter().any(|a| a.starts_with("--mgmt-nic")) {
+        return None;
+    }
+    let eth0 = Command::new("ip")
+        .args(["link", "show", "eth0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    (!eth0).then_some("--mgmt-nic=lo")
 }
 
 /// A synchronous `/ping` (no runtime needed): the reply body, or `None` if nothing answered.
