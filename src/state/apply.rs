@@ -29,8 +29,15 @@ impl DesiredState {
                 }
                 Ok(())
             }
-            Command::CreatePortForwards(rules) => check_port_forwards(&self.port_forwards, rules),
-            Command::SyncPortForwards(rules) => check_port_forwards(&BTreeMap::new(), rules),
+            Command::CreatePortForwards(rules) => {
+                check_port_forwards(&self.port_forwards, rules)?;
+                self.check_forwards_against_listeners(rules)
+            }
+            Command::SyncPortForwards(rules) => {
+                check_port_forwards(&BTreeMap::new(), rules)?;
+                self.check_forwards_against_listeners(rules)
+            }
+            Command::RefreshLb(lbs) => self.check_lb_refresh(lbs),
             _ => Ok(()),
         }
     }
@@ -146,7 +153,8 @@ impl DesiredState {
             Command::RefreshFirewall(rules) => {
                 self.firewall.clone_from(rules);
             }
-            Command::RefreshLb(_) | Command::DeleteLb(_) => {}
+            Command::RefreshLb(lbs) => self.apply_lb_refresh(lbs),
+            Command::DeleteLb(names) => self.apply_lb_delete(names),
         }
         Ok(())
     }

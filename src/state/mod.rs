@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod command;
 pub mod facts;
+pub mod lb;
 pub mod model;
 pub mod store;
 pub mod types;
@@ -67,6 +68,9 @@ pub struct DesiredState {
     pub dhcp_hosts: BTreeMap<MacAddr, DhcpHost>,
     /// Upstream DNS servers, in the order given.
     pub dns_servers: Vec<Ipv4Addr>,
+    /// Load balancer listeners by (load balancer, listener) uuid.
+    #[serde(with = "lb::listener_list")]
+    pub lb_listeners: BTreeMap<lb::LbKey, lb::LbListener>,
 }
 
 mod port_forward_list {
@@ -93,7 +97,7 @@ impl DesiredState {
     /// Counts of entries, for logs and `/ping`-side reporting.
     pub fn summary(&self) -> String {
         format!(
-            "nics={} vips={} snats={} eips={} port_forwards={} firewall_rules={} dhcp_hosts={} dns_servers={}",
+            "nics={} vips={} snats={} eips={} port_forwards={} firewall_rules={} dhcp_hosts={} dns_servers={} lb_listeners={}",
             self.nics.len(),
             self.vips.len(),
             self.snats.len(),
@@ -101,7 +105,8 @@ impl DesiredState {
             self.port_forwards.len(),
             self.firewall.len(),
             self.dhcp_hosts.len(),
-            self.dns_servers.len()
+            self.dns_servers.len(),
+            self.lb_listeners.len()
         )
     }
 }
