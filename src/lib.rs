@@ -10,6 +10,7 @@ pub mod dnsmasq;
 pub mod drift;
 pub mod facts;
 pub mod health;
+pub mod lb;
 pub mod link;
 pub mod logging;
 pub mod md5sum;

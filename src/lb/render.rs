@@ -1,0 +1,177 @@
+//! haproxy.cfg, pure: the whole file for the listeners of a desired state. One frontend and one
+//! backend per listener, named after the listener uuid; the global section runs haproxy in
+//! master-worker mode with a runtime socket, bounded old workers and a server-state file, so a
+//! reload keeps the listening sockets and the backends' health.
+
+use crate::state::lb::{Algorithm, HealthTarget, LbListener, Mode};
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+/// Old workers still serving connections after a reload are stopped this long after it.
+pub const HARD_STOP_AFTER_S: u32 = 60;
+/// Reloads after which a worker still alive is killed (bounds old workers in memory).
+pub const MAX_RELOADS: u32 = 50;
+/// Connect timeout to a backend, seconds.
+pub const CONNECT_TIMEOUT_S: u32 = 5;
+/// Global connection cap: the sum of the listeners' caps, at most this.
+pub const MAX_GLOBAL_CONNECTIONS: u64 = 100_000;
+
+/// Where haproxy's files live (all under one directory of ours).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paths {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl Paths {
+    /// Paths under `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Paths {
+        Paths { dir: dir.into() }
+    }
+    /// The configuration haproxy runs.
+    pub fn conf(&self) -> PathBuf {
+        self.dir.join("haproxy.cfg")
+    }
+    /// A candidate configuration, checked before it replaces [`Paths::conf`].
+    pub fn candidate(&self) -> PathBuf {
+        self.dir.join("haproxy.cfg.candidate")
+    }
+    /// The master's command socket (`-S`): reloads.
+    pub fn master_socket(&self) -> PathBuf {
+        self.dir.join("master.sock")
+    }
+    /// The worker's runtime API socket: weights, server state.
+    pub fn runtime_socket(&self) -> PathBuf {
+        self.dir.join("runtime.sock")
+    }
+    /// Backend health and weights, saved before each reload and read by the new worker.
+    pub fn server_state(&self) -> PathBuf {
+        self.dir.join("server-state")
+    }
+    /// The master's pid file.
+    pub fn pid(&self) -> PathBuf {
+        self.dir.join("haproxy.pid")
+    }
+}
+
+/// Name of a listener's frontend (both uuids: listener uuids of two load balancers are not
+/// known to differ).
+pub fn frontend_name(l: &LbListener) -> String {
+    format!("l:{}:{}", l.lb_uuid, l.listener_uuid)
+}
+
+/// Name of a listener's backend.
+pub fn backend_name(l: &LbListener) -> String {
+    format!("b:{}:{}", l.lb_uuid, l.listener_uuid)
+}
+
+/// Name of a backend server of a listener.
+pub fn server_name(ip: std::net::Ipv4Addr) -> String {
+    format!("s-{ip}")
+}
+
+fn balance(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::RoundRobin | Algorithm::WeightRoundRobin => "roundrobin",
+        Algorithm::LeastConn => "leastconn",
+        Algorithm::Source => "source",
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The whole configuration for `listeners` (those without backends are left out).
+pub fn render<'a>(paths: &Paths, listeners: impl IntoIterator<Item = &'a LbListener>) -> String {
+    let listeners: Vec<&LbListener> = listeners.into_iter().filter(|l| l.serves()).collect();
+    let maxconn = listeners
+        .iter()
+        .map(|l| u64::from(l.config.max_connections))
+        .sum::<u64>()
+        .clamp(1024, MAX_GLOBAL_CONNECTIONS);
+    let mut out = String::from("# written by vr-agent; every change replaces this file\n");
+    let _ = write!(
+        out,
+        "global\n\
+         \tmaster-worker\n\
+         \tmaxconn {maxconn}\n\
+         \tstats socket {} mode 600 level admin\n\
+         \thard-stop-after {HARD_STOP_AFTER_S}s\n\
+         \tmworker-max-reloads {MAX_RELOADS}\n\
+         \tserver-state-file {}\n\
+         \n\
+         defaults\n\
+         \tmode tcp\n\
+         \ttimeout connect {CONNECT_TIMEOUT_S}s\n\
+         \ttimeout client 60s\n\
+         \ttimeout server 60s\n\
+         \tload-server-state-from-file global\n",
+        path(&paths.runtime_socket()),
+        path(&paths.server_state()),
+    );
+    for l in listeners {
+        listener(&mut out, l);
+    }
+    out
+}
+
+fn listener(out: &mut String, l: &LbListener) {
+    let c = &l.config;
+    let mode = l.mode.name();
+    let _ = write!(
+        out,
+        "\n# load balancer {} listener {}\n\
+         frontend {}\n\
+         \tmode {mode}\n\
+         \tbind {}:{} transparent\n\
+         \tmaxconn {}\n\
+         \ttimeout client {}s\n",
+        l.lb_uuid,
+        l.listener_uuid,
+        frontend_name(l),
+        l.vip,
+        l.load_balancer_port,
+        c.max_connections,
+        c.idle_timeout_s,
+    );
+    if l.mode == Mode::Http {
+        out.push_str("\toption forwardfor\n");
+    }
+    let _ = write!(
+        out,
+        "\tdefault_backend {}\n\
+         \n\
+         backend {}\n\
+         \tmode {mode}\n\
+         \tbalance {}\n\
+         \ttimeout server {}s\n\
+         \ttimeout check {}s\n",
+        backend_name(l),
+        backend_name(l),
+        balance(c.algorithm),
+        c.idle_timeout_s,
+        c.check_timeout_s,
+    );
+    let check_port = match &c.health_target {
+        HealthTarget::Tcp { port } => port.unwrap_or(l.instance_port),
+        HealthTarget::Http { port, method, uri } => {
+            let _ = writeln!(out, "\toption httpchk {method} {uri}");
+            out.push_str("\thttp-check expect rstatus ^[23]\n");
+            port.unwrap_or(l.instance_port)
+        }
+    };
+    for b in &l.backends {
+        let _ = writeln!(
+            out,
+            "\tserver {} {}:{} weight {} check port {check_port} inter {}s fall {} rise {}",
+            server_name(b.ip),
+            b.ip,
+            l.instance_port,
+            b.weight,
+            c.check_interval_s,
+            c.unhealthy_threshold,
+            c.healthy_threshold,
+        );
+    }
+}
