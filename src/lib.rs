@@ -20,3 +20,4 @@ pub mod notify;
 pub mod protocol;
 pub mod server;
 pub mod state;
+pub mod supervisor;
