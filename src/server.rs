@@ -57,6 +57,14 @@ pub fn backends(config: &Config, health: &Arc<Health>) -> Vec<Box<dyn Backend>> 
             config.dnsmasq_bin.clone(),
             Arc::clone(health),
         )),
+        Box::new(crate::lb::LbBackend::new(
+            config
+                .haproxy_dir
+                .clone()
+                .unwrap_or_else(|| config.run_dir.join("haproxy")),
+            config.haproxy_bin.clone(),
+            Arc::clone(health),
+        )),
     ]
 }
 

@@ -114,11 +114,14 @@ impl Supervisor {
     async fn start_with(&self, retry: bool) -> Result<(), String> {
         let gone = || format!("the {} supervisor has stopped", self.name);
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Msg::Start { retry, reply }).map_err(|_| gone())?;
+        self.tx
+            .send(Msg::Start { retry, reply })
+            .map_err(|_| gone())?;
         rx.await.unwrap_or_else(|_| Err(gone()))
     }
 
-    /// Stops the engine and waits for it to exit; it stays down until the next start.
+    /// Stops the engine (and one left by an earlier agent) and waits for it to exit; it stays
+    /// down until the next start.
     pub async fn stop(&self) {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Msg::Stop { reply }).is_ok() {
@@ -191,6 +194,7 @@ impl<E: Engine> Task<E> {
                         self.wanted = false;
                         self.retry_at = None;
                         self.stop_child().await;
+                        self.stop_stale().await;
                         self.health.clear(name);
                         let _ = reply.send(());
                     }

@@ -29,6 +29,7 @@ fn cases() -> Vec<(String, String)> {
         let state = state_from_requests(&json["requests"]);
         let text = render(
             &Paths::new("/run/vr-agent/haproxy"),
+            1 << 20,
             state.lb_listeners.values(),
         );
         out.push((case.to_string(), text));

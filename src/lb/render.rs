@@ -13,8 +13,12 @@ pub const HARD_STOP_AFTER_S: u32 = 60;
 pub const MAX_RELOADS: u32 = 50;
 /// Connect timeout to a backend, seconds.
 pub const CONNECT_TIMEOUT_S: u32 = 5;
-/// Global connection cap: the sum of the listeners' caps, at most this.
+/// Global connection cap: the sum of the listeners' caps, at most this (and what the
+/// open-file limit allows).
 pub const MAX_GLOBAL_CONNECTIONS: u64 = 100_000;
+/// File descriptors haproxy keeps for itself besides two per connection (listeners, checks,
+/// sockets, logs).
+const FD_RESERVE: u64 = 1_000;
 
 /// Where haproxy's files live (all under one directory of ours).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,14 +86,27 @@ fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// The whole configuration for `listeners` (those without backends are left out).
-pub fn render<'a>(paths: &Paths, listeners: impl IntoIterator<Item = &'a LbListener>) -> String {
+/// The whole configuration for `listeners` (those without backends are left out). `fd_limit`:
+/// the open-file limit haproxy may raise itself to (it refuses to start when the global
+/// connection cap needs more: two descriptors per connection plus its own).
+pub fn render<'a>(
+    paths: &Paths,
+    fd_limit: u64,
+    listeners: impl IntoIterator<Item = &'a LbListener>,
+) -> String {
     let listeners: Vec<&LbListener> = listeners.into_iter().filter(|l| l.serves()).collect();
+    let own: u64 = listeners
+        .iter()
+        .map(|l| 1 + l.backends.len() as u64)
+        .sum::<u64>()
+        + FD_RESERVE;
+    let fits = (fd_limit.saturating_sub(own) / 2).max(256);
     let maxconn = listeners
         .iter()
         .map(|l| u64::from(l.config.max_connections))
         .sum::<u64>()
-        .clamp(1024, MAX_GLOBAL_CONNECTIONS);
+        .clamp(1024, MAX_GLOBAL_CONNECTIONS)
+        .min(fits);
     let mut out = String::from("# written by vr-agent; every change replaces this file\n");
     let _ = write!(
         out,
