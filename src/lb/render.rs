@@ -123,6 +123,8 @@ pub fn render<'a>(
          \ttimeout connect {CONNECT_TIMEOUT_S}s\n\
          \ttimeout client 60s\n\
          \ttimeout server 60s\n\
+         \tretries 3\n\
+         \toption redispatch\n\
          \tload-server-state-from-file global\n",
         path(&paths.runtime_socket()),
         path(&paths.server_state()),
