@@ -347,15 +347,23 @@ fn http_mode_carries_x_forwarded_for() {
     xff_server(&net.guest1);
     let n = &net;
     net.run(|mn, api| async move {
+        // checked over HTTP (the server answers 200 to any path)
+        let mut params = FAST.to_vec();
+        params.extend(["healthCheckTarget::http:default", "healthCheckURI::/health"]);
         ok(
             &mn,
             api,
             "/lb/refresh",
             json!({"lbs": [
-            listener("web", "10.10.1.58", 80, &[GUEST1], "http", FAST)]}),
+            listener("web", "10.10.1.58", 80, &[GUEST1], "http", &params)]}),
         )
         .await;
     });
+    let cfg = haproxy_cfg(n);
+    assert!(cfg.contains("option httpchk GET /health"), "{cfg}");
+    // still up after more than interval x unhealthyThreshold of HTTP checks (2: running)
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(server_state(n, "s-172.20.0.15"), Some(2));
     let mut s = tcp_connect(&n.client, "10.10.1.58:80", None).expect("connect");
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();

@@ -176,7 +176,7 @@ fn listener(out: &mut String, l: &LbListener) {
         HealthTarget::Tcp { port } => port.unwrap_or(l.instance_port),
         HealthTarget::Http { port, method, uri } => {
             let _ = writeln!(out, "\toption httpchk {method} {uri}");
-            out.push_str("\thttp-check expect rstatus ^[23]\n");
+            out.push_str("\thttp-check expect status 200-399\n");
             port.unwrap_or(l.instance_port)
         }
     };
