@@ -72,7 +72,6 @@ fn alerts(stderr: &str) -> String {
 pub async fn check(bin: &Path, conf: &Path) -> Result<(), HaproxyError> {
     let run = Command::new(bin)
         .arg("-c")
-        .arg("-q")
         .arg("-f")
         .arg(conf)
         .stdin(Stdio::null())
@@ -267,6 +266,26 @@ mod tests {
                 worker: Some(1271)
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_file_haproxy_refuses_fails_with_its_alert() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &conf,
+            "global\n\tmaster-worker\nfrontend f\n\tbind 127.0.0.1:1\n\tbogus-keyword on\n",
+        )
+        .unwrap();
+        let e = check(Path::new("haproxy"), &conf).await.unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("haproxy refused the configuration: [ALERT]"),
+            "{text}"
+        );
+        assert!(text.contains("bogus-keyword"), "{text}");
+        std::fs::write(&conf, "global\n\tmaster-worker\n").unwrap();
+        check(Path::new("haproxy"), &conf).await.unwrap();
     }
 
     #[test]

@@ -304,8 +304,19 @@ pub fn parse_parameters(
                 }
             }
             "healthCheckURI" => {
-                if !value.starts_with('/') || value.contains(char::is_whitespace) {
-                    return Err(bad(&at, listener, key, value, "is not a path (/...)"));
+                // haproxy's file quotes and escapes with these: keep them out
+                if !value.starts_with('/')
+                    || value
+                        .chars()
+                        .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\'))
+                {
+                    return Err(bad(
+                        &at,
+                        listener,
+                        key,
+                        value,
+                        "is not a path (/..., without spaces, quotes or backslashes)",
+                    ));
                 }
                 uri = Some(value.to_string());
             }
@@ -601,6 +612,8 @@ mod tests {
             r#"lbs[0].parameters[1]: listener l1: healthCheckURI "/a\nb" holds a control character or '#'"#
         );
         assert!(err("healthCheckURI::/a#b").contains("'#'"));
+        assert!(err("healthCheckURI::/a\"b").contains("without spaces, quotes"));
+        assert!(err("healthCheckURI::health").contains("is not a path"));
         assert_eq!(
             err("balancerWeight::172.20.0.16::101"),
             r#"lbs[0].parameters[1]: listener l1: balancerWeight "101" is out of range (0-100)"#
