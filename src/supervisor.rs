@@ -69,6 +69,7 @@ pub struct Supervisor {
     name: &'static str,
     pid: Arc<AtomicU32>,
     starts: Arc<AtomicU64>,
+    tail: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl Supervisor {
@@ -79,6 +80,7 @@ impl Supervisor {
         let pid = Arc::new(AtomicU32::new(0));
         let starts = Arc::new(AtomicU64::new(0));
         let name = engine.name();
+        let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
         let task = Task {
             engine,
             health,
@@ -86,7 +88,7 @@ impl Supervisor {
             wanted: false,
             retry_at: None,
             backoff: FIRST_BACKOFF,
-            tail: Arc::default(),
+            tail: Arc::clone(&tail),
             pid: Arc::clone(&pid),
             starts: Arc::clone(&starts),
         };
@@ -96,6 +98,7 @@ impl Supervisor {
             name,
             pid,
             starts,
+            tail,
         }
     }
 
@@ -132,6 +135,12 @@ impl Supervisor {
     /// The running child's pid, if one runs.
     pub fn pid(&self) -> Option<u32> {
         Some(self.pid.load(Ordering::SeqCst)).filter(|p| *p != 0)
+    }
+
+    /// The last lines the engine wrote to stderr, joined (its own words on a failure).
+    pub fn tail(&self) -> String {
+        let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        t.iter().cloned().collect::<Vec<_>>().join("; ")
     }
 
     /// How many times the engine was started (a change means a new process).

@@ -266,7 +266,17 @@ impl LbBackend {
             }
         }
         let started = std::time::Instant::now();
-        haproxy::reload(&self.paths).await?;
+        if let Err(e) = haproxy::reload(&self.paths).await {
+            // haproxy's own words on why (the master writes them to its stderr)
+            let said = self.engine().tail();
+            return Err(match e {
+                HaproxyError::Reload(what) if !said.is_empty() => {
+                    HaproxyError::Reload(format!("{what}: {said}"))
+                }
+                other => other,
+            }
+            .into());
+        }
         tracing::info!(
             listeners = listeners.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,

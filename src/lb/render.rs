@@ -99,7 +99,8 @@ pub fn render<'a>(
     listeners: impl IntoIterator<Item = &'a LbListener>,
 ) -> String {
     let listeners: Vec<&LbListener> = listeners.into_iter().filter(|l| l.serves()).collect();
-    let own: u64 = listeners
+    // haproxy counts each listener and (twice) each checked server into its descriptor need
+    let own: u64 = 2 * listeners
         .iter()
         .map(|l| 1 + l.backends.len() as u64)
         .sum::<u64>()
@@ -197,5 +198,58 @@ fn listener(out: &mut String, l: &LbListener) {
             c.unhealthy_threshold,
             c.healthy_threshold,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::lb::{BackendServer, ListenerConfig};
+
+    fn listeners(n: u16) -> Vec<LbListener> {
+        (0..n)
+            .map(|i| LbListener {
+                lb_uuid: "A".into(),
+                listener_uuid: format!("l{i}"),
+                vip: "10.10.1.57".parse().unwrap(),
+                load_balancer_port: 10_000 + i,
+                instance_port: 8080,
+                mode: Mode::Tcp,
+                backends: vec![
+                    BackendServer {
+                        ip: "172.20.0.15".parse().unwrap(),
+                        weight: 100,
+                    },
+                    BackendServer {
+                        ip: "172.20.0.16".parse().unwrap(),
+                        weight: 100,
+                    },
+                ],
+                config: ListenerConfig::default(),
+            })
+            .collect()
+    }
+
+    fn maxconn(text: &str) -> u64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("maxconn "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_global_cap_fits_the_open_file_limit() {
+        let paths = Paths::new("/x");
+        let many = listeners(500);
+        // haproxy needs 2 per connection plus ~2 per listener and checked server: measured
+        // refusing 20,040 descriptors under a limit of 20,000 with 501 listeners
+        let cap = maxconn(&render(&paths, 20_000, &many));
+        assert!(2 * cap + 2 * (500 + 1000) + 100 <= 20_000, "{cap}");
+        assert_eq!(
+            maxconn(&render(&paths, 1 << 20, &many)),
+            MAX_GLOBAL_CONNECTIONS
+        );
+        assert_eq!(maxconn(&render(&paths, 1 << 20, &listeners(1))), 5000);
     }
 }
