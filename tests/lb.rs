@@ -388,7 +388,7 @@ fn a_killed_haproxy_is_back_at_once_and_reported_until_then() {
     .unwrap();
     std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let bin_arg = format!("--haproxy-bin={}", bin.display());
-    let net = Net::with_agent_args(&[&bin_arg]);
+    let net = Net::with_agent_args(&[&bin_arg, "--verify-secs=1"]);
     let _g1 = tcp_server(&net.guest1, "0.0.0.0:8080");
     let n = &net;
     let master = || -> u32 {
@@ -458,6 +458,19 @@ fn a_killed_haproxy_is_back_at_once_and_reported_until_then() {
             assert!(Instant::now() < deadline, "still unhealthy: {ping}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        assert!(tcp_ask(&n.client, "10.10.1.57:80", None).is_some());
+        // haproxy.cfg edited behind the agent: the verify rewrites it (and reloads)
+        let cfg = haproxy_cfg(n);
+        let path = n.agent.dir.join("run/haproxy/haproxy.cfg");
+        std::fs::write(
+            &path,
+            format!("{cfg}\nlisten hand-made\n\tbind 10.10.1.57:99\n"),
+        )
+        .unwrap();
+        assert!(
+            wait_for(Duration::from_secs(5), || haproxy_cfg(n) == cfg).is_some(),
+            "haproxy.cfg not rewritten"
+        );
         assert!(tcp_ask(&n.client, "10.10.1.57:80", None).is_some());
     });
 }

@@ -346,8 +346,8 @@ impl Backend for LbBackend {
         state: &'a DesiredState,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            // Forget what runs: the file is rendered, checked and (re)loaded from the state.
-            self.served = None;
+            // A haproxy that runs the state's file already is left alone (a nic change or
+            // `/init` re-applies every backend): no needless reload.
             self.converge(state)
                 .await
                 .map_err(|e| BackendError::new(e.to_string()))?;
@@ -380,6 +380,8 @@ impl Backend for LbBackend {
             if on_disk == served.text {
                 return Ok(None);
             }
+            // forget what runs: the file is rendered, checked and reloaded again
+            self.served = None;
             self.reconcile(state).await?;
             Ok(Some(
                 "haproxy.cfg was changed behind the agent; rewritten and reloaded".into(),
