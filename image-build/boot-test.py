@@ -113,6 +113,15 @@ class ManagementNode:
             return Callbacks.replies.pop(uuid)
 
 
+# One load balancer listener on the router's public address whose backend is the agent itself
+# (its /echo on the management address): real TCP through haproxy inside the image.
+LB_REFRESH = {"lbs": [{"lbUuid": "bootlb", "listenerUuid": "bootlistener", "vip": "10.10.1.20",
+                       "nicIps": ["192.168.100.20"], "instancePort": 7272, "loadBalancerPort": 8080,
+                       "mode": "tcp", "parameters": ["healthCheckInterval::2", "unhealthyThreshold::2"]}]}
+LB_ASK = ("bash -c 'exec 3<>/dev/tcp/10.10.1.20/8080 && printf \"POST /echo HTTP/1.1\\r\\nHost: x\\r\\n"
+          "Content-Length: 0\\r\\nConnection: close\\r\\n\\r\\n\" >&3 && timeout 5 cat <&3'")
+
+
 def main():
     if len(sys.argv) != 3:
         print(__doc__)
@@ -226,6 +235,9 @@ def main():
             r = mn.call(path, body, which)
             check(path, r.get("success") is True, r)
 
+        r = mn.call("/lb/refresh", LB_REFRESH)
+        check("/lb/refresh", r.get("success") is True, r)
+
         r = mn.call("/ping", fixture("ping"))
         check("/ping healthy after the commands", r.get("healthy") is True and r.get("healthDetail") == "", r)
         rc, out = ssh("ip -4 -o addr show", tries=30)
@@ -235,6 +247,10 @@ def main():
             check(f"{dev} carries {cidr}", any(dev in l.split() and cidr in l for l in out.splitlines()), out)
         rc, out = ssh("nft list ruleset")
         check("nftables holds the EIP 10.10.1.55 -> 172.20.0.15", "10.10.1.55" in out and "172.20.0.15" in out, out[-2000:])
+        check("nftables accepts the listener's port", "10.10.1.20 . tcp . 8080" in out, out[-2000:])
+        rc, out = ssh(LB_ASK, tries=10)
+        check("the listener answers through haproxy (10.10.1.20:8080 -> the agent's /echo)",
+              out.startswith("HTTP/1.1 200"), out)
         if failed:
             rc, out = ssh("journalctl -b --no-pager -u vr-agent -u vr-agent-bootstrap | tail -60")
             print("---- agent journal (tail) ----\n" + out)
@@ -267,6 +283,8 @@ def main():
         check("EIP restored after reboot before any command", "10.10.1.55" in out and "172.20.0.15" in out, out[-2000:])
         rc, out = ssh("ip -4 -o addr show dev eth1")
         check("VIP restored after reboot", "10.10.1.55/24" in out, out)
+        rc, out = ssh(LB_ASK, tries=10)
+        check("the listener serves again after reboot before any command", out.startswith("HTTP/1.1 200"), out)
         r = mn.call("/ping", fixture("ping"))
         check("/ping after reboot keeps the uuid", r.get("uuid") == fixture("init")["uuid"], r)
         check("/ping healthy after reboot", r.get("healthy") is True, r)

@@ -5,6 +5,7 @@ set -euo pipefail
 packages=(
   nftables        # nft: the NAT and firewall backend
   dnsmasq-base    # dnsmasq: DHCP and DNS
+  haproxy         # load balancer listeners (2.6, master-worker)
   iproute2        # ip: namespaces and veth pairs in tests
   conntrack       # conntrack: deleting stale NAT flows
   busybox         # udhcpc: the DHCP client of the tests

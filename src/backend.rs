@@ -79,6 +79,8 @@ pub enum Engine {
     Nat(crate::nat::NatBackend),
     /// DHCP and DNS (dnsmasq).
     Dnsmasq(crate::dnsmasq::DnsmasqBackend),
+    /// Load balancers (haproxy).
+    Lb(crate::lb::LbBackend),
 }
 
 macro_rules! each_engine {
@@ -87,6 +89,7 @@ macro_rules! each_engine {
             Engine::Links($b) => $e,
             Engine::Nat($b) => $e,
             Engine::Dnsmasq($b) => $e,
+            Engine::Lb($b) => $e,
         }
     };
 }

@@ -65,6 +65,12 @@ pub struct Config {
     /// The dnsmasq binary (Debian's dnsmasq-base).
     #[arg(long, default_value = "dnsmasq")]
     pub dnsmasq_bin: PathBuf,
+    /// haproxy's files (config, sockets, server state); default: `<run-dir>/haproxy`.
+    #[arg(long)]
+    pub haproxy_dir: Option<PathBuf>,
+    /// The haproxy binary (Debian's haproxy, 2.6).
+    #[arg(long, default_value = "haproxy")]
+    pub haproxy_bin: PathBuf,
     /// Seconds between full verifies of the system against the desired state (a safety net
     /// under the netlink notifications that catch drift at once); 0 disables them.
     #[arg(long, default_value_t = 10)]

@@ -56,7 +56,13 @@ impl FactsSource {
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "bootstrap info unreadable for the rails"),
         }
-        match crate::nics::interfaces_of(&named_macs(cmd), &[self.mgmt_nic.as_str()]) {
+        // A listener's VIP may sit on any nic: all of them, for the rare `/lb/refresh`.
+        let read = if matches!(cmd, Command::RefreshLb(_)) {
+            crate::nics::interfaces()
+        } else {
+            crate::nics::interfaces_of(&named_macs(cmd), &[self.mgmt_nic.as_str()])
+        };
+        match read {
             Ok(ifaces) => {
                 for iface in ifaces {
                     // Its first address is a primary (the kernel lists secondaries, such

@@ -63,6 +63,14 @@ pub fn backends(config: &Config, health: &Arc<Health>, metrics: &Metrics) -> Vec
             )
             .with_metrics(metrics.clone()),
         ),
+        Engine::Lb(crate::lb::LbBackend::new(
+            config
+                .haproxy_dir
+                .clone()
+                .unwrap_or_else(|| config.run_dir.join("haproxy")),
+            config.haproxy_bin.clone(),
+            Arc::clone(health),
+        )),
     ]
 }
 

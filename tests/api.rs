@@ -393,7 +393,7 @@ fn sigterm_drains_then_exits_zero_within_the_grace() {
 }
 
 #[test]
-fn unbuilt_features_fail_loudly() {
+fn a_listener_on_a_vip_no_nic_holds_fails_loudly() {
     let ns = Netns::new("vrapi");
     ns.block_on(|| async {
         let agent = AgentProc::start(&[]);
@@ -401,7 +401,7 @@ fn unbuilt_features_fail_loudly() {
         let reply = mn
             .call(agent.vr, "/lb/refresh", &fixture("lb-refresh"))
             .await;
-        assert_fails(&reply, "not supported");
+        assert_fails(&reply, "lbs[0].vip: listener 4e5f6a7b8c9d4e0f1a2b3c4d5e6f7a8b: no nic of the router carries \"10.10.1.57\"");
     });
 }
 

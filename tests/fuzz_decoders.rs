@@ -34,7 +34,7 @@ fn fixtures() -> &'static [Fixture] {
                 let name = path.file_stem().unwrap().to_string_lossy().into_owned();
                 let route = match name.as_str() {
                     "adddhcp-nondefault" => "/adddhcp".to_string(),
-                    "lb-refresh" => "/lb/refresh".to_string(),
+                    "lb-refresh" | "lb-refresh-later" => "/lb/refresh".to_string(),
                     "lb-delete" => "/lb/delete".to_string(),
                     "appliancevm-init" => "/appliancevm/init".to_string(),
                     "refreshfirewall" => "/appliancevm/refreshfirewall".to_string(),

@@ -22,7 +22,8 @@ use tokio::sync::mpsc;
 pub const SETTLE: Duration = Duration::from_millis(150);
 /// The periodic verify covers the interfaces every this many ticks only: their changes come
 /// through notifications, and a full address dump costs about a second at 100,000 VIPs. The
-/// cheap checks (our tables are there, dnsmasq's files are as written) run at every tick.
+/// cheap checks (our tables are there, dnsmasq's and haproxy's files are as written) run at
+/// every tick.
 pub const LINKS_EVERY: u64 = 6;
 
 /// Something changed behind the agent's back (or may have).
@@ -84,7 +85,10 @@ async fn watch(
                     agent.verify(None, why()).await
                 } else {
                     match agent.verify(Some(Feature::Nat), why()).await {
-                        Ok(()) => agent.verify(Some(Feature::Dhcp), why()).await,
+                        Ok(()) => match agent.verify(Some(Feature::Dhcp), why()).await {
+                            Ok(()) => agent.verify(Some(Feature::LoadBalancer), why()).await,
+                            Err(e) => Err(e),
+                        },
                         Err(e) => Err(e),
                     }
                 };

@@ -511,6 +511,30 @@ pub fn pf_set_elements(
     out
 }
 
+/// The set the load balancer listeners' VIP ports are accepted through.
+pub const LB_SET: (&str, &str) = (FILTER, "lb_accept");
+
+/// The firewall elements of the listeners that serve (`vip . tcp . port`).
+pub fn lb_elements(state: &DesiredState) -> BTreeSet<Elem> {
+    state
+        .lb_listeners
+        .values()
+        .filter(|l| l.serves())
+        .map(|l| {
+            elem(
+                LB_SET.0,
+                LB_SET.1,
+                vec![
+                    Field::Addr(l.vip),
+                    Field::Proto(L4Proto::Tcp),
+                    Field::Port(l.load_balancer_port),
+                ],
+                None,
+            )
+        })
+        .collect()
+}
+
 /// Resolves a whole desired state. Entries whose nics cannot be found are left out and
 /// returned with the reason, so the rest still applies.
 pub fn resolve(state: &DesiredState, inputs: &Inputs) -> (Ruleset, Vec<NatError>) {
@@ -525,6 +549,7 @@ pub fn resolve(state: &DesiredState, inputs: &Inputs) -> (Ruleset, Vec<NatError>
         .extend(eip_set_elements(state, inputs, &mut skipped));
     rs.elements
         .extend(pf_set_elements(state, inputs, &mut skipped));
+    rs.elements.extend(lb_elements(state));
     for snat in state.snats.values() {
         match bind_snat(snat, inputs, &format!("snat {}", snat.private_nic_mac)) {
             Ok(b) => {

@@ -55,6 +55,12 @@ const SETS: &[(&str, &str, &str)] = &[
     (FILTER, "guest_ifs", "type ifname"),
     (FILTER, "eip_vips", "type ipv4_addr"),
     (FILTER, "eip_out", "type ipv4_addr . ifname"),
+    // vip . protocol . port of each load balancer listener, accepted from every side
+    (
+        FILTER,
+        "lb_accept",
+        "type ipv4_addr . inet_proto . inet_service",
+    ),
 ];
 
 fn write_set(out: &mut String, name: &str, ty: &str, elems: &[&Elem]) {
@@ -188,6 +194,9 @@ pub fn full(rs: &Ruleset) -> String {
     }
     input.push(s("iifname @guest_ifs udp dport { 53, 67 } accept"));
     input.push(s("iifname @guest_ifs tcp dport 53 accept"));
+    input.push(s(
+        "ip daddr . meta l4proto . th dport @lb_accept accept comment \"load balancer listeners\"",
+    ));
     input.push(s("jump appliance"));
     write_chain(
         &mut out,

@@ -332,11 +332,10 @@ impl Endpoint {
             }
             Endpoint::LbRefresh | Endpoint::LbDelete => {
                 let w: LbCmd = decode(body, false)?;
-                let lbs = each_req("lbs", &w.lbs, |f, l| l.validate(f))?;
                 if self == Endpoint::LbRefresh {
-                    Command::RefreshLb(lbs)
+                    Command::RefreshLb(each_req("lbs", &w.lbs, |f, l| l.validate(f))?)
                 } else {
-                    Command::DeleteLb(lbs)
+                    Command::DeleteLb(each_req("lbs", &w.lbs, |f, l| l.validate_delete(f))?)
                 }
             }
         };

@@ -29,10 +29,15 @@ impl DesiredState {
                 }
                 Ok(())
             }
-            Command::CreatePortForwards(rules) => check_port_forwards(&self.port_forwards, rules),
-            Command::SyncPortForwards(rules) => {
-                check_port_forwards(&crate::state::Table::new(), rules)
+            Command::CreatePortForwards(rules) => {
+                check_port_forwards(&self.port_forwards, rules)?;
+                self.check_forwards_against_listeners(rules)
             }
+            Command::SyncPortForwards(rules) => {
+                check_port_forwards(&crate::state::Table::new(), rules)?;
+                self.check_forwards_against_listeners(rules)
+            }
+            Command::RefreshLb(lbs) => self.check_lb_refresh(lbs),
             _ => Ok(()),
         }
     }
@@ -155,7 +160,8 @@ impl DesiredState {
             Command::RefreshFirewall(rules) => {
                 self.firewall.clone_from(rules);
             }
-            Command::RefreshLb(_) | Command::DeleteLb(_) => {}
+            Command::RefreshLb(lbs) => self.apply_lb_refresh(lbs),
+            Command::DeleteLb(names) => self.apply_lb_delete(names),
         }
         cmd.parts()
     }
@@ -163,7 +169,7 @@ impl DesiredState {
 
 /// The forward of `existing` (free of overlaps) on the same VIP and protocol whose ports
 /// overlap `ports`, if any.
-fn overlapping<'a>(
+pub(super) fn overlapping<'a>(
     existing: &'a crate::state::Table<PortForwardKey, PortForward>,
     vip_ip: Ipv4Addr,
     protocol: L4Proto,

@@ -1,7 +1,9 @@
 //! Typed changes to the desired state, one per management-node command that changes state.
 
 use super::Parts;
-use super::model::{DhcpHost, Eip, FirewallRule, LbListener, Nic, PortForward, Snat, Vip};
+use super::model::{
+    DhcpHost, Eip, FirewallRule, LbDelete, LbListener, Nic, PortForward, Snat, Vip,
+};
 use super::types::MacAddr;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -63,7 +65,7 @@ pub enum Command {
     /// `/lb/refresh`
     RefreshLb(Vec<LbListener>),
     /// `/lb/delete`
-    DeleteLb(Vec<LbListener>),
+    DeleteLb(Vec<LbDelete>),
 }
 
 /// The part of the router a command changes; each is applied by its own backend.

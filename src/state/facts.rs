@@ -3,7 +3,7 @@
 //! Pure: the facts are gathered by the caller and passed in.
 
 use super::command::Command;
-use super::model::{Eip, PortForward};
+use super::model::{Eip, LbListener, PortForward};
 use super::types::{Cidr, MacAddr};
 use super::{DesiredState, Invalid};
 use std::collections::BTreeMap;
@@ -37,6 +37,7 @@ impl SystemFacts {
                 | Command::CreateVips(_)
                 | Command::RemoveVips(_)
                 | Command::AddDhcp { .. }
+                | Command::RefreshLb(_)
         )
     }
 
@@ -97,7 +98,47 @@ impl SystemFacts {
                 }
                 Ok(())
             }
+            Command::RefreshLb(lbs) => lbs
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, l)| self.check_listener(state, &format!("lbs[{i}]"), l)),
             _ => Ok(()),
+        }
+    }
+
+    /// A listener's VIP must be held or covered by a router nic (a VIP of the state, a nic's
+    /// subnet, or an address the system shows), as an EIP's is; never the management address
+    /// on a port of the agent or ssh.
+    fn check_listener(
+        &self,
+        state: &DesiredState,
+        at: &str,
+        l: &LbListener,
+    ) -> Result<(), Invalid> {
+        let ports = if self.protected_ports.contains(&l.load_balancer_port) {
+            format!(" and {} is the agent's or ssh's port", l.load_balancer_port)
+        } else {
+            String::new()
+        };
+        if !ports.is_empty() {
+            self.check_vip_addr(format!("{at}.vip"), l.vip, &ports)?;
+        }
+        let covered = state.vips.contains_key(&l.vip)
+            || state
+                .nics
+                .values()
+                .any(|n| Cidr::new(n.ip, n.prefix).contains(l.vip))
+            || self.nic_addrs.values().flatten().any(|c| c.contains(l.vip));
+        if covered {
+            Ok(())
+        } else {
+            Err(Invalid::new(
+                format!("{at}.vip"),
+                format!(
+                    "listener {}: no nic of the router carries \"{}\" or a subnet containing it (create the VIP first)",
+                    l.listener_uuid, l.vip
+                ),
+            ))
         }
     }
 

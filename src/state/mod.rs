@@ -6,6 +6,7 @@ pub mod change;
 pub mod command;
 pub mod counts;
 pub mod facts;
+pub mod lb;
 pub mod model;
 pub mod store;
 pub mod types;
@@ -73,6 +74,9 @@ pub struct DesiredState {
     pub dhcp_hosts: Table<MacAddr, DhcpHost>,
     /// Upstream DNS servers, in the order given.
     pub dns_servers: Vec<Ipv4Addr>,
+    /// Load balancer listeners by (load balancer, listener) uuid.
+    #[serde(with = "lb::listener_list")]
+    pub lb_listeners: Table<lb::LbKey, lb::LbListener>,
 }
 
 mod port_forward_list {
@@ -98,7 +102,7 @@ impl DesiredState {
     /// Counts of entries, for logs and `/ping`-side reporting.
     pub fn summary(&self) -> String {
         format!(
-            "nics={} vips={} snats={} eips={} port_forwards={} firewall_rules={} dhcp_hosts={} dns_servers={}",
+            "nics={} vips={} snats={} eips={} port_forwards={} firewall_rules={} dhcp_hosts={} dns_servers={} lb_listeners={}",
             self.nics.len(),
             self.vips.len(),
             self.snats.len(),
@@ -106,7 +110,8 @@ impl DesiredState {
             self.port_forwards.len(),
             self.firewall.len(),
             self.dhcp_hosts.len(),
-            self.dns_servers.len()
+            self.dns_servers.len(),
+            self.lb_listeners.len()
         )
     }
 }

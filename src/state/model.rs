@@ -179,23 +179,4 @@ pub struct DhcpHost {
     pub mtu: Option<u32>,
 }
 
-/// A load balancer listener (`/lb/refresh`); validated, not yet served.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LbListener {
-    /// Load balancer uuid.
-    pub lb_uuid: String,
-    /// Listener uuid.
-    pub listener_uuid: String,
-    /// The VIP it listens on.
-    pub vip: Ipv4Addr,
-    /// Backend addresses.
-    pub nic_ips: Vec<Ipv4Addr>,
-    /// Backend port.
-    pub instance_port: u16,
-    /// Listening port.
-    pub load_balancer_port: u16,
-    /// `tcp` or `http`.
-    pub mode: String,
-    /// `key::value` parameters.
-    pub parameters: Vec<String>,
-}
+pub use super::lb::{LbDelete, LbListener};

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod golden;
 pub mod mgmt;
 pub mod netns;
 

@@ -1,0 +1,364 @@
+//! One supervisor for the engines the agent runs (dnsmasq, haproxy, later keepalived): a task
+//! owns the child process. It starts it and waits until the engine says it serves; when the
+//! child dies it starts it again at once, then with a doubling backoff, and reports in health
+//! (under the engine's name) until it is back; it stops it on request or when every handle is
+//! gone. A child of ours left by an earlier agent process (found by its pid file and command
+//! line) is stopped before a start.
+
+use crate::health::Health;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// How long a start may take until the engine serves.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a stopping engine gets after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// First wait before another start after a failed one...
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// ...doubling up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Lines of the engine's stderr kept for error messages.
+const TAIL_LINES: usize = 5;
+
+/// What the supervisor needs to know about one engine.
+pub trait Engine: Send + Sync + 'static {
+    /// Its name, for logs and as the health source.
+    fn name(&self) -> &'static str;
+    /// The command that runs it in the foreground (stderr is read by the supervisor).
+    fn command(&self) -> Command;
+    /// The pid file it writes (its readiness signal by default, and how a child left by an
+    /// earlier agent is found).
+    fn pid_file(&self) -> PathBuf;
+    /// A string in the command line of our engine (so a reused pid is never signalled).
+    fn marker(&self) -> String;
+    /// Called before every start, the restarts after a death included.
+    fn before_start(&mut self) {}
+    /// True once the child with `pid` serves. Default: its pid file holds `pid`.
+    fn ready(&self, pid: u32) -> bool {
+        std::fs::read_to_string(self.pid_file())
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            == Some(pid)
+    }
+}
+
+enum Msg {
+    Start {
+        /// Keep trying (with the backoff) when this start fails.
+        retry: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Handle of a supervisor task. Dropping every handle stops the engine.
+pub struct Supervisor {
+    tx: mpsc::UnboundedSender<Msg>,
+    name: &'static str,
+    pid: Arc<AtomicU32>,
+    starts: Arc<AtomicU64>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Supervisor {
+    /// Spawns the supervisor of `engine` on the current tokio runtime; nothing runs until
+    /// [`Supervisor::start`].
+    pub fn spawn<E: Engine>(engine: E, health: Arc<Health>) -> Supervisor {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pid = Arc::new(AtomicU32::new(0));
+        let starts = Arc::new(AtomicU64::new(0));
+        let name = engine.name();
+        let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        let task = Task {
+            engine,
+            health,
+            child: None,
+            wanted: false,
+            retry_at: None,
+            backoff: FIRST_BACKOFF,
+            tail: Arc::clone(&tail),
+            pid: Arc::clone(&pid),
+            starts: Arc::clone(&starts),
+        };
+        tokio::spawn(task.run(rx));
+        Supervisor {
+            tx,
+            name,
+            pid,
+            starts,
+            tail,
+        }
+    }
+
+    /// (Re)starts the engine now; returns once it serves, or with the engine's own error (it
+    /// is then not restarted: a configuration it refuses is the caller's to report and undo).
+    pub async fn start(&self) -> Result<(), String> {
+        self.start_with(false).await
+    }
+
+    /// Restarts the engine now (a fresh process); if it does not come up, keeps trying with
+    /// the backoff and reports in health meanwhile. Returns the first attempt's outcome.
+    pub async fn restart(&self) -> Result<(), String> {
+        self.start_with(true).await
+    }
+
+    async fn start_with(&self, retry: bool) -> Result<(), String> {
+        let gone = || format!("the {} supervisor has stopped", self.name);
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Start { retry, reply })
+            .map_err(|_| gone())?;
+        rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Stops the engine (and one left by an earlier agent) and waits for it to exit; it stays
+    /// down until the next start.
+    pub async fn stop(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Stop { reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The running child's pid, if one runs.
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.pid.load(Ordering::SeqCst)).filter(|p| *p != 0)
+    }
+
+    /// The last lines the engine wrote to stderr, joined (its own words on a failure).
+    pub fn tail(&self) -> String {
+        let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        t.iter().cloned().collect::<Vec<_>>().join("; ")
+    }
+
+    /// How many times the engine was started (a change means a new process).
+    pub fn starts(&self) -> u64 {
+        self.starts.load(Ordering::SeqCst)
+    }
+}
+
+struct Task<E: Engine> {
+    engine: E,
+    health: Arc<Health>,
+    child: Option<Child>,
+    /// The engine should be running (start it again when it dies).
+    wanted: bool,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    pid: Arc<AtomicU32>,
+    starts: Arc<AtomicU64>,
+}
+
+async fn wait_child(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<E: Engine> Task<E> {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let name = self.engine.name();
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Start { retry, reply }) => {
+                        self.wanted = true;
+                        self.retry_at = None;
+                        let r = self.start_now().await;
+                        match &r {
+                            Ok(()) => {
+                                self.health.clear(name);
+                                self.backoff = FIRST_BACKOFF;
+                            }
+                            Err(e) if retry => {
+                                self.health.set(name, format!("{name} did not restart: {e}"));
+                                self.retry_at = Some(Instant::now() + self.backoff);
+                            }
+                            Err(_) => self.wanted = false,
+                        }
+                        let _ = reply.send(r);
+                    }
+                    Some(Msg::Stop { reply }) => {
+                        self.wanted = false;
+                        self.retry_at = None;
+                        self.stop_child().await;
+                        self.stop_stale().await;
+                        self.health.clear(name);
+                        let _ = reply.send(());
+                    }
+                    None => {
+                        self.stop_child().await;
+                        return;
+                    }
+                },
+                status = wait_child(&mut self.child) => {
+                    self.child = None;
+                    self.pid.store(0, Ordering::SeqCst);
+                    let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                    tracing::warn!(engine = name, %status, tail = %self.tail_text(), "engine exited; restarting");
+                    if self.wanted {
+                        self.health.set(name, format!("{name} exited ({status}); restarting it"));
+                        self.retry_at = Some(Instant::now());
+                    }
+                }
+                _ = sleep_opt(self.retry_at) => {
+                    self.retry_at = None;
+                    self.restart_after_death().await;
+                }
+            }
+        }
+    }
+
+    async fn restart_after_death(&mut self) {
+        if !self.wanted || self.child.is_some() {
+            return;
+        }
+        let name = self.engine.name();
+        match self.start_now().await {
+            Ok(()) => {
+                tracing::info!(engine = name, "engine is back");
+                self.health.clear(name);
+                self.backoff = FIRST_BACKOFF;
+            }
+            Err(e) => {
+                self.health
+                    .set(name, format!("{name} is down and does not start: {e}"));
+                self.retry_at = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    fn tail_text(&self) -> String {
+        let t = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        t.iter().cloned().collect::<Vec<_>>().join("; ")
+    }
+
+    async fn stop_child(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        self.pid.store(0, Ordering::SeqCst);
+        if let Some(pid) = child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        if tokio::time::timeout(STOP_TIMEOUT, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Stops an engine of ours left behind by an earlier agent process (one that was killed).
+    async fn stop_stale(&self) {
+        let Ok(text) = std::fs::read_to_string(self.engine.pid_file()) else {
+            return;
+        };
+        let Ok(pid) = text.trim().parse::<i32>() else {
+            return;
+        };
+        let marker = self.engine.marker();
+        let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+            .unwrap_or(false);
+        if !ours {
+            return;
+        }
+        tracing::warn!(
+            engine = self.engine.name(),
+            pid,
+            "stopping an engine left by an earlier agent"
+        );
+        let pid = Pid::from_raw(pid);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while kill(pid, None).is_ok() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+        while kill(pid, None).is_ok() && Instant::now() < deadline + STOP_TIMEOUT {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// (Re)starts the engine and waits until it serves.
+    async fn start_now(&mut self) -> Result<(), String> {
+        let name = self.engine.name();
+        self.stop_child().await;
+        self.stop_stale().await;
+        self.engine.before_start();
+        let _ = std::fs::remove_file(self.engine.pid_file());
+        self.tail.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut cmd = self.engine.command();
+        let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot run {program}: {e}"))?;
+        if let Some(stderr) = child.stderr.take() {
+            let tail = Arc::clone(&self.tail);
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::debug!(target: "engine", engine = name, "{line}");
+                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    if t.len() == TAIL_LINES {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            });
+        }
+        let pid = child.id().unwrap_or(0);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                // Let the stderr reader catch up with the engine's last words.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Err(format!("{name} exited with {status}: {}", self.tail_text()));
+            }
+            if self.engine.ready(pid) {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill().await;
+                return Err(format!(
+                    "{name} did not come up within {}s: {}",
+                    READY_TIMEOUT.as_secs(),
+                    self.tail_text()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::info!(engine = name, pid, "engine started");
+        self.child = Some(child);
+        self.pid.store(pid, Ordering::SeqCst);
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
