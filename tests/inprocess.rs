@@ -482,7 +482,12 @@ fn a_body_over_the_limit_is_refused_with_the_envelope_and_reaches_no_backend() {
             .post_raw(agent.addr, "/createeip", &[], big.clone())
             .await;
         assert_eq!(raw.status, 413);
-        assert_fails(&raw.json(), "exceeds the limit of 1024 bytes");
+        // refused on its Content-Length, before reading it
+        let on_length = format!(
+            "request body of {} bytes exceeds the limit of 1024 bytes",
+            big.len()
+        );
+        assert_fails(&raw.json(), &on_length);
         // async: refused instead of acked, and no callback
         let raw = mn
             .post_raw(
