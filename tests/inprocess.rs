@@ -1,7 +1,10 @@
 //! The agent core in process, root-free: the real HTTP server, writer and store over backends
-//! that record what they are asked and can be told to fail. What the kernel does with a change
-//! is tested in the namespace tests; here, which backends a change reaches, in which order,
-//! and what is undone when one of them fails.
+//! that record what they are asked, can be told to fail and can be held inside `apply`
+//! (tests/common/inprocess.rs). What the kernel does with a change is tested in the namespace
+//! tests; here, which backends a change reaches, in which order, what is undone when one of
+//! them fails or the journal cannot record it, and the HTTP side: ordering of commands in
+//! flight, repeated `taskuuid`s, callbacks (headers, retries, allowed targets), the body
+//! limit and the drain at shutdown.
 
 mod common;
 #[path = "common/inprocess.rs"]
@@ -586,37 +589,34 @@ fn at_shutdown_a_command_in_flight_completes_and_is_called_back_and_new_connecti
     });
 }
 
-/// The write check of a store opened before its directory is ready: it refuses while
-/// `not-yet` exists there, so the journal is opened at the first command.
-fn ready_once_marker_gone(dir: &std::path::Path) -> std::io::Result<()> {
-    if dir.join("not-yet").exists() {
-        return Err(std::io::Error::other("not ready yet"));
-    }
-    Ok(())
-}
-
 #[test]
 fn a_failed_journal_append_rolls_back_every_backend_that_followed() {
     runtime().block_on(async {
-        let mark = |dir: &std::path::Path| std::fs::write(dir.join("not-yet"), b"").unwrap();
+        // The store's write check at open writes to `.write-probe`: made /dev/full, it fails
+        // (ENOSPC) and the store opens no journal yet; the check removes its file, so the
+        // next one, at the first command, passes and the journal is opened then.
+        let full = |dir: &std::path::Path| {
+            std::os::unix::fs::symlink("/dev/full", dir.join(".write-probe")).unwrap();
+        };
         let agent = InProcess::start_with(Options {
-            probe: Some(ready_once_marker_gone),
-            prepare: Some(&mark),
+            prepare: Some(&full),
             ..Options::default()
         })
         .await;
         let mn = MgmtNode::start().await;
-        // The journal the store opens at the first command is /dev/full: the append of the
-        // command's record fails for real (ENOSPC), after both backends followed.
         let dir = agent.state_dir().to_path_buf();
-        let journal = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .find(|n| n.starts_with("journal."))
-            .unwrap_or_else(|| "journal.0".into());
-        let _ = std::fs::remove_file(dir.join(&journal));
-        std::os::unix::fs::symlink("/dev/full", dir.join(&journal)).unwrap();
-        std::fs::remove_file(dir.join("not-yet")).unwrap();
+        assert!(
+            !dir.join(".write-probe").exists(),
+            "the write check ran at open"
+        );
+        assert!(
+            std::fs::read_dir(&dir).unwrap().next().is_none(),
+            "no journal opened at start"
+        );
+        // The journal the store opens at the first command is /dev/full too: the append of the
+        // command's record fails for real (ENOSPC), after both backends followed.
+        let journal = "journal.0";
+        std::os::unix::fs::symlink("/dev/full", dir.join(journal)).unwrap();
         let reply = mn
             .call(agent.addr, "/configurenic", &fixture("configurenic"))
             .await;
@@ -641,7 +641,7 @@ fn a_failed_journal_append_rolls_back_every_backend_that_followed() {
         );
         assert_eq!(agent.take_log(), ["nat apply create_eip eips 0->1"]);
         let dir = agent.stop().await;
-        std::fs::remove_file(dir.path().join(&journal)).unwrap();
+        std::fs::remove_file(dir.path().join(journal)).unwrap();
         let (_store, loaded) = Store::open(dir.path());
         assert!(loaded.problem.is_none(), "{:?}", loaded.problem);
         assert_eq!(loaded.state.eips.len(), 1);

@@ -14,7 +14,7 @@ use vr_agent::backend::{Backend, BackendError};
 use vr_agent::config::Config;
 use vr_agent::health::Health;
 use vr_agent::server::{Around, Listeners, run};
-use vr_agent::state::store::{Probe, Store};
+use vr_agent::state::store::Store;
 use vr_agent::state::{Change, DesiredState, Feature, Parts};
 
 /// What the fake backends were asked, in order, across all of them.
@@ -124,8 +124,6 @@ struct Cli {
 pub struct Options<'a> {
     /// Command-line flags added to (and overriding) the defaults.
     pub args: &'a [&'a str],
-    /// The store's write check (default: the real one).
-    pub probe: Option<Probe>,
     /// Called with the state directory before the store opens it.
     pub prepare: Option<&'a dyn Fn(&Path)>,
 }
@@ -185,10 +183,7 @@ impl InProcess {
             ),
         ];
         let health = Arc::new(Health::default());
-        let (store, loaded) = match options.probe {
-            Some(probe) => Store::open_with(&config.state_dir, probe),
-            None => Store::open(&config.state_dir),
-        };
+        let (store, loaded) = Store::open(&config.state_dir);
         let agent = Agent::new(loaded.state, store, backends, Arc::clone(&health), false);
         let listeners = Listeners::bind(&config).await.unwrap();
         let addr = listeners.addrs().unwrap().0;
