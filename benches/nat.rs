@@ -259,9 +259,19 @@ fn main() {
             }
             let mut lat = Vec::new();
             for i in 0..p.samples {
-                let e = eip(&format!("198.19.255.{}", i % 250 + 1), G1_MAC, "10.2.0.1", false);
+                let vip = format!("198.19.255.{}", i % 250 + 1);
+                let e = eip(&vip, G1_MAC, "10.2.0.1", false);
+                // as the management node does: the VIP first (not timed), then the EIP
+                let v = json!({"vips": [{"ip": vip, "netmask": "255.254.0.0",
+                    "gateway": "198.18.0.1", "ownerEthernetMac": PUB_MAC}]});
+                if vips_wanted > 0 {
+                    call("/createvip", v.clone()).await;
+                }
                 lat.push(call("/createeip", json!({ "eip": e.clone() })).await);
                 call("/removeeip", json!({ "eip": e })).await;
+                if vips_wanted > 0 {
+                    call("/removevip", v).await;
+                }
             }
             let med = median(lat.clone());
             lat.sort_by(|a, b| a.total_cmp(b));
@@ -282,7 +292,21 @@ fn main() {
             println!("{}\n\n{sync_line}", lines.join("\n"));
             // where the commands' time went, from the agent's own log
             for path in ["/synceip", "/createeip"] {
-                let log = n.agent.log();
+                let log: String = {
+                    // without the terminal colours of the log
+                    let raw = n.agent.log();
+                    let mut out = String::with_capacity(raw.len());
+                    let mut esc = false;
+                    for c in raw.chars() {
+                        match (esc, c) {
+                            (false, '\u{1b}') => esc = true,
+                            (true, 'm') => esc = false,
+                            (true, _) => {}
+                            (false, c) => out.push(c),
+                        }
+                    }
+                    out
+                };
                 let spent: Vec<&str> = log
                     .lines()
                     .filter(|l| l.contains(&format!("path=\"{path}\"")) && l.contains("applied"))

@@ -149,6 +149,7 @@ impl NatBackend {
             mgmt_nic: self.mgmt_nic.clone(),
             agent_ports: self.agent_ports.clone(),
             mgmt_unknown: self.guard.open(),
+            ..Inputs::default()
         })
     }
 

@@ -1,7 +1,7 @@
 //! Resolution: desired-state entries bound to interface names, as the set elements and the
 //! few rules of our two tables. Pure: the system is seen only through [`Inputs`].
 
-use super::inputs::{Inputs, nic_holding};
+use super::inputs::Inputs;
 use crate::nics::name_of;
 use crate::state::DesiredState;
 use crate::state::model::{
@@ -214,7 +214,8 @@ pub fn bind_eip(
     });
     let public_if = match by_state {
         Some(mac) => nic(inputs, mac, &format!("vip {} owner", eip.vip_ip))?,
-        None => nic_holding(&inputs.addrs, eip.vip_ip)
+        None => inputs
+            .nic_holding(eip.vip_ip)
             .map(str::to_string)
             .ok_or(NatError::NoPublicNic { vip: eip.vip_ip })?,
     };
