@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use vr_agent::nat::inputs::Inputs;
 use vr_agent::nat::netlink::Nfnl;
 use vr_agent::nat::plan;
+use vr_agent::nat::sets;
 use vr_agent::state::{Command, DesiredState};
 
 fn dir() -> PathBuf {
@@ -113,6 +114,36 @@ fn renderings_match_golden_files() {
         same.lines().all(|l| l.starts_with("add element")) && same.contains("eip_dnat"),
         "re-creating an identical EIP re-adds its elements and deletes nothing: {same}"
     );
+}
+
+#[test]
+fn every_element_has_the_layout_of_its_set() {
+    let inputs = inputs();
+    let mut seen = std::collections::BTreeSet::new();
+    for case in STATES {
+        let (rs, _) = vr_agent::nat::model::resolve(&state_of(case), &inputs);
+        for e in &rs.elements {
+            let spec = sets::find(e.table, e.set)
+                .unwrap_or_else(|| panic!("{case}: {} {} is not declared", e.table, e.set));
+            assert!(
+                spec.fits(&e.key, e.value.as_deref()),
+                "{case}: {} does not fit {spec:?}",
+                e.text()
+            );
+            seen.insert(e.set);
+        }
+    }
+    // the fixture states exercise the sets of every layout (ranges, concatenations, marks)
+    for set in [
+        "eip_snat",
+        "pf_tcp",
+        "pf_tcp_range",
+        "pf_mark",
+        "pf_allowed",
+        "eip_out",
+    ] {
+        assert!(seen.contains(set), "no fixture fills {set}");
+    }
 }
 
 #[test]

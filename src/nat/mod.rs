@@ -14,6 +14,7 @@ pub mod netlink;
 pub mod nft;
 pub mod plan;
 pub mod render;
+pub mod sets;
 
 use crate::backend::{Backend, BackendError, BoxFuture};
 use crate::config::Config;

@@ -42,11 +42,8 @@ const PER_MESSAGE: usize = 256;
 const RCVBUF: usize = 1 << 20;
 
 /// Sets whose elements are ranges (concatenations with `flags interval`).
-fn ranged(set: &str) -> bool {
-    matches!(
-        set,
-        "pf_tcp_range" | "pf_udp_range" | "pf_mark" | "pf_restricted" | "pf_allowed"
-    )
+fn ranged(table: &str, set: &str) -> bool {
+    super::sets::find(table, set).is_some_and(|s| s.interval)
 }
 
 fn field_bytes(f: &Field, end: bool, out: &mut Vec<u8>) {
@@ -143,7 +140,7 @@ fn elements_message(op: Op, group: &[&Elem]) -> (u16, u8, Vec<u8>) {
         let mut key = Vec::new();
         attr(&mut key, NFTA_DATA_VALUE, &fields_bytes(&e.key, false));
         el.extend(nested(NFTA_SET_ELEM_KEY, &key));
-        if ranged(e.set) {
+        if ranged(e.table, e.set) {
             let mut key_end = Vec::new();
             attr(&mut key_end, NFTA_DATA_VALUE, &fields_bytes(&e.key, true));
             el.extend(nested(NFTA_SET_ELEM_KEY_END, &key_end));

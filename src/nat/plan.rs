@@ -213,15 +213,11 @@ fn ensure(adds: Vec<Elem>) -> Plan {
 
 /// Replaces the content of `sets` with `adds` in one transaction (a sync command: it replaces
 /// everything it covers, whatever the kernel held).
-fn replace_sets(
-    sets: &[(&'static str, &'static str)],
-    mut adds: Vec<Elem>,
-    flush: Vec<Flush>,
-) -> Plan {
+fn replace_sets(sets: super::sets::Holds, mut adds: Vec<Elem>, flush: Vec<Flush>) -> Plan {
     adds.sort();
     adds.dedup();
     let change = ElementChange {
-        flush: sets.to_vec(),
+        flush: super::sets::holding(sets),
         deletes: Vec::new(),
         adds,
     };

@@ -2,66 +2,14 @@
 //! transaction), and the small transactions of single-entry commands.
 
 use super::model::{Elem, FILTER, Field, MARK_PF, MARK_PF_MASQ, NAT, Ruleset};
+use super::sets::{self, SetSpec};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-/// Sets and maps of ours: (table, name, type and flags).
-const SETS: &[(&str, &str, &str)] = &[
-    // vip -> guest
-    (NAT, "eip_dnat", "type ipv4_addr : ipv4_addr"),
-    // guest . public nic -> vip
-    (NAT, "eip_snat", "type ipv4_addr . ifname : ipv4_addr"),
-    // vips whose inbound traffic is also source-NATed to the router's guest address
-    (NAT, "eip_masq", "type ipv4_addr"),
-    // vip . port -> guest . port (one element per port: offsets preserved)
-    (
-        NAT,
-        "pf_tcp",
-        "type ipv4_addr . inet_service : ipv4_addr . inet_service",
-    ),
-    (
-        NAT,
-        "pf_udp",
-        "type ipv4_addr . inet_service : ipv4_addr . inet_service",
-    ),
-    // vip . port range -> guest, for ranges forwarded to the same ports
-    (
-        NAT,
-        "pf_tcp_range",
-        "type ipv4_addr . inet_service : ipv4_addr; flags interval",
-    ),
-    (
-        NAT,
-        "pf_udp_range",
-        "type ipv4_addr . inet_service : ipv4_addr; flags interval",
-    ),
-    // vip . protocol . ports -> ct mark of the forwarded connection
-    (
-        NAT,
-        "pf_mark",
-        "type ipv4_addr . inet_proto . inet_service : mark; flags interval",
-    ),
-    // forwards limited to an allowed source prefix, and the allowed prefixes
-    (
-        NAT,
-        "pf_restricted",
-        "type ipv4_addr . inet_proto . inet_service; flags interval",
-    ),
-    (
-        NAT,
-        "pf_allowed",
-        "type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval",
-    ),
-    (FILTER, "guest_ifs", "type ifname"),
-    (FILTER, "eip_vips", "type ipv4_addr"),
-    (FILTER, "eip_out", "type ipv4_addr . ifname"),
-];
-
-fn write_set(out: &mut String, name: &str, ty: &str, elems: &[&Elem]) {
-    let kind = if ty.contains(" : ") { "map" } else { "set" };
-    let _ = writeln!(out, "\t{kind} {name} {{");
-    for part in ty.split("; ") {
-        let _ = writeln!(out, "\t\t{part}");
+fn write_set(out: &mut String, spec: &SetSpec, elems: &[&Elem]) {
+    let _ = writeln!(out, "\t{} {} {{", spec.kind(), spec.name);
+    for line in spec.declaration() {
+        let _ = writeln!(out, "\t\t{line}");
     }
     if !elems.is_empty() {
         out.push_str("\t\telements = {\n");
@@ -76,16 +24,13 @@ fn write_set(out: &mut String, name: &str, ty: &str, elems: &[&Elem]) {
 }
 
 fn write_sets(out: &mut String, table: &str, rs: &Ruleset) {
-    for (t, name, ty) in SETS {
-        if *t != table {
-            continue;
-        }
+    for spec in sets::of_table(table) {
         let elems: Vec<&Elem> = rs
             .elements
             .iter()
-            .filter(|e| e.table == table && e.set == *name)
+            .filter(|e| e.table == table && e.set == spec.name)
             .collect();
-        write_set(out, name, ty, &elems);
+        write_set(out, spec, &elems);
     }
 }
 
@@ -210,17 +155,12 @@ pub fn full(rs: &Ruleset) -> String {
     out
 }
 
-fn is_map(set: &str) -> bool {
-    SETS.iter()
-        .any(|(_, n, ty)| *n == set && ty.contains(" : "))
-}
-
 /// Set flushes, element deletes, then adds, as one transaction's text (runs of one set on
 /// one line).
 pub fn element_ops(flush: &[(&str, &str)], deletes: &[Elem], adds: &[Elem]) -> String {
     let mut out = String::new();
     for (table, set) in flush {
-        let kind = if is_map(set) { "map" } else { "set" };
+        let kind = sets::find(table, set).map_or("set", SetSpec::kind);
         let _ = writeln!(out, "flush {kind} {table} {set}");
     }
     for (verb, elems) in [("delete", deletes), ("add", adds)] {
