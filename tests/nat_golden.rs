@@ -10,7 +10,7 @@ use common::netns::Netns;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use vr_agent::nat::inputs::Inputs;
-use vr_agent::nat::netlink::Nfnl;
+use vr_agent::nat::netlink::{self, Nfnl};
 use vr_agent::nat::plan;
 use vr_agent::nat::sets;
 use vr_agent::state::{Command, DesiredState};
@@ -282,18 +282,17 @@ fn netlink_batches_match_golden_files() {
         "createpf-shifted",
         "removeeip-owner",
         "synceip",
+        "syncpf",
     ] {
         let (_, cmd) = plan_cases().into_iter().find(|(n, _)| n == name).unwrap();
         let p = plan::plan(&base, &cmd, &inputs).unwrap();
         let c = p.elements.unwrap();
-        let (bytes, acked) = vr_agent::nat::netlink::batch(&c.flush, &c.deletes, &c.adds, 100);
-        let mut text = format!("# acknowledged: {acked:?}\n");
-        for line in bytes.chunks(16) {
-            let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
-            text.push_str(&hex.join(" "));
-            text.push('\n');
-        }
-        ok &= check(&dir().join(format!("plans/{name}.netlink.hex")), &text);
+        let b = netlink::batch(&c.flush, &c.deletes, &c.adds, 100).unwrap();
+        let bytes = b.bytes();
+        // decoded back through netlink-packet-netfilter, in nft syntax
+        let mut text = format!("# acknowledged: {:?}\n", b.acked);
+        text.push_str(&netlink::describe(&bytes).unwrap());
+        ok &= check(&dir().join(format!("plans/{name}.netlink.txt")), &text);
     }
     assert!(ok, "golden files differ");
 }

@@ -156,11 +156,13 @@ impl NatBackend {
             if let Some(sock) = self.nfnl.as_mut() {
                 match sock.apply(&change.flush, &change.deletes, &change.adds) {
                     Ok(()) => return Ok(()),
-                    Err(NatError::System(e)) => {
-                        tracing::warn!(error = %e, "nfnetlink failed; using nft");
+                    Err(refused @ netlink::NfnlError::Refused { .. }) => {
+                        return Err(refused.into());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %NatError::from(e), "nfnetlink failed; using nft");
                         self.nfnl = None;
                     }
-                    Err(refused) => return Err(refused),
                 }
             }
         }
