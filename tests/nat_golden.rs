@@ -93,6 +93,17 @@ fn renderings_match_golden_files() {
         text.push_str(&p.nft);
         ok &= check(&dir().join(format!("{case}.nft")), &text);
     }
+    // a full re-apply's rules, in place (with a chain found that is not ours), and its sets
+    let found = [vr_agent::nat::render::FoundChain {
+        table: vr_agent::nat::model::FILTER,
+        name: "by_hand".into(),
+    }];
+    let (p, change) = plan::full_split(&state_of("full"), &inputs, &found);
+    ok &= check(&dir().join("full.in-place.nft"), &p.nft);
+    let b = netlink::batch(&change.flush, &change.deletes, &change.adds, 1).unwrap();
+    let mut text = format!("# acknowledged: {:?}\n", b.acked);
+    text.push_str(&netlink::describe(&b.bytes()).unwrap());
+    ok &= check(&dir().join("full.sets.netlink.txt"), &text);
     let base = state_of("full");
     for (name, cmd) in plan_cases() {
         base.check(&cmd)
@@ -270,6 +281,111 @@ fn golden_renderings_load_into_nft_and_plans_reach_the_state_after() {
     });
     assert!(err.contains("missing"), "{err}");
     assert_eq!(dump(&ns), before);
+}
+
+/// Loads `state` the way a full re-apply does: rules in place through nft, then every set's
+/// contents in one nfnetlink batch.
+fn load_split(ns: &Netns, state: &DesiredState, inputs: &Inputs) {
+    let found = ns.block_on(|| async { vr_agent::nat::nft::chains().await.unwrap() });
+    let (p, change) = plan::full_split(state, inputs, &found);
+    load(ns, &p.nft);
+    ns.enter(|| {
+        let mut sock = Nfnl::open().unwrap();
+        sock.apply(&change.flush, &change.deletes, &change.adds)
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_split_re_apply_gives_exactly_the_full_rendering_from_any_start() {
+    let ns = Netns::new("vrnsplit");
+    let inputs = inputs();
+    let mut expected = Vec::new();
+    for case in STATES {
+        load(
+            &ns,
+            &std::fs::read_to_string(dir().join(format!("{case}.nft"))).unwrap(),
+        );
+        expected.push(dump(&ns));
+    }
+    for (i, to) in STATES.iter().enumerate() {
+        let state = state_of(to);
+        // from no tables at all
+        ns.exec_ok(&["nft", "flush", "ruleset"]);
+        load_split(&ns, &state, &inputs);
+        assert_eq!(dump(&ns), expected[i], "from nothing to {to}");
+        // from every other state, with things changed by hand on top
+        for from in STATES {
+            load(
+                &ns,
+                &std::fs::read_to_string(dir().join(format!("{from}.nft"))).unwrap(),
+            );
+            ns.exec_ok(&[
+                "nft",
+                "add",
+                "chain",
+                "inet",
+                "vr_filter",
+                "by_hand",
+                "{ type filter hook input priority 0; policy drop; }",
+            ]);
+            ns.exec_ok(&[
+                "nft",
+                "insert",
+                "rule",
+                "inet",
+                "vr_filter",
+                "input",
+                "tcp",
+                "dport",
+                "9999",
+                "accept",
+            ]);
+            ns.exec_ok(&[
+                "nft",
+                "add",
+                "element",
+                "inet",
+                "vr_filter",
+                "eip_vips",
+                "{ 192.0.2.99 }",
+            ]);
+            load_split(&ns, &state, &inputs);
+            assert_eq!(dump(&ns), expected[i], "from {from} to {to}");
+        }
+    }
+}
+
+#[test]
+fn a_refused_set_batch_leaves_every_set_as_it_was() {
+    let ns = Netns::new("vrnatomic");
+    let inputs = inputs();
+    let full = state_of("full");
+    load(&ns, &plan::full(&full, &inputs).nft);
+    let before = dump(&ns);
+    assert!(count_elements(&before, "eip_dnat") > 0);
+    let found = ns.block_on(|| async { vr_agent::nat::nft::chains().await.unwrap() });
+    let (_, mut change) = plan::full_split(&full, &inputs, &found);
+    // the last add gives an existing key another value: the kernel refuses the whole batch,
+    // flushes included
+    let mut clash = change
+        .adds
+        .iter()
+        .find(|e| e.set == "eip_dnat")
+        .unwrap()
+        .clone();
+    clash.value = Some(vec![vr_agent::nat::model::Field::Addr(
+        "192.0.2.1".parse().unwrap(),
+    )]);
+    change.adds.push(clash);
+    let err = ns.enter(|| {
+        let mut sock = Nfnl::open().unwrap();
+        sock.apply(&change.flush, &change.deletes, &change.adds)
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(err.contains("exists with another value"), "{err}");
+    assert_eq!(dump(&ns), before, "a refused batch changed the sets");
 }
 
 #[test]

@@ -278,37 +278,46 @@ async fn ours_present() -> Result<bool, String> {
 }
 
 impl NatBackend {
-    /// True when neither of our tables is in the kernel (after a reboot, or flushed).
-    async fn tables_absent(&self) -> bool {
-        match nft::tables().await {
-            Ok(t) => {
-                !t.contains(&format!("table {}", model::NAT))
-                    && !t.contains(&format!("table {}", model::FILTER))
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Loads our tables when the kernel holds none of them: the tables with empty sets through
-    /// nft, then every element in one nfnetlink batch (an nft text of 100,000 elements takes
-    /// seconds to parse). Not atomic, which costs nothing here: there was nothing to keep.
-    /// `None` when the batch could not be sent (the caller then uses the nft path).
+    /// Re-applies the whole state in two transactions, neither of which leaves the data plane
+    /// empty: the rules of both tables rewritten in place through nft (the sets keep their
+    /// elements; tables missing are created), then every set's contents replaced by one
+    /// nfnetlink batch (flush and add in one transaction). An nft text of 100,000 elements
+    /// takes seconds to parse; the batch a fraction of that. `None` when either step failed
+    /// (nothing of that step applied; the caller then replaces both tables through nft).
     async fn load_split(&mut self, state: &DesiredState, inputs: &Inputs) -> Option<Plan> {
-        let (p, elements) = plan::full_split(state, inputs);
+        let found = match nft::chains().await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list our chains; using the full nft path");
+                return None;
+            }
+        };
+        let (p, change) = plan::full_split(state, inputs, &found);
+        let rules = std::time::Instant::now();
         if let Err(e) = nft::apply(&p.nft).await {
-            tracing::warn!(error = %e, "empty tables refused; using the full nft path");
+            tracing::warn!(error = %e, "rules in place refused; using the full nft path");
             return None;
         }
+        let rules_ms = rules.elapsed().as_millis() as u64;
         if self.nfnl.is_none() {
             self.nfnl = netlink::Nfnl::open()
-                .map_err(|e| tracing::warn!(error = %e, "no nfnetlink socket"))
+                .map_err(|e| tracing::warn!(error = %NatError::from(e), "no nfnetlink socket"))
                 .ok();
         }
         let sock = self.nfnl.as_mut()?;
-        match sock.apply(&[], &[], &elements) {
-            Ok(()) => Some(p),
+        let elements = std::time::Instant::now();
+        match sock.apply(&change.flush, &change.deletes, &change.adds) {
+            Ok(()) => {
+                tracing::debug!(
+                    rules_ms,
+                    elements = change.adds.len(),
+                    elements_ms = elements.elapsed().as_millis() as u64,
+                    "rules in place, set contents replaced"
+                );
+                Some(p)
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "element batch refused; using the full nft path");
+                tracing::warn!(error = %NatError::from(e), "element batch refused; using the full nft path");
                 self.nfnl = None;
                 None
             }
@@ -350,14 +359,34 @@ impl Backend for NatBackend {
                 .map_err(|e| BackendError::new(e.to_string()))?;
             let (rs, skipped) = model::resolve(state, &inputs);
             let adds: Vec<model::Elem> = rs.elements.into_iter().collect();
-            let text = render::element_ops(&[], &[], &adds);
-            if !text.is_empty() {
-                nft::apply(&text).await.map_err(|e| {
-                    BackendError::new(format!(
-                        "our nft tables were left as they are (adding the stored state's {} elements failed: {e})",
-                        adds.len()
-                    ))
-                })?;
+            let left_as_they_are = |e: NatError| {
+                BackendError::new(format!(
+                    "our nft tables were left as they are (adding the stored state's {} elements failed: {e})",
+                    adds.len()
+                ))
+            };
+            // one nfnetlink transaction of adds (an element that is there is left alone);
+            // through nft only when the socket fails
+            if self.nfnl.is_none() {
+                self.nfnl = netlink::Nfnl::open()
+                    .map_err(|e| tracing::warn!(error = %NatError::from(e), "no nfnetlink socket"))
+                    .ok();
+            }
+            let sent = match self.nfnl.as_mut().map(|s| s.apply(&[], &[], &adds)) {
+                Some(Ok(())) => true,
+                Some(Err(refused @ netlink::NfnlError::Refused { .. })) => {
+                    return Err(left_as_they_are(refused.into()));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %NatError::from(e), "nfnetlink failed; using nft");
+                    self.nfnl = None;
+                    false
+                }
+                None => false,
+            };
+            if !sent && !adds.is_empty() {
+                let text = render::element_ops(&[], &[], &adds);
+                nft::apply(&text).await.map_err(left_as_they_are)?;
             }
             tracing::info!(
                 elements = adds.len(),
@@ -458,12 +487,9 @@ impl Backend for NatBackend {
                 .map_err(|e| BackendError::new(e.to_string()))?;
             self.watch_flows(state, &[]);
             let started = std::time::Instant::now();
-            let split = match self.tables_absent().await {
-                true => self.load_split(state, &inputs).await,
-                false => None,
-            };
+            let split = self.load_split(state, &inputs).await;
             let loaded_by = if split.is_some() {
-                "nft + nfnetlink batch"
+                "nft rules in place + one nfnetlink set batch"
             } else {
                 "nft"
             };

@@ -443,6 +443,16 @@ pub struct Ruleset {
     pub agent_ports: Vec<u16>,
 }
 
+impl Ruleset {
+    /// The guest nic names as elements of the `guest_ifs` set.
+    pub fn guest_if_elements(&self) -> Vec<Elem> {
+        self.guest_ifs
+            .iter()
+            .map(|n| elem(FILTER, "guest_ifs", vec![Field::Ifname(n.clone())], None))
+            .collect()
+    }
+}
+
 /// The sets and maps that hold EIPs (replaced by `/synceip`).
 pub const EIP_SETS: Holds = Holds::Eips;
 

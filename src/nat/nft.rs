@@ -1,7 +1,8 @@
 //! Runs one nft transaction: the text goes to `nft -f -` on stdin, and nft's own message comes
 //! back on failure (one `nft -f` input is one transaction: all of it applies or none).
 
-use super::model::NatError;
+use super::model::{FILTER, NAT, NatError};
+use super::render::FoundChain;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -79,6 +80,45 @@ pub async fn tables() -> Result<Vec<String>, NatError> {
         .collect())
 }
 
+/// The chains of our tables, as `nft list chains` prints them (no rules, no elements: cheap
+/// at any size).
+pub async fn chains() -> Result<Vec<FoundChain>, NatError> {
+    let run = Command::new("nft")
+        .args(["list", "chains"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(Duration::from_secs(10), run).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return Err(NatError::System(format!("cannot run nft: {e}"))),
+        Err(_) => return Err(NatError::System("nft list chains did not finish".into())),
+    };
+    if !out.status.success() {
+        return Err(NatError::Nft(summarise(&String::from_utf8_lossy(
+            &out.stderr,
+        ))));
+    }
+    Ok(parse_chains(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Our tables' chains in `nft list chains` output.
+fn parse_chains(text: &str) -> Vec<FoundChain> {
+    let mut table: Option<&'static str> = None;
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(t) = line.strip_prefix("table ") {
+            let t = t.trim_end_matches('{').trim();
+            table = [NAT, FILTER].into_iter().find(|ours| *ours == t);
+        } else if let (Some(t), Some(c)) = (table, line.strip_prefix("chain ")) {
+            out.push(FoundChain {
+                table: t,
+                name: c.trim_end_matches('{').trim().to_string(),
+            });
+        }
+    }
+    out
+}
+
 /// nft's message without the caret lines, at most a few errors, on one line.
 fn summarise(stderr: &str) -> String {
     let errors: Vec<&str> = stderr
@@ -103,4 +143,20 @@ fn summarise(stderr: &str) -> String {
         s.truncate(cut);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_of_our_tables_are_read_from_nft_list_chains() {
+        let text = "table ip vr_nat {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t}\n\tchain by_hand {\n\t}\n}\ntable ip other {\n\tchain prerouting {\n\t}\n}\ntable inet vr_filter {\n\tchain input {\n\t}\n}\n";
+        let found = parse_chains(text);
+        let names: Vec<(&str, &str)> = found.iter().map(|c| (c.table, c.name.as_str())).collect();
+        assert_eq!(
+            names,
+            [(NAT, "prerouting"), (NAT, "by_hand"), (FILTER, "input")]
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! nft input text, pure: the two whole tables for a [`Ruleset`] (replacing ours in one
-//! transaction), and the small transactions of single-entry commands.
+//! transaction), the same tables' rules rewritten in place with the sets left as they are
+//! (their contents then go as one netlink batch), and the small transactions of single-entry
+//! commands.
 
-use super::model::{Elem, FILTER, Field, MARK_PF, MARK_PF_MASQ, NAT, Ruleset};
+use super::model::{Elem, FILTER, MARK_PF, MARK_PF_MASQ, NAT, Ruleset};
 use super::sets::{self, SetSpec};
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -23,13 +25,30 @@ fn write_set(out: &mut String, spec: &SetSpec, elems: &[&Elem]) {
     out.push_str("\t}\n");
 }
 
-fn write_sets(out: &mut String, table: &str, rs: &Ruleset) {
+/// Whether set declarations carry the ruleset's elements.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Contents {
+    /// Every element, in the declaration.
+    Elements,
+    /// Declarations only: what a set holds is left as it is.
+    Declarations,
+}
+
+fn write_sets(out: &mut String, table: &str, rs: &Ruleset, contents: Contents) {
+    let guest_ifs: Vec<Elem> = match (contents, table == FILTER) {
+        (Contents::Elements, true) => rs.guest_if_elements(),
+        _ => Vec::new(),
+    };
     for spec in sets::of_table(table) {
-        let elems: Vec<&Elem> = rs
-            .elements
-            .iter()
-            .filter(|e| e.table == table && e.set == spec.name)
-            .collect();
+        let elems: Vec<&Elem> = match contents {
+            Contents::Elements => rs
+                .elements
+                .iter()
+                .chain(&guest_ifs)
+                .filter(|e| e.table == table && e.set == spec.name)
+                .collect(),
+            Contents::Declarations => Vec::new(),
+        };
         write_set(out, spec, &elems);
     }
 }
@@ -58,11 +77,52 @@ pub fn full(rs: &Ruleset) -> String {
     // `delete table` of a missing table fails the batch: add it first.
     let mut out =
         format!("table {NAT}\ndelete table {NAT}\ntable {FILTER}\ndelete table {FILTER}\n");
+    write_tables(&mut out, rs, Contents::Elements);
+    out
+}
+
+/// A chain found in one of our tables (`nft list chains`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundChain {
+    /// [`NAT`] or [`FILTER`].
+    pub table: &'static str,
+    /// The chain's name.
+    pub name: String,
+}
+
+/// The chains of our tables.
+pub const CHAINS: &[(&str, &str)] = &[
+    (NAT, "prerouting"),
+    (NAT, "postrouting"),
+    (NAT, "snat_subnets"),
+    (FILTER, "input"),
+    (FILTER, "appliance"),
+    (FILTER, "forward"),
+    (FILTER, "snat_fwd"),
+];
+
+/// Both tables' rules rewritten as one nft transaction that keeps every set and its elements:
+/// the tables are added if missing, their rules flushed, chains of theirs that are not ours
+/// (`found` minus [`CHAINS`]) deleted, then every set declared (a no-op when it is there with
+/// this type) and every chain and rule added. Packets see the old rules or the new ones;
+/// set contents are not touched (a netlink batch replaces them after).
+pub fn rules_in_place(rs: &Ruleset, found: &[FoundChain]) -> String {
+    let mut out = format!("table {NAT}\nflush table {NAT}\ntable {FILTER}\nflush table {FILTER}\n");
+    for c in found {
+        if !CHAINS.contains(&(c.table, c.name.as_str())) {
+            let _ = writeln!(out, "delete chain {} {}", c.table, c.name);
+        }
+    }
+    write_tables(&mut out, rs, Contents::Declarations);
+    out
+}
+
+fn write_tables(out: &mut String, rs: &Ruleset, contents: Contents) {
     let _ = writeln!(out, "table {NAT} {{");
-    write_sets(&mut out, NAT, rs);
+    write_sets(out, NAT, rs, contents);
     let s = |x: &str| x.to_string();
     write_chain(
-        &mut out,
+        out,
         "prerouting",
         Some("type nat hook prerouting priority dstnat; policy accept;"),
         &[
@@ -78,7 +138,7 @@ pub fn full(rs: &Ruleset) -> String {
         ],
     );
     write_chain(
-        &mut out,
+        out,
         "postrouting",
         Some("type nat hook postrouting priority srcnat; policy accept;"),
         &[
@@ -90,20 +150,11 @@ pub fn full(rs: &Ruleset) -> String {
             s("jump snat_subnets"),
         ],
     );
-    write_chain(&mut out, "snat_subnets", None, &rs.snat_rules);
+    write_chain(out, "snat_subnets", None, &rs.snat_rules);
     out.push_str("}\n");
 
     let _ = writeln!(out, "table {FILTER} {{");
-    let mut filter_sets = rs.clone();
-    filter_sets
-        .elements
-        .extend(rs.guest_ifs.iter().map(|n| Elem {
-            table: FILTER,
-            set: "guest_ifs",
-            key: vec![Field::Ifname(n.clone())],
-            value: None,
-        }));
-    write_sets(&mut out, FILTER, &filter_sets);
+    write_sets(out, FILTER, rs, contents);
     let mut input = vec![
         s("ct state established,related accept"),
         s("ct state invalid drop"),
@@ -129,14 +180,14 @@ pub fn full(rs: &Ruleset) -> String {
     input.push(s("iifname @guest_ifs tcp dport 53 accept"));
     input.push(s("jump appliance"));
     write_chain(
-        &mut out,
+        out,
         "input",
         Some("type filter hook input priority filter; policy drop;"),
         &input,
     );
-    write_chain(&mut out, "appliance", None, &rs.appliance);
+    write_chain(out, "appliance", None, &rs.appliance);
     write_chain(
-        &mut out,
+        out,
         "forward",
         Some("type filter hook forward priority filter; policy drop;"),
         &[
@@ -150,9 +201,8 @@ pub fn full(rs: &Ruleset) -> String {
             s("jump snat_fwd"),
         ],
     );
-    write_chain(&mut out, "snat_fwd", None, &rs.snat_forward);
+    write_chain(out, "snat_fwd", None, &rs.snat_forward);
     out.push_str("}\n");
-    out
 }
 
 /// Set flushes, element deletes, then adds, as one transaction's text (runs of one set on
