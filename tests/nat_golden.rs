@@ -284,15 +284,17 @@ fn golden_renderings_load_into_nft_and_plans_reach_the_state_after() {
 }
 
 /// Loads `state` the way a full re-apply does: rules in place through nft, then every set's
-/// contents in one nfnetlink batch.
+/// contents in one nfnetlink batch (the difference to a dump of what they hold).
 fn load_split(ns: &Netns, state: &DesiredState, inputs: &Inputs) {
     let found = ns.block_on(|| async { vr_agent::nat::nft::chains().await.unwrap() });
     let (p, change) = plan::full_split(state, inputs, &found);
     load(ns, &p.nft);
+    let specs: Vec<_> = sets::SETS.iter().collect();
     ns.enter(|| {
         let mut sock = Nfnl::open().unwrap();
-        sock.apply(&change.flush, &change.deletes, &change.adds)
-            .unwrap();
+        sock.replace_contents(&specs, &change.adds).unwrap();
+        // read back through a dump, the kernel holds exactly our encoding: nothing left to do
+        assert_eq!(sock.replace_contents(&specs, &change.adds).unwrap(), (0, 0));
     });
 }
 
@@ -381,6 +383,19 @@ fn a_refused_set_batch_leaves_every_set_as_it_was() {
     let err = ns.enter(|| {
         let mut sock = Nfnl::open().unwrap();
         sock.apply(&change.flush, &change.deletes, &change.adds)
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(err.contains("exists with another value"), "{err}");
+    assert_eq!(dump(&ns), before, "a refused batch changed the sets");
+    // the same through a diff against a dump: the batch deletes the first elements of every
+    // set (left out of the desired ones), then meets the clash
+    let specs: Vec<_> = sets::SETS.iter().collect();
+    let mut desired = change.adds.clone();
+    desired.retain(|e| e.set != "eip_vips" && e.set != "pf_mark");
+    let err = ns.enter(|| {
+        let mut sock = Nfnl::open().unwrap();
+        sock.replace_contents(&specs, &desired)
             .unwrap_err()
             .to_string()
     });

@@ -154,7 +154,12 @@ impl NatBackend {
                 }
             }
             if let Some(sock) = self.nfnl.as_mut() {
-                match sock.apply(&change.flush, &change.deletes, &change.adds) {
+                let sent = match (change.flush.is_empty(), change.deletes.is_empty()) {
+                    // a sync: only the difference to what the sets hold goes to the kernel
+                    (false, true) => replace_contents(sock, change).map(drop),
+                    _ => sock.apply(&change.flush, &change.deletes, &change.adds),
+                };
+                match sent {
                     Ok(()) => return Ok(()),
                     Err(refused @ netlink::NfnlError::Refused { .. }) => {
                         return Err(refused.into());
@@ -306,11 +311,13 @@ impl NatBackend {
         }
         let sock = self.nfnl.as_mut()?;
         let elements = std::time::Instant::now();
-        match sock.apply(&change.flush, &change.deletes, &change.adds) {
-            Ok(()) => {
+        match replace_contents(sock, &change) {
+            Ok((deleted, added)) => {
                 tracing::debug!(
                     rules_ms,
                     elements = change.adds.len(),
+                    deleted,
+                    added,
                     elements_ms = elements.elapsed().as_millis() as u64,
                     "rules in place, set contents replaced"
                 );
@@ -323,6 +330,21 @@ impl NatBackend {
             }
         }
     }
+}
+
+/// Makes the sets `change` flushes hold exactly its adds, by a dump and a diff (one
+/// transaction of deletes and adds; flushing sets of concatenated ranges is quadratic in the
+/// kernel). Returns (deleted, added).
+fn replace_contents(
+    sock: &mut netlink::Nfnl,
+    change: &plan::ElementChange,
+) -> Result<(usize, usize), netlink::NfnlError> {
+    let specs = change
+        .flush
+        .iter()
+        .map(|(table, set)| netlink::batch::spec_of(table, set))
+        .collect::<Result<Vec<_>, _>>()?;
+    sock.replace_contents(&specs, &change.adds)
 }
 
 /// A full replace with the state after `cmd`.

@@ -97,31 +97,52 @@ fn control(what: ControlMessage, seq: u32) -> NetlinkMessage<NetfilterMessage> {
     message(what, header, NLM_F_REQUEST, seq)
 }
 
-fn spec_of(table: &str, set: &str) -> Result<&'static SetSpec, UnknownSet> {
+/// The declared set `set` of `table`.
+pub fn spec_of(table: &str, set: &str) -> Result<&'static SetSpec, UnknownSet> {
     sets::find(table, set).ok_or_else(|| UnknownSet {
         table: table.to_string(),
         set: set.to_string(),
     })
 }
 
-/// One element: its key, its end key when the set holds ranges, and its value on adds to a map.
-fn element(spec: &SetSpec, e: &Elem, with_value: bool) -> ListAttribute<SetElementAttribute> {
+/// One element as bytes: its key, its end key (sets of ranges), its value (maps).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Encoded {
+    /// The key (first value of each field).
+    pub key: Vec<u8>,
+    /// The end key of a range element.
+    pub end: Option<Vec<u8>>,
+    /// The value of a map element.
+    pub value: Option<Vec<u8>>,
+}
+
+impl Encoded {
+    /// `e` as the kernel stores it in `spec`'s set.
+    pub fn of(spec: &SetSpec, e: &Elem) -> Encoded {
+        Encoded {
+            key: keys::encode(&e.key, false),
+            end: spec.interval.then(|| keys::encode(&e.key, true)),
+            value: e.value.as_ref().map(|v| keys::encode(v, false)),
+        }
+    }
+}
+
+/// One element's attributes: key, end key, and the value on adds to a map.
+fn element(e: &Encoded, with_value: bool) -> ListAttribute<SetElementAttribute> {
     let mut attrs = vec![SetElementAttribute::Key(DataAttribute::Value(
-        keys::encode(&e.key, false),
+        e.key.clone(),
     ))];
-    if spec.interval {
+    if let Some(end) = &e.end {
         // the crate types the end key as raw attributes: an NFTA_DATA_VALUE, whose number
         // comes from the crate's typed twin
         let kind = DataAttribute::Value(Vec::new()).kind();
-        let end = keys::encode(&e.key, true);
         attrs.push(SetElementAttribute::KeyEnd(vec![DefaultNla::new(
-            kind, end,
+            kind,
+            end.clone(),
         )]));
     }
     if with_value && let Some(v) = &e.value {
-        attrs.push(SetElementAttribute::Data(DataAttribute::Value(
-            keys::encode(v, false),
-        )));
+        attrs.push(SetElementAttribute::Data(DataAttribute::Value(v.clone())));
     }
     ListAttribute::Element(attrs)
 }
@@ -139,9 +160,80 @@ fn set_header(spec: &SetSpec) -> (NetfilterHeader, Vec<SetElementList>) {
 
 /// Add or delete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Op {
+pub enum Op {
+    /// NEWSETELEM (an element that is there with the same value is left alone).
     Add,
+    /// DELSETELEM.
     Delete,
+}
+
+/// Builds one batch message by message.
+pub struct Builder {
+    messages: Vec<NetlinkMessage<NetfilterMessage>>,
+    acked: Vec<u32>,
+    seq: u32,
+}
+
+impl Builder {
+    /// A batch whose begin message has sequence number `first_seq`.
+    pub fn new(first_seq: u32) -> Builder {
+        Builder {
+            messages: vec![control(ControlMessage::BatchBegin, first_seq)],
+            acked: Vec::new(),
+            seq: first_seq,
+        }
+    }
+
+    fn push(&mut self, inner: NfTablesMessage, header: NetfilterHeader, flags: u16) {
+        self.seq = self.seq.wrapping_add(1);
+        self.messages.push(message(inner, header, flags, self.seq));
+        self.acked.push(self.seq);
+    }
+
+    /// Empties a set (DELSETELEM without elements).
+    pub fn flush(&mut self, spec: &SetSpec) {
+        let (header, attributes) = set_header(spec);
+        let inner = NfTablesMessage::DeleteSetElement(SetElementMessage { attributes });
+        self.push(inner, header, NLM_F_REQUEST | NLM_F_ACK);
+    }
+
+    /// Adds or deletes elements of one set, in messages of up to [`PER_MESSAGE`].
+    pub fn elements<'e>(
+        &mut self,
+        op: Op,
+        spec: &SetSpec,
+        elems: impl IntoIterator<Item = &'e Encoded>,
+    ) {
+        let elems: Vec<&Encoded> = elems.into_iter().collect();
+        for chunk in elems.chunks(PER_MESSAGE) {
+            let list = chunk.iter().map(|e| element(e, op == Op::Add)).collect();
+            let (header, mut attributes) = set_header(spec);
+            attributes.push(SetElementList::Elements(list));
+            let msg = SetElementMessage { attributes };
+            let (inner, flags) = match op {
+                Op::Add => (
+                    NfTablesMessage::NewSetElement(msg),
+                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
+                ),
+                Op::Delete => (
+                    NfTablesMessage::DeleteSetElement(msg),
+                    NLM_F_REQUEST | NLM_F_ACK,
+                ),
+            };
+            self.push(inner, header, flags);
+        }
+    }
+
+    /// The batch, closed by its end message.
+    pub fn finish(mut self) -> Batch {
+        self.seq = self.seq.wrapping_add(1);
+        self.messages
+            .push(control(ControlMessage::BatchEnd, self.seq));
+        Batch {
+            messages: self.messages,
+            acked: self.acked,
+        }
+    }
 }
 
 /// One transaction: `flush` empties sets (table, set), then `deletes`, then `adds`; each run
@@ -153,48 +245,18 @@ pub fn batch(
     adds: &[Elem],
     first_seq: u32,
 ) -> Result<Batch, UnknownSet> {
-    let mut messages = Vec::new();
-    let mut acked = Vec::new();
-    let mut seq = first_seq;
-    messages.push(control(ControlMessage::BatchBegin, seq));
+    let mut b = Builder::new(first_seq);
     for (table, set) in flush {
-        let spec = spec_of(table, set)?;
-        let (header, attributes) = set_header(spec);
-        seq = seq.wrapping_add(1);
-        let inner = NfTablesMessage::DeleteSetElement(SetElementMessage { attributes });
-        messages.push(message(inner, header, NLM_F_REQUEST | NLM_F_ACK, seq));
-        acked.push(seq);
+        b.flush(spec_of(table, set)?);
     }
     for (op, elems) in [(Op::Delete, deletes), (Op::Add, adds)] {
         for run in elems.chunk_by(|a, b| a.table == b.table && a.set == b.set) {
             let spec = spec_of(run[0].table, run[0].set)?;
-            for chunk in run.chunks(PER_MESSAGE) {
-                let list = chunk
-                    .iter()
-                    .map(|e| element(spec, e, op == Op::Add))
-                    .collect();
-                let (header, mut attributes) = set_header(spec);
-                attributes.push(SetElementList::Elements(list));
-                let msg = SetElementMessage { attributes };
-                let (inner, flags) = match op {
-                    Op::Add => (
-                        NfTablesMessage::NewSetElement(msg),
-                        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
-                    ),
-                    Op::Delete => (
-                        NfTablesMessage::DeleteSetElement(msg),
-                        NLM_F_REQUEST | NLM_F_ACK,
-                    ),
-                };
-                seq = seq.wrapping_add(1);
-                messages.push(message(inner, header, flags, seq));
-                acked.push(seq);
-            }
+            let encoded: Vec<Encoded> = run.iter().map(|e| Encoded::of(spec, e)).collect();
+            b.elements(op, spec, &encoded);
         }
     }
-    seq = seq.wrapping_add(1);
-    messages.push(control(ControlMessage::BatchEnd, seq));
-    Ok(Batch { messages, acked })
+    Ok(b.finish())
 }
 
 /// The payload of a message of ours, for [`describe`].

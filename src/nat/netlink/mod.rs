@@ -8,11 +8,14 @@
 //! acknowledgements back through the crate's types.
 
 pub mod batch;
+pub mod contents;
 pub mod keys;
 
-pub use batch::{Batch, UnknownSet, batch, describe};
+pub use batch::{Batch, Encoded, UnknownSet, batch, describe};
 
 use super::model::{Elem, NatError};
+use super::sets::SetSpec;
+use batch::{Builder, Op};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::NetfilterMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
@@ -20,6 +23,8 @@ use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 use std::collections::HashSet;
 
+/// Bytes read per `recv` (a dump's messages are at most 32 kB each).
+const READ_BUF: usize = 1 << 18;
 /// Receive buffer for acknowledgements (one per message of up to 256 elements).
 const RCVBUF: usize = 1 << 20;
 /// A batch larger than the default send buffer raises it to its size (one batch is one
@@ -122,7 +127,7 @@ impl Nfnl {
         Ok(Nfnl {
             sock,
             seq: 1,
-            buf: vec![0; 1 << 16],
+            buf: vec![0; READ_BUF],
             sndbuf: DEFAULT_SNDBUF,
         })
     }
@@ -140,6 +145,84 @@ impl Nfnl {
             return Ok(());
         }
         let b = batch(flush, deletes, adds, self.seq)?;
+        self.send(&b, (flush.len(), deletes.len(), adds.len()))
+    }
+
+    /// Every element the set of `spec` holds now.
+    pub fn dump(&mut self, spec: &SetSpec) -> Result<Vec<Encoded>, NfnlError> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        self.sock
+            .send(&contents::dump_request(spec, seq), 0)
+            .map_err(io("send"))?;
+        let mut out = Vec::new();
+        loop {
+            let n = self
+                .sock
+                .recv(&mut &mut self.buf[..], 0)
+                .map_err(io("receive"))?;
+            let mut rest = &self.buf[..n];
+            while !rest.is_empty() {
+                let m = NetlinkMessage::<NetfilterMessage>::deserialize(rest)
+                    .map_err(NfnlError::Decode)?;
+                let len = (m.header.length as usize).next_multiple_of(4);
+                rest = rest.get(len..).unwrap_or_default();
+                if m.header.sequence_number != seq {
+                    continue;
+                }
+                match &m.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) if e.raw_code() != 0 => {
+                        return Err(NfnlError::Refused {
+                            what: refusal(-e.raw_code()),
+                            source: std::io::Error::from_raw_os_error(-e.raw_code()),
+                            flushes: 0,
+                            deletes: 0,
+                            adds: 0,
+                        });
+                    }
+                    _ => out.extend(contents::elements_of(&m)),
+                }
+            }
+        }
+    }
+
+    /// Makes the sets of `specs` hold exactly `desired` (elements of those sets, in runs of
+    /// one set) in one transaction: each set is dumped and only the difference is sent
+    /// (deletes, then adds). Returns (deleted, added).
+    pub fn replace_contents(
+        &mut self,
+        specs: &[&'static SetSpec],
+        desired: &[Elem],
+    ) -> Result<(usize, usize), NfnlError> {
+        let mut changes = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let want: Vec<Encoded> = desired
+                .iter()
+                .filter(|e| e.table == spec.table && e.set == spec.name)
+                .map(|e| Encoded::of(spec, e))
+                .collect();
+            let now = self.dump(spec)?;
+            changes.push((*spec, contents::diff(now, want)));
+        }
+        let deleted = changes.iter().map(|(_, (d, _))| d.len()).sum();
+        let added = changes.iter().map(|(_, (_, a))| a.len()).sum();
+        if deleted + added == 0 {
+            return Ok((0, 0));
+        }
+        let mut b = Builder::new(self.seq.wrapping_add(1));
+        for (spec, (deletes, _)) in &changes {
+            b.elements(Op::Delete, spec, deletes);
+        }
+        for (spec, (_, adds)) in &changes {
+            b.elements(Op::Add, spec, adds);
+        }
+        self.send(&b.finish(), (0, deleted, added))?;
+        Ok((deleted, added))
+    }
+
+    /// Sends one batch and waits for its acknowledgements.
+    fn send(&mut self, b: &Batch, counts: (usize, usize, usize)) -> Result<(), NfnlError> {
         self.seq = b.last_seq().wrapping_add(1);
         let bytes = b.bytes();
         if bytes.len() > self.sndbuf {
@@ -148,8 +231,7 @@ impl Nfnl {
             self.sndbuf = bytes.len();
         }
         self.sock.send(&bytes, 0).map_err(io("send"))?;
-        let counts = (flush.len(), deletes.len(), adds.len());
-        self.answers(&b, counts)
+        self.answers(b, counts)
     }
 
     /// Reads one acknowledgement per message; an error on the batch's begin or end (the
