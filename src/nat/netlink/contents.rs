@@ -99,11 +99,14 @@ pub fn elements_of(m: &NetlinkMessage<NetfilterMessage>) -> Vec<Encoded> {
     out
 }
 
+/// An element's identity in its set: key and end key.
+type Slot = (Vec<u8>, Option<Vec<u8>>);
+
 /// Deletes and adds that turn `current` into `desired`: elements in both with the same value
 /// are left alone; one whose value differs is deleted and added again (a changed value cannot
 /// be added over an existing key).
 pub fn diff(current: Vec<Encoded>, desired: Vec<Encoded>) -> (Vec<Encoded>, Vec<Encoded>) {
-    let mut now: HashMap<(Vec<u8>, Option<Vec<u8>>), Option<Vec<u8>>> = current
+    let mut now: HashMap<Slot, Option<Vec<u8>>> = current
         .into_iter()
         .map(|e| ((e.key, e.end), e.value))
         .collect();
