@@ -359,6 +359,100 @@ fn a_split_re_apply_gives_exactly_the_full_rendering_from_any_start() {
 }
 
 #[test]
+fn adding_missing_elements_restores_them_and_removes_nothing() {
+    let ns = Netns::new("vrnkeep");
+    let inputs = inputs();
+    let full = state_of("full");
+    let text = plan::full(&full, &inputs).nft;
+    load(&ns, &text);
+    let expected = dump(&ns);
+    let (rs, _) = vr_agent::nat::model::resolve(&full, &inputs);
+    let desired: Vec<_> = rs.elements.into_iter().collect();
+    let specs: Vec<_> = sets::SETS.iter().collect();
+    ns.exec_ok(&[
+        "nft",
+        "delete",
+        "element",
+        "ip",
+        "vr_nat",
+        "eip_dnat",
+        "{ 10.10.1.55 }",
+    ]);
+    ns.exec_ok(&[
+        "nft",
+        "delete",
+        "element",
+        "ip",
+        "vr_nat",
+        "pf_mark",
+        "{ 10.10.1.56 . tcp . 8080-8082 }",
+    ]);
+    ns.exec_ok(&[
+        "nft",
+        "add",
+        "element",
+        "inet",
+        "vr_filter",
+        "eip_vips",
+        "{ 192.0.2.99 }",
+    ]);
+    let added = ns.enter(|| Nfnl::open().unwrap().add_missing(&specs, &desired).unwrap());
+    assert_eq!(added, 2);
+    ns.exec_ok(&[
+        "nft",
+        "delete",
+        "element",
+        "inet",
+        "vr_filter",
+        "eip_vips",
+        "{ 192.0.2.99 }",
+    ]);
+    assert_eq!(
+        dump(&ns),
+        expected,
+        "the missing elements are back, the foreign one stayed"
+    );
+    // an element there with another value: refused, nothing changed
+    ns.exec_ok(&[
+        "nft",
+        "delete",
+        "element",
+        "ip",
+        "vr_nat",
+        "eip_dnat",
+        "{ 10.10.1.55 }",
+    ]);
+    ns.exec_ok(&[
+        "nft",
+        "add",
+        "element",
+        "ip",
+        "vr_nat",
+        "eip_dnat",
+        "{ 10.10.1.55 : 192.0.2.1 }",
+    ]);
+    ns.exec_ok(&[
+        "nft",
+        "delete",
+        "element",
+        "inet",
+        "vr_filter",
+        "eip_vips",
+        "{ 10.10.1.57 }",
+    ]);
+    let before = dump(&ns);
+    let err = ns.enter(|| {
+        Nfnl::open()
+            .unwrap()
+            .add_missing(&specs, &desired)
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(err.contains("exists with another value"), "{err}");
+    assert_eq!(dump(&ns), before);
+}
+
+#[test]
 fn a_refused_set_batch_leaves_every_set_as_it_was() {
     let ns = Netns::new("vrnatomic");
     let inputs = inputs();

@@ -387,15 +387,19 @@ impl Backend for NatBackend {
                     adds.len()
                 ))
             };
-            // one nfnetlink transaction of adds (an element that is there is left alone);
-            // through nft only when the socket fails
+            // one nfnetlink transaction adding what a dump of the sets lacks; through nft
+            // only when the socket fails
             if self.nfnl.is_none() {
                 self.nfnl = netlink::Nfnl::open()
                     .map_err(|e| tracing::warn!(error = %NatError::from(e), "no nfnetlink socket"))
                     .ok();
             }
-            let sent = match self.nfnl.as_mut().map(|s| s.apply(&[], &[], &adds)) {
-                Some(Ok(())) => true,
+            let specs: Vec<&sets::SetSpec> = sets::SETS.iter().collect();
+            let sent = match self.nfnl.as_mut().map(|s| s.add_missing(&specs, &adds)) {
+                Some(Ok(added)) => {
+                    tracing::debug!(added, "elements the kernel lacked added");
+                    true
+                }
                 Some(Err(refused @ netlink::NfnlError::Refused { .. })) => {
                     return Err(left_as_they_are(refused.into()));
                 }

@@ -99,6 +99,13 @@ fn refusal(errno: i32) -> &'static str {
     }
 }
 
+/// Whether a convergence deletes what is not desired.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Deletes {
+    Send,
+    Skip,
+}
+
 /// A NETLINK_NETFILTER socket, opened once and kept.
 pub struct Nfnl {
     sock: Socket,
@@ -187,13 +194,34 @@ impl Nfnl {
         }
     }
 
-    /// Makes the sets of `specs` hold exactly `desired` (elements of those sets, in runs of
-    /// one set) in one transaction: each set is dumped and only the difference is sent
-    /// (deletes, then adds). Returns (deleted, added).
+    /// Makes the sets of `specs` hold exactly `desired` (elements of those sets) in one
+    /// transaction: each set is dumped and only the difference is sent (deletes, then adds).
+    /// Returns (deleted, added).
     pub fn replace_contents(
         &mut self,
         specs: &[&'static SetSpec],
         desired: &[Elem],
+    ) -> Result<(usize, usize), NfnlError> {
+        self.converge(specs, desired, Deletes::Send)
+    }
+
+    /// Adds the elements of `desired` the sets of `specs` lack, in one transaction, and
+    /// deletes nothing; an element there with another value makes the kernel refuse the whole
+    /// transaction. Returns the number added.
+    pub fn add_missing(
+        &mut self,
+        specs: &[&'static SetSpec],
+        desired: &[Elem],
+    ) -> Result<usize, NfnlError> {
+        self.converge(specs, desired, Deletes::Skip)
+            .map(|(_, added)| added)
+    }
+
+    fn converge(
+        &mut self,
+        specs: &[&'static SetSpec],
+        desired: &[Elem],
+        deletes: Deletes,
     ) -> Result<(usize, usize), NfnlError> {
         let mut changes = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -203,7 +231,11 @@ impl Nfnl {
                 .map(|e| Encoded::of(spec, e))
                 .collect();
             let now = self.dump(spec)?;
-            changes.push((*spec, contents::diff(now, want)));
+            let (mut gone, new) = contents::diff(now, want);
+            if deletes == Deletes::Skip {
+                gone.clear();
+            }
+            changes.push((*spec, (gone, new)));
         }
         let deleted = changes.iter().map(|(_, (d, _))| d.len()).sum();
         let added = changes.iter().map(|(_, (_, a))| a.len()).sum();
