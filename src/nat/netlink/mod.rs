@@ -16,7 +16,7 @@ pub use batch::{Batch, Encoded, UnknownSet, batch, describe};
 use super::model::{Elem, NatError};
 use super::sets::SetSpec;
 use batch::{Builder, Op};
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::NetfilterMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use nix::sys::socket::{setsockopt, sockopt};
@@ -170,11 +170,18 @@ impl Nfnl {
                 .map_err(io("receive"))?;
             let mut rest = &self.buf[..n];
             while !rest.is_empty() {
+                let frame = NetlinkBuffer::new_checked(rest).map_err(NfnlError::Decode)?;
+                let len = (frame.length() as usize).next_multiple_of(4);
+                let ours = frame.sequence_number() == seq;
+                if ours && frame.message_type() == contents::new_set_element_type() {
+                    out.extend(contents::elements_in(frame.payload()).map_err(NfnlError::Decode)?);
+                    rest = rest.get(len..).unwrap_or_default();
+                    continue;
+                }
                 let m = NetlinkMessage::<NetfilterMessage>::deserialize(rest)
                     .map_err(NfnlError::Decode)?;
-                let len = (m.header.length as usize).next_multiple_of(4);
                 rest = rest.get(len..).unwrap_or_default();
-                if m.header.sequence_number != seq {
+                if !ours {
                     continue;
                 }
                 match &m.payload {
@@ -188,7 +195,7 @@ impl Nfnl {
                             adds: 0,
                         });
                     }
-                    _ => out.extend(contents::elements_of(&m)),
+                    _ => {}
                 }
             }
         }
