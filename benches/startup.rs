@@ -147,6 +147,11 @@ fn nat_only(state: &DesiredState) {
     veth(&router, "eth1", PUB_MAC, &peer, "p0", "fa:7e:4b:00:00:11");
     veth(&router, "eth2", GUEST_MAC, &peer, "g0", "fa:7e:4b:00:00:12");
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    // the backend's own account of each step (RUST_LOG, e.g. vr_agent=debug)
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     router.block_on(|| async {
         let inputs = Inputs {
             names: vr_agent::nics::by_mac().expect("nics"),

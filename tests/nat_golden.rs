@@ -286,7 +286,7 @@ fn golden_renderings_load_into_nft_and_plans_reach_the_state_after() {
 /// Loads `state` the way a full re-apply does: rules in place through nft, then every set's
 /// contents in one nfnetlink batch (the difference to a dump of what they hold).
 fn load_split(ns: &Netns, state: &DesiredState, inputs: &Inputs) {
-    let found = ns.block_on(|| async { vr_agent::nat::nft::chains().await.unwrap() });
+    let found = ns.block_on(|| async { vr_agent::nat::nft::ours().await.unwrap().chains });
     let (p, change) = plan::full_split(state, inputs, &found);
     load(ns, &p.nft);
     let specs: Vec<_> = sets::SETS.iter().collect();
@@ -460,7 +460,7 @@ fn a_refused_set_batch_leaves_every_set_as_it_was() {
     load(&ns, &plan::full(&full, &inputs).nft);
     let before = dump(&ns);
     assert!(count_elements(&before, "eip_dnat") > 0);
-    let found = ns.block_on(|| async { vr_agent::nat::nft::chains().await.unwrap() });
+    let found = ns.block_on(|| async { vr_agent::nat::nft::ours().await.unwrap().chains });
     let (_, mut change) = plan::full_split(&full, &inputs, &found);
     // the last add gives an existing key another value: the kernel refuses the whole batch,
     // flushes included

@@ -261,27 +261,6 @@ impl NatBackend {
     }
 }
 
-/// True when either of our tables is in the kernel.
-async fn ours_present() -> Result<bool, String> {
-    let out = tokio::process::Command::new("nft")
-        .args(["list", "tables"])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| format!("cannot run nft: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "nft list tables: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.lines().any(|l| {
-        let l = l.trim();
-        l == format!("table {}", model::NAT) || l == format!("table {}", model::FILTER)
-    }))
-}
-
 impl NatBackend {
     /// Re-applies the whole state in two transactions, neither of which leaves the data plane
     /// empty: the rules of both tables rewritten in place through nft (the sets keep their
@@ -290,8 +269,8 @@ impl NatBackend {
     /// takes seconds to parse; the batch a fraction of that. `None` when either step failed
     /// (nothing of that step applied; the caller then replaces both tables through nft).
     async fn load_split(&mut self, state: &DesiredState, inputs: &Inputs) -> Option<Plan> {
-        let found = match nft::chains().await {
-            Ok(found) => found,
+        let found = match nft::ours().await {
+            Ok(ours) => ours.chains,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list our chains; using the full nft path");
                 return None;
@@ -373,14 +352,22 @@ impl Backend for NatBackend {
         state: &'a DesiredState,
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            if !ours_present().await.map_err(BackendError::new)? {
+            let present = nft::ours()
+                .await
+                .map_err(|e| BackendError::new(e.to_string()))?;
+            if present.tables.is_empty() {
                 return self.reconcile(state).await;
             }
+            let started = std::time::Instant::now();
             let inputs = self
                 .inputs(state, state.eips.values())
                 .map_err(|e| BackendError::new(e.to_string()))?;
             let (rs, skipped) = model::resolve(state, &inputs);
             let adds: Vec<model::Elem> = rs.elements.into_iter().collect();
+            tracing::debug!(
+                model_ms = started.elapsed().as_millis() as u64,
+                "stored state resolved"
+            );
             let left_as_they_are = |e: NatError| {
                 BackendError::new(format!(
                     "our nft tables were left as they are (adding the stored state's {} elements failed: {e})",
@@ -482,16 +469,15 @@ impl Backend for NatBackend {
         Box::pin(async move {
             // Changes inside our tables are caught at once through notifications; this safety
             // net checks that the tables themselves are there.
-            let tables = nft::tables()
+            // (`nft list chains`: `nft list tables` reads every element first)
+            let present = nft::ours()
                 .await
                 .map_err(|e| BackendError::new(e.to_string()))?;
-            let missing: Vec<String> = [
-                format!("table {}", model::NAT),
-                format!("table {}", model::FILTER),
-            ]
-            .into_iter()
-            .filter(|t| !tables.contains(t))
-            .collect();
+            let missing: Vec<String> = [model::NAT, model::FILTER]
+                .into_iter()
+                .filter(|t| !present.tables.contains(t))
+                .map(|t| format!("table {t}"))
+                .collect();
             if missing.is_empty() {
                 return Ok(None);
             }

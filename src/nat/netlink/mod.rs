@@ -224,6 +224,7 @@ impl Nfnl {
             .map(|(_, added)| added)
     }
 
+    #[tracing::instrument(name = "set contents", skip_all, fields(sets = specs.len(), desired = desired.len()))]
     fn converge(
         &mut self,
         specs: &[&'static SetSpec],
@@ -237,8 +238,18 @@ impl Nfnl {
                 .filter(|e| e.table == spec.table && e.set == spec.name)
                 .map(|e| Encoded::of(spec, e))
                 .collect();
+            let started = std::time::Instant::now();
             let now = self.dump(spec)?;
+            let dumped = now.len();
+            let dump_ms = started.elapsed().as_millis() as u64;
             let (mut gone, new) = contents::diff(now, want);
+            tracing::trace!(
+                set = spec.name,
+                dumped,
+                dump_ms,
+                diff_ms = started.elapsed().as_millis() as u64 - dump_ms,
+                "set dumped and compared"
+            );
             if deletes == Deletes::Skip {
                 gone.clear();
             }
