@@ -4,6 +4,12 @@
 //! to the end of the re-apply (`/ping` no longer says `startup:`), and the agent's RSS.
 //! Runs the release binary in private network namespaces. `cargo bench --bench startup`
 //! (`VR_BENCH_EIPS`, `VR_BENCH_FORWARDS`, `VR_BENCH_HOSTS` change the sizes).
+//!
+//! `VR_BENCH_NAT_ONLY=1` measures only the NAT and firewall re-apply, in process and without
+//! the 100,000 VIP addresses (the state names each VIP's nic): the model, the whole tables
+//! through `nft -f` text (the path of earlier versions), and the backend's re-apply (rules in
+//! place + one nfnetlink set batch) on an empty kernel, on a kernel that holds the state, and
+//! adding only (`reconcile_keeping`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -117,6 +123,88 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// Sets' element counts of our tables, as `nft` lists them (a check that each round loaded
+/// everything).
+fn elements(ns: &Netns) -> usize {
+    let mut total = 0;
+    for table in [["ip", "vr_nat"], ["inet", "vr_filter"]] {
+        let out = ns.exec_ok(&["nft", "-j", "list", "table", table[0], table[1]]);
+        let v: Value = serde_json::from_str(&out).expect("nft json");
+        for item in v["nftables"].as_array().into_iter().flatten() {
+            if let Some(set) = item.get("set").or_else(|| item.get("map")) {
+                total += set["elem"].as_array().map_or(0, Vec::len);
+            }
+        }
+    }
+    total
+}
+
+fn nat_only(state: &DesiredState) {
+    use vr_agent::backend::Backend;
+    use vr_agent::nat::{NatBackend, inputs::Inputs, plan};
+    let router = Netns::new("vrbn");
+    let peer = Netns::new("vrbq");
+    veth(&router, "eth1", PUB_MAC, &peer, "p0", "fa:7e:4b:00:00:11");
+    veth(&router, "eth2", GUEST_MAC, &peer, "g0", "fa:7e:4b:00:00:12");
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    // the backend's own account of each step (RUST_LOG, e.g. vr_agent=debug)
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    router.block_on(|| async {
+        let inputs = Inputs {
+            names: vr_agent::nics::by_mac().expect("nics"),
+            mgmt_nic: "eth0".into(),
+            agent_ports: vec![7272, 7759],
+            ..Inputs::default()
+        };
+        let t = Instant::now();
+        let (rs, skipped) = vr_agent::nat::model::resolve(state, &inputs);
+        println!(
+            "model: {} elements, {} left out, in {:.0} ms",
+            rs.elements.len(),
+            skipped.len(),
+            ms(t)
+        );
+        let t = Instant::now();
+        let full = plan::full(state, &inputs);
+        println!(
+            "full nft text: {} MB in {:.0} ms",
+            full.nft.len() >> 20,
+            ms(t)
+        );
+        let t = Instant::now();
+        let (split, change) = plan::full_split(state, &inputs, &[]);
+        println!(
+            "split plan: {} kB of rules, {} elements in {:.0} ms",
+            split.nft.len() >> 10,
+            change.adds.len(),
+            ms(t)
+        );
+        let health = std::sync::Arc::new(vr_agent::health::Health::default());
+        let mut nat = NatBackend::with("eth0".into(), vec![7272, 7759], health);
+        let t = Instant::now();
+        nat.reconcile(state).await.expect("reconcile");
+        println!("re-apply on an empty kernel: {:.0} ms", ms(t));
+        let t = Instant::now();
+        vr_agent::nat::nft::apply(&full.nft).await.expect("nft -f");
+        println!(
+            "re-apply through nft -f text, tables present (earlier versions): {:.0} ms",
+            ms(t)
+        );
+        for round in 1..=3 {
+            let t = Instant::now();
+            nat.reconcile(state).await.expect("reconcile");
+            println!("re-apply, tables present, round {round}: {:.0} ms", ms(t));
+        }
+        let t = Instant::now();
+        nat.reconcile_keeping(state).await.expect("keeping");
+        println!("re-apply adding only (reconcile_keeping): {:.0} ms", ms(t));
+    });
+    println!("kernel holds {} elements", elements(&router));
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("benchmark: run with `cargo bench --bench startup`");
@@ -134,6 +222,10 @@ fn main() {
         t.elapsed().as_secs_f64(),
         state.summary()
     );
+    if std::env::var_os("VR_BENCH_NAT_ONLY").is_some() {
+        nat_only(&state);
+        return;
+    }
     let dir = tempfile::Builder::new()
         .prefix("vr-bench-startup-")
         .tempdir()

@@ -10,8 +10,9 @@ use common::netns::Netns;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use vr_agent::nat::inputs::Inputs;
-use vr_agent::nat::netlink::Nfnl;
+use vr_agent::nat::netlink::{self, Nfnl};
 use vr_agent::nat::plan;
+use vr_agent::nat::sets;
 use vr_agent::state::{Command, DesiredState};
 
 fn dir() -> PathBuf {
@@ -103,6 +104,17 @@ fn renderings_match_golden_files() {
         text.push_str(&p.nft);
         ok &= check(&dir().join(format!("{case}.nft")), &text);
     }
+    // a full re-apply's rules, in place (with a chain found that is not ours), and its sets
+    let found = [vr_agent::nat::render::FoundChain {
+        table: vr_agent::nat::model::FILTER,
+        name: "by_hand".into(),
+    }];
+    let (p, change) = plan::full_split(&state_of("full"), &inputs, &found);
+    ok &= check(&dir().join("full.in-place.nft"), &p.nft);
+    let b = netlink::batch(&change.flush, &change.deletes, &change.adds, 1).unwrap();
+    let mut text = format!("# acknowledged: {:?}\n", b.acked);
+    text.push_str(&netlink::describe(&b.bytes()).unwrap());
+    ok &= check(&dir().join("full.sets.netlink.txt"), &text);
     let base = state_of("full");
     for (name, cmd) in plan_cases() {
         base.check(&cmd)
@@ -124,6 +136,36 @@ fn renderings_match_golden_files() {
         same.lines().all(|l| l.starts_with("add element")) && same.contains("eip_dnat"),
         "re-creating an identical EIP re-adds its elements and deletes nothing: {same}"
     );
+}
+
+#[test]
+fn every_element_has_the_layout_of_its_set() {
+    let inputs = inputs();
+    let mut seen = std::collections::BTreeSet::new();
+    for case in STATES {
+        let (rs, _) = vr_agent::nat::model::resolve(&state_of(case), &inputs);
+        for e in &rs.elements {
+            let spec = sets::find(e.table, e.set)
+                .unwrap_or_else(|| panic!("{case}: {} {} is not declared", e.table, e.set));
+            assert!(
+                spec.fits(&e.key, e.value.as_deref()),
+                "{case}: {} does not fit {spec:?}",
+                e.text()
+            );
+            seen.insert(e.set);
+        }
+    }
+    // the fixture states exercise the sets of every layout (ranges, concatenations, marks)
+    for set in [
+        "eip_snat",
+        "pf_tcp",
+        "pf_tcp_range",
+        "pf_mark",
+        "pf_allowed",
+        "eip_out",
+    ] {
+        assert!(seen.contains(set), "no fixture fills {set}");
+    }
 }
 
 #[test]
@@ -252,6 +294,220 @@ fn golden_renderings_load_into_nft_and_plans_reach_the_state_after() {
     assert_eq!(dump(&ns), before);
 }
 
+/// Loads `state` the way a full re-apply does: rules in place through nft, then every set's
+/// contents in one nfnetlink batch (the difference to a dump of what they hold).
+fn load_split(ns: &Netns, state: &DesiredState, inputs: &Inputs) {
+    let found = ns.block_on(|| async { vr_agent::nat::nft::ours().await.unwrap().chains });
+    let (p, change) = plan::full_split(state, inputs, &found);
+    load(ns, &p.nft);
+    let specs: Vec<_> = sets::SETS.iter().collect();
+    ns.enter(|| {
+        let mut sock = Nfnl::open().unwrap();
+        sock.replace_contents(&specs, &change.adds).unwrap();
+        // read back through a dump, the kernel holds exactly our encoding: nothing left to do
+        assert_eq!(sock.replace_contents(&specs, &change.adds).unwrap(), (0, 0));
+    });
+}
+
+#[test]
+fn a_split_re_apply_gives_exactly_the_full_rendering_from_any_start() {
+    let ns = Netns::new("vrnsplit");
+    let inputs = inputs();
+    let mut expected = Vec::new();
+    for case in STATES {
+        load(
+            &ns,
+            &std::fs::read_to_string(dir().join(format!("{case}.nft"))).unwrap(),
+        );
+        expected.push(dump(&ns));
+    }
+    for (i, to) in STATES.iter().enumerate() {
+        let state = state_of(to);
+        // from no tables at all
+        ns.exec_ok(&["nft", "flush", "ruleset"]);
+        load_split(&ns, &state, &inputs);
+        assert_eq!(dump(&ns), expected[i], "from nothing to {to}");
+        // from every other state, with things changed by hand on top
+        for from in STATES {
+            load(
+                &ns,
+                &std::fs::read_to_string(dir().join(format!("{from}.nft"))).unwrap(),
+            );
+            ns.exec_ok(&[
+                "nft",
+                "add",
+                "chain",
+                "inet",
+                "vr_filter",
+                "by_hand",
+                "{ type filter hook input priority 0; policy drop; }",
+            ]);
+            ns.exec_ok(&[
+                "nft",
+                "insert",
+                "rule",
+                "inet",
+                "vr_filter",
+                "input",
+                "tcp",
+                "dport",
+                "9999",
+                "accept",
+            ]);
+            ns.exec_ok(&[
+                "nft",
+                "add",
+                "element",
+                "inet",
+                "vr_filter",
+                "eip_vips",
+                "{ 192.0.2.99 }",
+            ]);
+            load_split(&ns, &state, &inputs);
+            assert_eq!(dump(&ns), expected[i], "from {from} to {to}");
+        }
+    }
+}
+
+#[test]
+fn adding_missing_elements_restores_them_and_removes_nothing() {
+    let ns = Netns::new("vrnkeep");
+    let inputs = inputs();
+    let full = state_of("full");
+    let text = plan::full(&full, &inputs).nft;
+    load(&ns, &text);
+    let expected = dump(&ns);
+    let (rs, _) = vr_agent::nat::model::resolve(&full, &inputs);
+    let desired: Vec<_> = rs.elements.into_iter().collect();
+    let specs: Vec<_> = sets::SETS.iter().collect();
+    ns.exec_ok(&[
+        "nft",
+        "delete",
+        "element",
+        "ip",
+        "vr_nat",
+        "eip_dnat",
+        "{ 10.10.1.55 }",
+    ]);
+    ns.exec_ok(&[
+        "nft",
+        "delete",
+        "element",
+        "ip",
+        "vr_nat",
+        "pf_mark",
+        "{ 10.10.1.56 . tcp . 8080-8082 }",
+    ]);
+    ns.exec_ok(&[
+        "nft",
+        "add",
+        "element",
+        "inet",
+        "vr_filter",
+        "eip_vips",
+        "{ 192.0.2.99 }",
+    ]);
+    let added = ns.enter(|| Nfnl::open().unwrap().add_missing(&specs, &desired).unwrap());
+    assert_eq!(added, 2);
+    ns.exec_ok(&[
+        "nft",
+        "delete",
+        "element",
+        "inet",
+        "vr_filter",
+        "eip_vips",
+        "{ 192.0.2.99 }",
+    ]);
+    assert_eq!(
+        dump(&ns),
+        expected,
+        "the missing elements are back, the foreign one stayed"
+    );
+    // an element there with another value: refused, nothing changed
+    ns.exec_ok(&[
+        "nft",
+        "delete",
+        "element",
+        "ip",
+        "vr_nat",
+        "eip_dnat",
+        "{ 10.10.1.55 }",
+    ]);
+    ns.exec_ok(&[
+        "nft",
+        "add",
+        "element",
+        "ip",
+        "vr_nat",
+        "eip_dnat",
+        "{ 10.10.1.55 : 192.0.2.1 }",
+    ]);
+    ns.exec_ok(&[
+        "nft",
+        "delete",
+        "element",
+        "inet",
+        "vr_filter",
+        "eip_vips",
+        "{ 10.10.1.57 }",
+    ]);
+    let before = dump(&ns);
+    let err = ns.enter(|| {
+        Nfnl::open()
+            .unwrap()
+            .add_missing(&specs, &desired)
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(err.contains("exists with another value"), "{err}");
+    assert_eq!(dump(&ns), before);
+}
+
+#[test]
+fn a_refused_set_batch_leaves_every_set_as_it_was() {
+    let ns = Netns::new("vrnatomic");
+    let inputs = inputs();
+    let full = state_of("full");
+    load(&ns, &plan::full(&full, &inputs).nft);
+    let before = dump(&ns);
+    assert!(count_elements(&before, "eip_dnat") > 0);
+    let found = ns.block_on(|| async { vr_agent::nat::nft::ours().await.unwrap().chains });
+    let (_, mut change) = plan::full_split(&full, &inputs, &found);
+    // the last add gives an existing key another value: the kernel refuses the whole batch,
+    // flushes included
+    let mut clash = change
+        .adds
+        .iter()
+        .find(|e| e.set == "eip_dnat")
+        .unwrap()
+        .clone();
+    clash.value = Some(vec![vr_agent::nat::model::Field::Addr(
+        "192.0.2.1".parse().unwrap(),
+    )]);
+    change.adds.push(clash);
+    let err = ns.enter(|| {
+        let mut sock = Nfnl::open().unwrap();
+        sock.apply(&change.flush, &change.deletes, &change.adds)
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(err.contains("exists with another value"), "{err}");
+    assert_eq!(dump(&ns), before, "a refused batch changed the sets");
+    // the same through a diff against a dump: the batch deletes the first elements of every
+    // set (left out of the desired ones), then meets the clash
+    let specs: Vec<_> = sets::SETS.iter().collect();
+    let mut desired = change.adds.clone();
+    desired.retain(|e| e.set != "eip_vips" && e.set != "pf_mark");
+    let err = ns.enter(|| {
+        let mut sock = Nfnl::open().unwrap();
+        sock.replace_contents(&specs, &desired)
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(err.contains("exists with another value"), "{err}");
+    assert_eq!(dump(&ns), before, "a refused batch changed the sets");
+}
+
 #[test]
 fn netlink_batches_match_golden_files() {
     let inputs = inputs();
@@ -262,18 +518,17 @@ fn netlink_batches_match_golden_files() {
         "createpf-shifted",
         "removeeip-owner",
         "synceip",
+        "syncpf",
     ] {
         let (_, cmd) = plan_cases().into_iter().find(|(n, _)| n == name).unwrap();
         let p = plan_of(&base, &cmd, &inputs).unwrap();
         let c = p.elements.unwrap();
-        let (bytes, acked) = vr_agent::nat::netlink::batch(&c.flush, &c.deletes, &c.adds, 100);
-        let mut text = format!("# acknowledged: {acked:?}\n");
-        for line in bytes.chunks(16) {
-            let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
-            text.push_str(&hex.join(" "));
-            text.push('\n');
-        }
-        ok &= check(&dir().join(format!("plans/{name}.netlink.hex")), &text);
+        let b = netlink::batch(&c.flush, &c.deletes, &c.adds, 100).unwrap();
+        let bytes = b.bytes();
+        // decoded back through netlink-packet-netfilter, in nft syntax
+        let mut text = format!("# acknowledged: {:?}\n", b.acked);
+        text.push_str(&netlink::describe(&bytes).unwrap());
+        ok &= check(&dir().join(format!("plans/{name}.netlink.txt")), &text);
     }
     assert!(ok, "golden files differ");
 }

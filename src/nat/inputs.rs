@@ -22,9 +22,10 @@ pub struct Inputs {
     /// No nic is known to be the management nic ([`super::mgmt_guard`]): the filter table
     /// goes in without its drop policies and drop rules.
     pub mgmt_unknown: bool,
-    /// `addrs` indexed for longest-prefix lookups, built on first use.
+    /// `addrs` indexed for longest-prefix lookups, built on first use (a cache: leave it at
+    /// its default).
     #[serde(skip)]
-    pub(crate) holders: std::sync::OnceLock<Holders>,
+    pub holders: std::sync::OnceLock<Holders>,
 }
 
 impl Inputs {
@@ -41,7 +42,7 @@ impl Inputs {
 /// For each prefix length present, longest first: the network of each address -> the index of
 /// the first address of that network in `addrs`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Holders(Vec<(u8, std::collections::HashMap<u32, usize>)>);
+pub struct Holders(Vec<(u8, std::collections::HashMap<u32, usize>)>);
 
 impl Holders {
     fn of(addrs: &[(String, Cidr)]) -> Holders {

@@ -15,6 +15,7 @@ pub mod netlink;
 pub mod nft;
 pub mod plan;
 pub mod render;
+pub mod sets;
 
 use crate::backend::{Backend, BackendError};
 use crate::config::Config;
@@ -180,15 +181,21 @@ impl NatBackend {
                 }
             }
             if let Some(sock) = self.nfnl.as_mut() {
-                let sent = sock.apply(&change.flush, &change.deletes, &change.adds);
+                let sent = match (change.flush.is_empty(), change.deletes.is_empty()) {
+                    // a sync: only the difference to what the sets hold goes to the kernel
+                    (false, true) => replace_contents(sock, change).map(drop),
+                    _ => sock.apply(&change.flush, &change.deletes, &change.adds),
+                };
                 self.metrics.netlink_batch(sent.is_ok());
                 match sent {
                     Ok(()) => return Ok(()),
-                    Err(NatError::System(e)) => {
-                        tracing::warn!(error = %e, "nfnetlink failed; using nft");
+                    Err(refused @ netlink::NfnlError::Refused { .. }) => {
+                        return Err(refused.into());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %NatError::from(e), "nfnetlink failed; using nft");
                         self.nfnl = None;
                     }
-                    Err(refused) => return Err(refused),
                 }
             }
         }
@@ -291,66 +298,71 @@ impl NatBackend {
     }
 }
 
-/// True when either of our tables is in the kernel.
-async fn ours_present() -> Result<bool, String> {
-    let out = tokio::process::Command::new("nft")
-        .args(["list", "tables"])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| format!("cannot run nft: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "nft list tables: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.lines().any(|l| {
-        let l = l.trim();
-        l == format!("table {}", model::NAT) || l == format!("table {}", model::FILTER)
-    }))
-}
-
 impl NatBackend {
-    /// True when neither of our tables is in the kernel (after a reboot, or flushed).
-    async fn tables_absent(&self) -> bool {
-        match nft::tables().await {
-            Ok(t) => {
-                !t.contains(&format!("table {}", model::NAT))
-                    && !t.contains(&format!("table {}", model::FILTER))
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Loads our tables when the kernel holds none of them: the tables with empty sets through
-    /// nft, then every element in one nfnetlink batch (an nft text of 100,000 elements takes
-    /// seconds to parse). Not atomic, which costs nothing here: there was nothing to keep.
-    /// `None` when the batch could not be sent (the caller then uses the nft path).
+    /// Re-applies the whole state in two transactions, neither of which leaves the data plane
+    /// empty: the rules of both tables rewritten in place through nft (the sets keep their
+    /// elements; tables missing are created), then every set's contents replaced by one
+    /// nfnetlink batch (flush and add in one transaction). An nft text of 100,000 elements
+    /// takes seconds to parse; the batch a fraction of that. `None` when either step failed
+    /// (nothing of that step applied; the caller then replaces both tables through nft).
     async fn load_split(&mut self, state: &DesiredState, inputs: &Inputs) -> Option<Plan> {
-        let (p, elements) = plan::full_split(state, inputs);
+        let found = match nft::ours().await {
+            Ok(ours) => ours.chains,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list our chains; using the full nft path");
+                return None;
+            }
+        };
+        let (p, change) = plan::full_split(state, inputs, &found);
+        let rules = std::time::Instant::now();
         if let Err(e) = self.nft(&p.nft).await {
-            tracing::warn!(error = %e, "empty tables refused; using the full nft path");
+            tracing::warn!(error = %e, "rules in place refused; using the full nft path");
             return None;
         }
+        let rules_ms = rules.elapsed().as_millis() as u64;
         if self.nfnl.is_none() {
             self.nfnl = netlink::Nfnl::open()
-                .map_err(|e| tracing::warn!(error = %e, "no nfnetlink socket"))
+                .map_err(|e| tracing::warn!(error = %NatError::from(e), "no nfnetlink socket"))
                 .ok();
         }
         let sock = self.nfnl.as_mut()?;
-        let sent = sock.apply(&[], &[], &elements);
+        let elements = std::time::Instant::now();
+        let sent = replace_contents(sock, &change);
         self.metrics.netlink_batch(sent.is_ok());
         match sent {
-            Ok(()) => Some(p),
+            Ok((deleted, added)) => {
+                tracing::debug!(
+                    rules_ms,
+                    elements = change.adds.len(),
+                    deleted,
+                    added,
+                    elements_ms = elements.elapsed().as_millis() as u64,
+                    "rules in place, set contents replaced"
+                );
+                Some(p)
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "element batch refused; using the full nft path");
+                tracing::warn!(error = %NatError::from(e), "element batch refused; using the full nft path");
                 self.nfnl = None;
                 None
             }
         }
     }
+}
+
+/// Makes the sets `change` flushes hold exactly its adds, by a dump and a diff (one
+/// transaction of deletes and adds; flushing sets of concatenated ranges is quadratic in the
+/// kernel). Returns (deleted, added).
+fn replace_contents(
+    sock: &mut netlink::Nfnl,
+    change: &plan::ElementChange,
+) -> Result<(usize, usize), netlink::NfnlError> {
+    let specs = change
+        .flush
+        .iter()
+        .map(|(table, set)| netlink::batch::spec_of(table, set))
+        .collect::<Result<Vec<_>, _>>()?;
+    sock.replace_contents(&specs, &change.adds)
 }
 
 /// A full replace with the state after `cmd`.
@@ -389,22 +401,54 @@ impl Backend for NatBackend {
 
     async fn reconcile_keeping(&mut self, state: &DesiredState) -> Result<(), BackendError> {
         {
-            if !ours_present().await.map_err(BackendError::new)? {
+            let present = nft::ours()
+                .await
+                .map_err(|e| BackendError::new(e.to_string()))?;
+            if present.tables.is_empty() {
                 return self.reconcile(state).await;
             }
+            let started = std::time::Instant::now();
             let inputs = self
                 .inputs(state, state.eips.values())
                 .map_err(|e| BackendError::new(e.to_string()))?;
             let (rs, skipped) = model::resolve(state, &inputs);
             let adds: Vec<model::Elem> = rs.elements.into_iter().collect();
-            let text = render::element_ops(&[], &[], &adds);
-            if !text.is_empty() {
-                self.nft(&text).await.map_err(|e| {
-                    BackendError::new(format!(
-                        "our nft tables were left as they are (adding the stored state's {} elements failed: {e})",
-                        adds.len()
-                    ))
-                })?;
+            tracing::debug!(
+                model_ms = started.elapsed().as_millis() as u64,
+                "stored state resolved"
+            );
+            let left_as_they_are = |e: NatError| {
+                BackendError::new(format!(
+                    "our nft tables were left as they are (adding the stored state's {} elements failed: {e})",
+                    adds.len()
+                ))
+            };
+            // one nfnetlink transaction adding what a dump of the sets lacks; through nft
+            // only when the socket fails
+            if self.nfnl.is_none() {
+                self.nfnl = netlink::Nfnl::open()
+                    .map_err(|e| tracing::warn!(error = %NatError::from(e), "no nfnetlink socket"))
+                    .ok();
+            }
+            let specs: Vec<&sets::SetSpec> = sets::SETS.iter().collect();
+            let sent = match self.nfnl.as_mut().map(|s| s.add_missing(&specs, &adds)) {
+                Some(Ok(added)) => {
+                    tracing::debug!(added, "elements the kernel lacked added");
+                    true
+                }
+                Some(Err(refused @ netlink::NfnlError::Refused { .. })) => {
+                    return Err(left_as_they_are(refused.into()));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %NatError::from(e), "nfnetlink failed; using nft");
+                    self.nfnl = None;
+                    false
+                }
+                None => false,
+            };
+            if !sent && !adds.is_empty() {
+                let text = render::element_ops(&[], &[], &adds);
+                self.nft(&text).await.map_err(left_as_they_are)?;
             }
             tracing::info!(
                 elements = adds.len(),
@@ -444,16 +488,15 @@ impl Backend for NatBackend {
             }
             // Changes inside our tables are caught at once through notifications; this safety
             // net checks that the tables themselves are there.
-            let tables = nft::tables()
+            // (`nft list chains`: `nft list tables` reads every element first)
+            let present = nft::ours()
                 .await
                 .map_err(|e| BackendError::new(e.to_string()))?;
-            let missing: Vec<String> = [
-                format!("table {}", model::NAT),
-                format!("table {}", model::FILTER),
-            ]
-            .into_iter()
-            .filter(|t| !tables.contains(t))
-            .collect();
+            let missing: Vec<String> = [model::NAT, model::FILTER]
+                .into_iter()
+                .filter(|t| !present.tables.contains(t))
+                .map(|t| format!("table {t}"))
+                .collect();
             if missing.is_empty() {
                 return Ok(None);
             }
@@ -473,12 +516,9 @@ impl Backend for NatBackend {
                 .map_err(|e| BackendError::new(e.to_string()))?;
             self.watch_flows(state, &[]);
             let started = std::time::Instant::now();
-            let split = match self.tables_absent().await {
-                true => self.load_split(state, &inputs).await,
-                false => None,
-            };
+            let split = self.load_split(state, &inputs).await;
             let loaded_by = if split.is_some() {
-                "nft + nfnetlink batch"
+                "nft rules in place + one nfnetlink set batch"
             } else {
                 "nft"
             };

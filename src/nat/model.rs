@@ -2,6 +2,7 @@
 //! few rules of our two tables. Pure: the system is seen only through [`Inputs`].
 
 use super::inputs::Inputs;
+use super::sets::Holds;
 use crate::nics::name_of;
 use crate::state::DesiredState;
 use crate::state::model::{
@@ -445,25 +446,21 @@ pub struct Ruleset {
     pub mgmt_unknown: bool,
 }
 
-/// The sets and maps that hold EIPs.
-pub const EIP_SETS: &[(&str, &str)] = &[
-    (NAT, "eip_dnat"),
-    (NAT, "eip_snat"),
-    (NAT, "eip_masq"),
-    (FILTER, "eip_vips"),
-    (FILTER, "eip_out"),
-];
+impl Ruleset {
+    /// The guest nic names as elements of the `guest_ifs` set.
+    pub fn guest_if_elements(&self) -> Vec<Elem> {
+        self.guest_ifs
+            .iter()
+            .map(|n| elem(FILTER, "guest_ifs", vec![Field::Ifname(n.clone())], None))
+            .collect()
+    }
+}
 
-/// The sets and maps that hold port forwards.
-pub const PF_SETS: &[(&str, &str)] = &[
-    (NAT, "pf_tcp"),
-    (NAT, "pf_udp"),
-    (NAT, "pf_tcp_range"),
-    (NAT, "pf_udp_range"),
-    (NAT, "pf_mark"),
-    (NAT, "pf_restricted"),
-    (NAT, "pf_allowed"),
-];
+/// The sets and maps that hold EIPs (replaced by `/synceip`).
+pub const EIP_SETS: Holds = Holds::Eips;
+
+/// The sets and maps that hold port forwards (replaced by `/syncportforwarding`).
+pub const PF_SETS: Holds = Holds::PortForwards;
 
 /// Every EIP element of `state`; EIPs that do not resolve go to `skipped`.
 pub fn eip_set_elements(

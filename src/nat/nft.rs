@@ -1,7 +1,8 @@
 //! Runs one nft transaction: the text goes to `nft -f -` on stdin, and nft's own message comes
 //! back on failure (one `nft -f` input is one transaction: all of it applies or none).
 
-use super::model::NatError;
+use super::model::{FILTER, NAT, NatError};
+use super::render::FoundChain;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -55,28 +56,54 @@ pub async fn apply(input: &str) -> Result<(), NatError> {
     Err(NatError::Nft(summarise(&stderr)))
 }
 
-/// The tables of the namespace, as `nft list tables` prints them (`table ip vr_nat`, ...).
-pub async fn tables() -> Result<Vec<String>, NatError> {
+/// Our tables and their chains, as `nft list chains` prints them: no rules and no elements,
+/// so cheap at any size (`nft list tables` reads every set element first: 4.4 s at 200,000
+/// elements with nft 1.0.6).
+pub async fn ours() -> Result<Ours, NatError> {
     let run = Command::new("nft")
-        .args(["list", "tables"])
+        .args(["list", "chains"])
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
     let out = match tokio::time::timeout(Duration::from_secs(10), run).await {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => return Err(NatError::System(format!("cannot run nft: {e}"))),
-        Err(_) => return Err(NatError::System("nft list tables did not finish".into())),
+        Err(_) => return Err(NatError::System("nft list chains did not finish".into())),
     };
     if !out.status.success() {
         return Err(NatError::Nft(summarise(&String::from_utf8_lossy(
             &out.stderr,
         ))));
     }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect())
+    Ok(parse_chains(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Our tables in the kernel and the chains they hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ours {
+    /// [`NAT`] and/or [`FILTER`], when present.
+    pub tables: Vec<&'static str>,
+    /// Their chains.
+    pub chains: Vec<FoundChain>,
+}
+
+/// Our tables and chains in `nft list chains` output.
+fn parse_chains(text: &str) -> Ours {
+    let mut table: Option<&'static str> = None;
+    let mut out = Ours::default();
+    for line in text.lines().map(str::trim) {
+        if let Some(t) = line.strip_prefix("table ") {
+            let t = t.trim_end_matches('{').trim();
+            table = [NAT, FILTER].into_iter().find(|ours| *ours == t);
+            out.tables.extend(table);
+        } else if let (Some(t), Some(c)) = (table, line.strip_prefix("chain ")) {
+            out.chains.push(FoundChain {
+                table: t,
+                name: c.trim_end_matches('{').trim().to_string(),
+            });
+        }
+    }
+    out
 }
 
 /// nft's message without the caret lines, at most a few errors, on one line.
@@ -103,4 +130,25 @@ fn summarise(stderr: &str) -> String {
         s.truncate(cut);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_of_our_tables_are_read_from_nft_list_chains() {
+        let text = "table ip vr_nat {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t}\n\tchain by_hand {\n\t}\n}\ntable ip other {\n\tchain prerouting {\n\t}\n}\ntable inet vr_filter {\n\tchain input {\n\t}\n}\ntable ip vr_nat_other {\n}\n";
+        let found = parse_chains(text);
+        assert_eq!(found.tables, [NAT, FILTER]);
+        let names: Vec<(&str, &str)> = found
+            .chains
+            .iter()
+            .map(|c| (c.table, c.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [(NAT, "prerouting"), (NAT, "by_hand"), (FILTER, "input")]
+        );
+    }
 }

@@ -1,73 +1,17 @@
 //! nft input text, pure: the two whole tables for a [`Ruleset`] (replacing ours in one
-//! transaction), and the small transactions of single-entry commands.
+//! transaction), the same tables' rules rewritten in place with the sets left as they are
+//! (their contents then go as one netlink batch), and the small transactions of single-entry
+//! commands.
 
-use super::model::{Elem, FILTER, Field, MARK_PF, MARK_PF_MASQ, NAT, Ruleset};
+use super::model::{Elem, FILTER, MARK_PF, MARK_PF_MASQ, NAT, Ruleset};
+use super::sets::{self, SetSpec};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-/// Sets and maps of ours: (table, name, type and flags).
-const SETS: &[(&str, &str, &str)] = &[
-    // vip -> guest
-    (NAT, "eip_dnat", "type ipv4_addr : ipv4_addr"),
-    // guest . public nic -> vip
-    (NAT, "eip_snat", "type ipv4_addr . ifname : ipv4_addr"),
-    // vips whose inbound traffic is also source-NATed to the router's guest address
-    (NAT, "eip_masq", "type ipv4_addr"),
-    // vip . port -> guest . port (one element per port: offsets preserved)
-    (
-        NAT,
-        "pf_tcp",
-        "type ipv4_addr . inet_service : ipv4_addr . inet_service",
-    ),
-    (
-        NAT,
-        "pf_udp",
-        "type ipv4_addr . inet_service : ipv4_addr . inet_service",
-    ),
-    // vip . port range -> guest, for ranges forwarded to the same ports
-    (
-        NAT,
-        "pf_tcp_range",
-        "type ipv4_addr . inet_service : ipv4_addr; flags interval",
-    ),
-    (
-        NAT,
-        "pf_udp_range",
-        "type ipv4_addr . inet_service : ipv4_addr; flags interval",
-    ),
-    // vip . protocol . ports -> ct mark of the forwarded connection
-    (
-        NAT,
-        "pf_mark",
-        "type ipv4_addr . inet_proto . inet_service : mark; flags interval",
-    ),
-    // forwards limited to an allowed source prefix, and the allowed prefixes
-    (
-        NAT,
-        "pf_restricted",
-        "type ipv4_addr . inet_proto . inet_service; flags interval",
-    ),
-    (
-        NAT,
-        "pf_allowed",
-        "type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval",
-    ),
-    (FILTER, "guest_ifs", "type ifname"),
-    (FILTER, "eip_vips", "type ipv4_addr"),
-    (FILTER, "eip_out", "type ipv4_addr . ifname"),
-    // vip . protocol . port of each load balancer listener, accepted from every side
-    (
-        FILTER,
-        "lb_accept",
-        "type ipv4_addr . inet_proto . inet_service",
-    ),
-];
-
-fn write_set(out: &mut String, name: &str, ty: &str, elems: &[&Elem]) {
-    let kind = if ty.contains(" : ") { "map" } else { "set" };
-    let _ = writeln!(out, "\t{kind} {name} {{");
-    for part in ty.split("; ") {
-        let _ = writeln!(out, "\t\t{part}");
+fn write_set(out: &mut String, spec: &SetSpec, elems: &[&Elem]) {
+    let _ = writeln!(out, "\t{} {} {{", spec.kind(), spec.name);
+    for line in spec.declaration() {
+        let _ = writeln!(out, "\t\t{line}");
     }
     if !elems.is_empty() {
         out.push_str("\t\telements = {\n");
@@ -81,17 +25,31 @@ fn write_set(out: &mut String, name: &str, ty: &str, elems: &[&Elem]) {
     out.push_str("\t}\n");
 }
 
-fn write_sets(out: &mut String, table: &str, rs: &Ruleset) {
-    for (t, name, ty) in SETS {
-        if *t != table {
-            continue;
-        }
-        let elems: Vec<&Elem> = rs
-            .elements
-            .iter()
-            .filter(|e| e.table == table && e.set == *name)
-            .collect();
-        write_set(out, name, ty, &elems);
+/// Whether set declarations carry the ruleset's elements.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Contents {
+    /// Every element, in the declaration.
+    Elements,
+    /// Declarations only: what a set holds is left as it is.
+    Declarations,
+}
+
+fn write_sets(out: &mut String, table: &str, rs: &Ruleset, contents: Contents) {
+    let guest_ifs: Vec<Elem> = match (contents, table == FILTER) {
+        (Contents::Elements, true) => rs.guest_if_elements(),
+        _ => Vec::new(),
+    };
+    for spec in sets::of_table(table) {
+        let elems: Vec<&Elem> = match contents {
+            Contents::Elements => rs
+                .elements
+                .iter()
+                .chain(&guest_ifs)
+                .filter(|e| e.table == table && e.set == spec.name)
+                .collect(),
+            Contents::Declarations => Vec::new(),
+        };
+        write_set(out, spec, &elems);
     }
 }
 
@@ -119,11 +77,52 @@ pub fn full(rs: &Ruleset) -> String {
     // `delete table` of a missing table fails the batch: add it first.
     let mut out =
         format!("table {NAT}\ndelete table {NAT}\ntable {FILTER}\ndelete table {FILTER}\n");
+    write_tables(&mut out, rs, Contents::Elements);
+    out
+}
+
+/// A chain found in one of our tables (`nft list chains`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundChain {
+    /// [`NAT`] or [`FILTER`].
+    pub table: &'static str,
+    /// The chain's name.
+    pub name: String,
+}
+
+/// The chains of our tables.
+pub const CHAINS: &[(&str, &str)] = &[
+    (NAT, "prerouting"),
+    (NAT, "postrouting"),
+    (NAT, "snat_subnets"),
+    (FILTER, "input"),
+    (FILTER, "appliance"),
+    (FILTER, "forward"),
+    (FILTER, "snat_fwd"),
+];
+
+/// Both tables' rules rewritten as one nft transaction that keeps every set and its elements:
+/// the tables are added if missing, their rules flushed, chains of theirs that are not ours
+/// (`found` minus [`CHAINS`]) deleted, then every set declared (a no-op when it is there with
+/// this type) and every chain and rule added. Packets see the old rules or the new ones;
+/// set contents are not touched (a netlink batch replaces them after).
+pub fn rules_in_place(rs: &Ruleset, found: &[FoundChain]) -> String {
+    let mut out = format!("table {NAT}\nflush table {NAT}\ntable {FILTER}\nflush table {FILTER}\n");
+    for c in found {
+        if !CHAINS.contains(&(c.table, c.name.as_str())) {
+            let _ = writeln!(out, "delete chain {} {}", c.table, c.name);
+        }
+    }
+    write_tables(&mut out, rs, Contents::Declarations);
+    out
+}
+
+fn write_tables(out: &mut String, rs: &Ruleset, contents: Contents) {
     let _ = writeln!(out, "table {NAT} {{");
-    write_sets(&mut out, NAT, rs);
+    write_sets(out, NAT, rs, contents);
     let s = |x: &str| x.to_string();
     write_chain(
-        &mut out,
+        out,
         "prerouting",
         Some("type nat hook prerouting priority dstnat; policy accept;"),
         &[
@@ -139,7 +138,7 @@ pub fn full(rs: &Ruleset) -> String {
         ],
     );
     write_chain(
-        &mut out,
+        out,
         "postrouting",
         Some("type nat hook postrouting priority srcnat; policy accept;"),
         &[
@@ -151,20 +150,11 @@ pub fn full(rs: &Ruleset) -> String {
             s("jump snat_subnets"),
         ],
     );
-    write_chain(&mut out, "snat_subnets", None, &rs.snat_rules);
+    write_chain(out, "snat_subnets", None, &rs.snat_rules);
     out.push_str("}\n");
 
     let _ = writeln!(out, "table {FILTER} {{");
-    let mut filter_sets = rs.clone();
-    filter_sets
-        .elements
-        .extend(rs.guest_ifs.iter().map(|n| Elem {
-            table: FILTER,
-            set: "guest_ifs",
-            key: vec![Field::Ifname(n.clone())],
-            value: None,
-        }));
-    write_sets(&mut out, FILTER, &filter_sets);
+    write_sets(out, FILTER, rs, contents);
     // Without a known management nic nothing is dropped (mgmt_guard): the chains keep their
     // accepts and sets, so every command applies, but cannot cut the machine's ssh.
     let enforcing = !rs.mgmt_unknown;
@@ -199,14 +189,14 @@ pub fn full(rs: &Ruleset) -> String {
     ));
     input.push(s("jump appliance"));
     write_chain(
-        &mut out,
+        out,
         "input",
         Some(&format!(
             "type filter hook input priority filter; policy {policy};"
         )),
         &input,
     );
-    write_chain(&mut out, "appliance", None, &rs.appliance);
+    write_chain(out, "appliance", None, &rs.appliance);
     let mut forward = vec![s("ct state established,related accept")];
     if enforcing {
         forward.push(s("ct state invalid drop"));
@@ -220,21 +210,15 @@ pub fn full(rs: &Ruleset) -> String {
         s("jump snat_fwd"),
     ]);
     write_chain(
-        &mut out,
+        out,
         "forward",
         Some(&format!(
             "type filter hook forward priority filter; policy {policy};"
         )),
         &forward,
     );
-    write_chain(&mut out, "snat_fwd", None, &rs.snat_forward);
+    write_chain(out, "snat_fwd", None, &rs.snat_forward);
     out.push_str("}\n");
-    out
-}
-
-fn is_map(set: &str) -> bool {
-    SETS.iter()
-        .any(|(_, n, ty)| *n == set && ty.contains(" : "))
 }
 
 /// Set flushes, element deletes, then adds, as one transaction's text (runs of one set on
@@ -242,7 +226,7 @@ fn is_map(set: &str) -> bool {
 pub fn element_ops(flush: &[(&str, &str)], deletes: &[Elem], adds: &[Elem]) -> String {
     let mut out = String::new();
     for (table, set) in flush {
-        let kind = if is_map(set) { "map" } else { "set" };
+        let kind = sets::find(table, set).map_or("set", SetSpec::kind);
         let _ = writeln!(out, "flush {kind} {table} {set}");
     }
     for (verb, elems) in [("delete", deletes), ("add", adds)] {

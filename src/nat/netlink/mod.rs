@@ -1,0 +1,326 @@
+//! Element updates over nfnetlink, without an `nft` process: one batch (one transaction) of
+//! set flushes and element deletes and adds on a NETLINK_NETFILTER socket. Used for the
+//! single-entry commands, the sync commands and every full re-apply's set contents; rules and
+//! chains go through `nft`.
+//!
+//! [`batch`] builds the messages with `netlink-packet-netfilter`; [`keys`] is our part of the
+//! encoding (the bytes of each key and value); [`Nfnl`] sends a batch and reads the kernel's
+//! acknowledgements back through the crate's types.
+
+pub mod batch;
+pub mod contents;
+pub mod keys;
+
+pub use batch::{Batch, Encoded, UnknownSet, batch, describe};
+
+use super::model::{Elem, NatError};
+use super::sets::SetSpec;
+use batch::{Builder, Op};
+use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
+use netlink_packet_netfilter::NetfilterMessage;
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::time::TimeVal;
+use std::collections::HashSet;
+
+/// Bytes read per `recv` (a dump's messages are at most 32 kB each).
+const READ_BUF: usize = 1 << 18;
+/// Receive buffer for acknowledgements (one per message of up to 256 elements).
+const RCVBUF: usize = 1 << 20;
+/// A batch larger than the default send buffer raises it to its size (one batch is one
+/// datagram, and the kernel refuses a datagram larger than the buffer).
+const DEFAULT_SNDBUF: usize = 100_000;
+/// Longest wait for the kernel's answer to a batch.
+const ANSWER_TIMEOUT_S: i64 = 30;
+
+/// Why an element transaction did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum NfnlError {
+    /// The socket could not be opened, written or read: nothing is known to have changed
+    /// (callers fall back to `nft`).
+    #[error("nfnetlink {what}")]
+    Socket {
+        /// The operation.
+        what: &'static str,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An element names a set we do not declare; nothing was sent.
+    #[error("nothing was sent")]
+    UnknownSet(#[from] UnknownSet),
+    /// An answer could not be decoded.
+    #[error("undecodable nfnetlink answer")]
+    Decode(#[source] netlink_packet_core::DecodeError),
+    /// The kernel refused the transaction: nothing of it was applied.
+    #[error(
+        "{what} ({source}) in a transaction of {flushes} set flushes, {deletes} deletes and {adds} adds"
+    )]
+    Refused {
+        /// What the error number means for an element transaction.
+        what: &'static str,
+        /// The kernel's error.
+        #[source]
+        source: std::io::Error,
+        /// Sets flushed by the transaction.
+        flushes: usize,
+        /// Elements deleted.
+        deletes: usize,
+        /// Elements added.
+        adds: usize,
+    },
+}
+
+impl From<NfnlError> for NatError {
+    fn from(e: NfnlError) -> NatError {
+        // the chain on one line, as the reply shows it
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        match e {
+            NfnlError::Refused { .. } => NatError::Nft(text),
+            _ => NatError::System(text),
+        }
+    }
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> NfnlError {
+    move |source| NfnlError::Socket { what, source }
+}
+
+fn refusal(errno: i32) -> &'static str {
+    match nix::errno::Errno::from_raw(errno) {
+        nix::errno::Errno::EEXIST => "an element exists with another value",
+        nix::errno::Errno::ENOENT => "an element or set to change is missing",
+        _ => "the kernel refused the element update",
+    }
+}
+
+/// Whether a convergence deletes what is not desired.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Deletes {
+    Send,
+    Skip,
+}
+
+/// A NETLINK_NETFILTER socket, opened once and kept.
+pub struct Nfnl {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+    sndbuf: usize,
+}
+
+impl Nfnl {
+    /// Opens the socket in the current network namespace.
+    pub fn open() -> Result<Nfnl, NfnlError> {
+        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(io("socket"))?;
+        sock.bind_auto().map_err(io("bind"))?;
+        sock.connect(&SocketAddr::new(0, 0))
+            .map_err(io("connect"))?;
+        setsockopt(
+            &sock,
+            sockopt::ReceiveTimeout,
+            &TimeVal::new(ANSWER_TIMEOUT_S, 0),
+        )
+        .map_err(|e| io("receive timeout")(e.into()))?;
+        // errors echo only the failed message's header, not its thousands of elements
+        sock.set_cap_ack(true).map_err(io("cap ack"))?;
+        // best effort: the default still holds the answers of small batches
+        let _ = setsockopt(&sock, sockopt::RcvBufForce, &RCVBUF);
+        Ok(Nfnl {
+            sock,
+            seq: 1,
+            buf: vec![0; READ_BUF],
+            sndbuf: DEFAULT_SNDBUF,
+        })
+    }
+
+    /// Applies the element changes as one transaction (all or nothing); the error carries the
+    /// kernel's reason.
+    #[tracing::instrument(name = "nfnetlink", skip_all, fields(flushes = flush.len(), deletes = deletes.len(), adds = adds.len()))]
+    pub fn apply(
+        &mut self,
+        flush: &[(&str, &str)],
+        deletes: &[Elem],
+        adds: &[Elem],
+    ) -> Result<(), NfnlError> {
+        if flush.is_empty() && deletes.is_empty() && adds.is_empty() {
+            return Ok(());
+        }
+        let b = batch(flush, deletes, adds, self.seq)?;
+        self.send(&b, (flush.len(), deletes.len(), adds.len()))
+    }
+
+    /// Every element the set of `spec` holds now.
+    pub fn dump(&mut self, spec: &SetSpec) -> Result<Vec<Encoded>, NfnlError> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        self.sock
+            .send(&contents::dump_request(spec, seq), 0)
+            .map_err(io("send"))?;
+        let mut out = Vec::new();
+        loop {
+            let n = self
+                .sock
+                .recv(&mut &mut self.buf[..], 0)
+                .map_err(io("receive"))?;
+            let mut rest = &self.buf[..n];
+            while !rest.is_empty() {
+                let frame = NetlinkBuffer::new_checked(rest).map_err(NfnlError::Decode)?;
+                let len = (frame.length() as usize).next_multiple_of(4);
+                let ours = frame.sequence_number() == seq;
+                if ours && frame.message_type() == contents::new_set_element_type() {
+                    out.extend(contents::elements_in(frame.payload()).map_err(NfnlError::Decode)?);
+                    rest = rest.get(len..).unwrap_or_default();
+                    continue;
+                }
+                let m = NetlinkMessage::<NetfilterMessage>::deserialize(rest)
+                    .map_err(NfnlError::Decode)?;
+                rest = rest.get(len..).unwrap_or_default();
+                if !ours {
+                    continue;
+                }
+                match &m.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) if e.raw_code() != 0 => {
+                        return Err(NfnlError::Refused {
+                            what: refusal(-e.raw_code()),
+                            source: std::io::Error::from_raw_os_error(-e.raw_code()),
+                            flushes: 0,
+                            deletes: 0,
+                            adds: 0,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Makes the sets of `specs` hold exactly `desired` (elements of those sets) in one
+    /// transaction: each set is dumped and only the difference is sent (deletes, then adds).
+    /// Returns (deleted, added).
+    pub fn replace_contents(
+        &mut self,
+        specs: &[&'static SetSpec],
+        desired: &[Elem],
+    ) -> Result<(usize, usize), NfnlError> {
+        self.converge(specs, desired, Deletes::Send)
+    }
+
+    /// Adds the elements of `desired` the sets of `specs` lack, in one transaction, and
+    /// deletes nothing; an element there with another value makes the kernel refuse the whole
+    /// transaction. Returns the number added.
+    pub fn add_missing(
+        &mut self,
+        specs: &[&'static SetSpec],
+        desired: &[Elem],
+    ) -> Result<usize, NfnlError> {
+        self.converge(specs, desired, Deletes::Skip)
+            .map(|(_, added)| added)
+    }
+
+    #[tracing::instrument(name = "set contents", skip_all, fields(sets = specs.len(), desired = desired.len()))]
+    fn converge(
+        &mut self,
+        specs: &[&'static SetSpec],
+        desired: &[Elem],
+        deletes: Deletes,
+    ) -> Result<(usize, usize), NfnlError> {
+        let mut changes = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let want: Vec<Encoded> = desired
+                .iter()
+                .filter(|e| e.table == spec.table && e.set == spec.name)
+                .map(|e| Encoded::of(spec, e))
+                .collect();
+            let started = std::time::Instant::now();
+            let now = self.dump(spec)?;
+            let dumped = now.len();
+            let dump_ms = started.elapsed().as_millis() as u64;
+            let (mut gone, new) = contents::diff(now, want);
+            tracing::trace!(
+                set = spec.name,
+                dumped,
+                dump_ms,
+                diff_ms = started.elapsed().as_millis() as u64 - dump_ms,
+                "set dumped and compared"
+            );
+            if deletes == Deletes::Skip {
+                gone.clear();
+            }
+            changes.push((*spec, (gone, new)));
+        }
+        let deleted = changes.iter().map(|(_, (d, _))| d.len()).sum();
+        let added = changes.iter().map(|(_, (_, a))| a.len()).sum();
+        if deleted + added == 0 {
+            return Ok((0, 0));
+        }
+        let mut b = Builder::new(self.seq.wrapping_add(1));
+        for (spec, (deletes, _)) in &changes {
+            b.elements(Op::Delete, spec, deletes);
+        }
+        for (spec, (_, adds)) in &changes {
+            b.elements(Op::Add, spec, adds);
+        }
+        self.send(&b.finish(), (0, deleted, added))?;
+        Ok((deleted, added))
+    }
+
+    /// Sends one batch and waits for its acknowledgements.
+    fn send(&mut self, b: &Batch, counts: (usize, usize, usize)) -> Result<(), NfnlError> {
+        self.seq = b.last_seq().wrapping_add(1);
+        let bytes = b.bytes();
+        if bytes.len() > self.sndbuf {
+            setsockopt(&self.sock, sockopt::SndBufForce, &(bytes.len() + 65536))
+                .map_err(|e| io("send buffer")(e.into()))?;
+            self.sndbuf = bytes.len();
+        }
+        self.sock.send(&bytes, 0).map_err(io("send"))?;
+        self.answers(b, counts)
+    }
+
+    /// Reads one acknowledgement per message; an error on the batch's begin or end (the
+    /// whole batch refused) ends the wait at once.
+    fn answers(&mut self, b: &Batch, counts: (usize, usize, usize)) -> Result<(), NfnlError> {
+        let mut waiting: HashSet<u32> = b.acked.iter().copied().collect();
+        let bounds = [b.first_seq(), b.last_seq()];
+        let mut failure = None;
+        while !waiting.is_empty() {
+            let n = self
+                .sock
+                .recv(&mut &mut self.buf[..], 0)
+                .map_err(io("receive"))?;
+            let mut rest = &self.buf[..n];
+            while !rest.is_empty() {
+                let m = NetlinkMessage::<NetfilterMessage>::deserialize(rest)
+                    .map_err(NfnlError::Decode)?;
+                let len = (m.header.length as usize).next_multiple_of(4);
+                rest = rest.get(len..).unwrap_or_default();
+                let NetlinkPayload::Error(e) = m.payload else {
+                    continue;
+                };
+                let seq = m.header.sequence_number;
+                let code = e.raw_code();
+                if code != 0 && failure.is_none() {
+                    failure = Some(NfnlError::Refused {
+                        what: refusal(-code),
+                        source: std::io::Error::from_raw_os_error(-code),
+                        flushes: counts.0,
+                        deletes: counts.1,
+                        adds: counts.2,
+                    });
+                }
+                waiting.remove(&seq);
+                if code != 0 && bounds.contains(&seq) {
+                    waiting.clear();
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
