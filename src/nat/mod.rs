@@ -55,6 +55,8 @@ pub struct NatBackend {
     flows: Option<Arc<flows::Tracker>>,
     /// Whether to keep that index (`--conntrack-events`).
     conntrack_events: bool,
+    /// The index failed to start: when to try again (not at every command).
+    flows_retry_at: Option<std::time::Instant>,
     /// Whether a management nic is known (else no drop policies).
     guard: mgmt_guard::Guard,
     /// Counts nft transactions and nfnetlink batches.
@@ -91,6 +93,7 @@ impl NatBackend {
             observed_guests: None,
             flows: None,
             conntrack_events: true,
+            flows_retry_at: None,
             metrics: crate::metrics::Metrics::default(),
         }
     }
@@ -113,6 +116,14 @@ impl NatBackend {
         if !self.conntrack_events {
             return;
         }
+        if self.flows.is_none()
+            && self
+                .flows_retry_at
+                .is_some_and(|at| std::time::Instant::now() < at)
+        {
+            // the index could not start a moment ago: not again for every command
+            return;
+        }
         let vips: std::collections::HashSet<Ipv4Addr> = state
             .eips
             .values()
@@ -123,9 +134,14 @@ impl NatBackend {
         match &self.flows {
             Some(t) => t.watch(vips),
             None => match flows::Tracker::start(vips) {
-                Ok(t) => self.flows = Some(t),
+                Ok(t) => {
+                    self.flows = Some(t);
+                    self.flows_retry_at = None;
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "no conntrack flow index; deletions use dumps");
+                    tracing::warn!(error = %e, "no conntrack flow index; deletions use dumps (retried in a minute)");
+                    self.flows_retry_at =
+                        Some(std::time::Instant::now() + std::time::Duration::from_secs(60));
                 }
             },
         }
