@@ -91,7 +91,8 @@ fn named_macs(cmd: &Command) -> Vec<MacAddr> {
         Command::CreatePortForwards(r)
         | Command::RevokePortForwards(r)
         | Command::SyncPortForwards(r) => r.iter().map(|p| p.private_mac).collect(),
-        Command::CreateVips(v) | Command::RemoveVips(v) => v.iter().map(|v| v.owner_mac).collect(),
+        // A VIP's rails need only the management nic's addresses: the owner (the public nic,
+        // with every VIP on it) is not read.
         Command::AddDhcp { hosts, .. } => hosts.iter().filter_map(|h| h.vr_nic_mac).collect(),
         _ => Vec::new(),
     };
