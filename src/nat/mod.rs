@@ -190,12 +190,7 @@ impl NatBackend {
     /// through `nft`. A socket problem falls back to `nft`; a refusal is returned.
     async fn transact(&mut self, p: &Plan) -> Result<(), NatError> {
         if let Some(change) = &p.elements {
-            if self.nfnl.is_none() {
-                match netlink::Nfnl::open() {
-                    Ok(s) => self.nfnl = Some(s),
-                    Err(e) => tracing::warn!(error = %e, "no nfnetlink socket; using nft"),
-                }
-            }
+            self.open_nfnl();
             if let Some(sock) = self.nfnl.as_mut() {
                 let sent = match (change.flush.is_empty(), change.deletes.is_empty()) {
                     // a sync: only the difference to what the sets hold goes to the kernel
@@ -336,11 +331,7 @@ impl NatBackend {
             return None;
         }
         let rules_ms = rules.elapsed().as_millis() as u64;
-        if self.nfnl.is_none() {
-            self.nfnl = netlink::Nfnl::open()
-                .map_err(|e| tracing::warn!(error = %NatError::from(e), "no nfnetlink socket"))
-                .ok();
-        }
+        self.open_nfnl();
         let sock = self.nfnl.as_mut()?;
         let elements = std::time::Instant::now();
         let sent = replace_contents(sock, &change);
@@ -441,11 +432,7 @@ impl Backend for NatBackend {
             };
             // one nfnetlink transaction adding what a dump of the sets lacks; through nft
             // only when the socket fails
-            if self.nfnl.is_none() {
-                self.nfnl = netlink::Nfnl::open()
-                    .map_err(|e| tracing::warn!(error = %NatError::from(e), "no nfnetlink socket"))
-                    .ok();
-            }
+            self.open_nfnl();
             let specs: Vec<&sets::SetSpec> = sets::SETS.iter().collect();
             let sent = match self.nfnl.as_mut().map(|s| s.add_missing(&specs, &adds)) {
                 Some(Ok(added)) => {
@@ -566,6 +553,16 @@ impl Backend for NatBackend {
 }
 
 impl NatBackend {
+    /// Opens the nfnetlink socket of element updates if it is not open (callers fall back to
+    /// nft when it cannot be).
+    fn open_nfnl(&mut self) {
+        if self.nfnl.is_none() {
+            self.nfnl = netlink::Nfnl::open()
+                .map_err(|e| tracing::warn!(error = %NatError::from(e), "no nfnetlink socket"))
+                .ok();
+        }
+    }
+
     /// Brings the guest nic set (DHCP and DNS accepted there) in line with `after`, whose
     /// DHCP hosts changed.
     async fn follow_guests(&mut self, after: &DesiredState) -> Result<(), BackendError> {
