@@ -154,7 +154,7 @@ fn nat_only(state: &DesiredState) {
         .try_init();
     router.block_on(|| async {
         let inputs = Inputs {
-            names: vr_agent::nics::by_mac().expect("nics"),
+            names: vr_agent::link::view::current().expect("nics").names(),
             mgmt_nic: "eth0".into(),
             agent_ports: vec![7272, 7759],
             ..Inputs::default()

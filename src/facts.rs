@@ -57,11 +57,13 @@ impl FactsSource {
             Err(e) => tracing::warn!(error = %e, "bootstrap info unreadable for the rails"),
         }
         // A listener's VIP may sit on any nic: all of them, for the rare `/lb/refresh`.
-        let read = if matches!(cmd, Command::RefreshLb(_)) {
-            crate::nics::interfaces()
-        } else {
-            crate::nics::interfaces_of(&named_macs(cmd), &[self.mgmt_nic.as_str()])
-        };
+        let read = crate::link::view::current().map(|system| {
+            if matches!(cmd, Command::RefreshLb(_)) {
+                system.interfaces()
+            } else {
+                system.interfaces_of(&named_macs(cmd), &[self.mgmt_nic.as_str()])
+            }
+        });
         match read {
             Ok(ifaces) => {
                 for iface in ifaces {

@@ -16,7 +16,6 @@ pub mod logging;
 pub mod md5sum;
 pub mod metrics;
 pub mod nat;
-pub mod nics;
 pub mod notify;
 pub mod protocol;
 pub mod server;

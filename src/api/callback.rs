@@ -116,10 +116,11 @@ impl CallbackPolicy {
 
     fn read_subnets(&self) -> Vec<Cidr> {
         let mut out = Vec::new();
-        match crate::nics::interfaces() {
-            Ok(ifs) => out.extend(
-                ifs.into_iter()
-                    .filter(|i| i.name == self.mgmt_nic)
+        match crate::link::view::current() {
+            Ok(system) => out.extend(
+                system
+                    .interfaces_of(&[], &[self.mgmt_nic.as_str()])
+                    .into_iter()
                     .flat_map(|i| i.addrs),
             ),
             Err(e) => tracing::warn!(error = %e, "cannot list the nics"),

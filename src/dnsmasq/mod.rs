@@ -41,7 +41,7 @@ pub const HEALTH_UNPLACED: &str = "dhcp";
 
 /// The interfaces of the current network namespace with their MACs and IPv4 addresses.
 pub fn read_ifaces() -> std::io::Result<Vec<Iface>> {
-    crate::nics::interfaces()
+    Ok(crate::link::view::current()?.interfaces())
 }
 
 /// What dnsmasq holds now (valid after a successful apply or reconcile).

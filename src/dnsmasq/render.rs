@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A network interface of the router as the kernel shows it (plus the desired nics' addresses).
-pub use crate::nics::Interface as Iface;
+pub use crate::link::system::Interface as Iface;
 
 /// Where each file lives, all under one directory of the agent.
 #[derive(Clone, Debug, PartialEq, Eq)]

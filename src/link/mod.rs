@@ -8,5 +8,7 @@ pub mod garp;
 pub mod netlink;
 pub mod plan;
 pub mod sync;
+pub mod system;
+pub mod view;
 
 pub use backend::LinksBackend;

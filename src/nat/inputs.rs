@@ -2,7 +2,7 @@
 //! MAC, the kernel's addresses per nic, and the agent's own settings. Read at apply time by the
 //! backend and passed to the pure renderer as plain data.
 
-use crate::nics::NicNames;
+use crate::link::system::NicNames;
 use crate::state::types::Cidr;
 use std::net::Ipv4Addr;
 
@@ -26,12 +26,19 @@ pub struct Inputs {
     /// its default).
     #[serde(skip)]
     pub holders: std::sync::OnceLock<Holders>,
+    /// The system's interfaces and addresses as the backend read them (then `addrs` is left
+    /// empty: lookups go to this view, whatever the number of addresses).
+    #[serde(skip)]
+    pub system: Option<crate::link::view::Snapshot>,
 }
 
 impl Inputs {
     /// The interface whose address or subnet holds `ip` (longest prefix wins), in O(prefix
     /// lengths) whatever the number of addresses (a sync binds every EIP through this).
     pub fn nic_holding(&self, ip: Ipv4Addr) -> Option<&str> {
+        if let Some(system) = &self.system {
+            return system.nic_holding(ip);
+        }
         self.holders
             .get_or_init(|| Holders::of(&self.addrs))
             .lookup(ip)
@@ -73,11 +80,6 @@ fn network(ip: Ipv4Addr, len: u8) -> u32 {
         u32::MAX << (32 - u32::from(len.min(32)))
     };
     u32::from(ip) & mask
-}
-
-/// Reads every IPv4 address of the current namespace with the name of its interface.
-pub fn addresses() -> std::io::Result<Vec<(String, Cidr)>> {
-    crate::nics::addresses()
 }
 
 /// The interface whose address or subnet holds `ip` (longest prefix wins), by a scan; see

@@ -81,8 +81,8 @@ impl Guard {
             .bootstrap_cache
             .as_deref()
             .map(BootstrapInfo::load_cached);
-        let named =
-            crate::nics::interfaces_of(&[], &[self.mgmt_nic.as_str()]).map(|l| !l.is_empty());
+        let named = crate::link::view::current()
+            .map(|s| !s.interfaces_of(&[], &[self.mgmt_nic.as_str()]).is_empty());
         let now = decide(
             bootstrap,
             self.bootstrap_cache.as_deref(),

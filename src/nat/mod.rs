@@ -24,7 +24,7 @@ use crate::state::model::Eip;
 use crate::state::types::MacAddr;
 use crate::state::{Change, Command, DesiredState, Feature, Parts};
 use inputs::Inputs;
-use model::{NatError, needs_addresses};
+use model::NatError;
 use plan::Plan;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -147,22 +147,14 @@ impl NatBackend {
         }
     }
 
-    fn inputs<'a>(
-        &self,
-        state: &DesiredState,
-        eips: impl IntoIterator<Item = &'a Eip>,
-    ) -> Result<Inputs, NatError> {
-        let names = crate::nics::by_mac()
+    /// What the renderer needs from the system: nic names and the view of the addresses
+    /// (kept current by notifications: no dump per command, whatever the number of VIPs).
+    fn inputs(&self) -> Result<Inputs, NatError> {
+        let system = crate::link::view::current()
             .map_err(|e| NatError::System(format!("cannot list the nics: {e}")))?;
-        let addrs = if needs_addresses(eips, &state.vips, &state.nics) {
-            inputs::addresses()
-                .map_err(|e| NatError::System(format!("cannot list the addresses: {e}")))?
-        } else {
-            Vec::new()
-        };
         Ok(Inputs {
-            names,
-            addrs,
+            names: system.names(),
+            system: Some(system),
             mgmt_nic: self.mgmt_nic.clone(),
             agent_ports: self.agent_ports.clone(),
             mgmt_unknown: self.guard.open(),
@@ -226,25 +218,6 @@ impl NatBackend {
         };
         let replaces =
             self.degraded || matches!(cmd, Command::SyncEips(_) | Command::SyncPortForwards(_));
-        let eips: Vec<&Eip> = if replaces {
-            before
-                .eips
-                .values()
-                .chain(cmd_eips.iter().copied())
-                .collect()
-        } else {
-            // the entry at the same VIP and those sharing a guest with the command's EIP
-            before
-                .eips
-                .values()
-                .filter(|o| {
-                    cmd_eips
-                        .iter()
-                        .any(|e| o.vip_ip == e.vip_ip || o.guest_ip == e.guest_ip)
-                })
-                .chain(cmd_eips.iter().copied())
-                .collect()
-        };
         let mut cmd_vips: Vec<Ipv4Addr> = cmd_eips.iter().map(|e| e.vip_ip).collect();
         match cmd {
             Command::CreatePortForwards(pfs) | Command::SyncPortForwards(pfs) => {
@@ -257,7 +230,7 @@ impl NatBackend {
             (Some(t), false) => t.watch_also(&cmd_vips),
             _ => self.watch_flows(before, &cmd_vips),
         }
-        let inputs = self.inputs(before, eips)?;
+        let inputs = self.inputs()?;
         let mut p = plan::plan(before, after, cmd, &inputs)?;
         if self.degraded && !p.full && !p.nft.is_empty() {
             p = replace_plan(before, after, cmd, &inputs)?;
@@ -288,9 +261,7 @@ impl NatBackend {
                 }
                 // Our tables may have drifted from the state (changed by hand): replace them.
                 tracing::warn!(error = %e, "element update refused; replacing our tables");
-                let all =
-                    self.inputs(before, before.eips.values().chain(cmd_eips.iter().copied()))?;
-                let full = replace_plan(before, after, cmd, &all)?;
+                let full = replace_plan(before, after, cmd, &inputs)?;
                 self.nft(&full.nft).await.map_err(|_| e)?;
                 p.full = true;
                 p.skipped = full.skipped;
@@ -416,7 +387,7 @@ impl Backend for NatBackend {
             }
             let started = std::time::Instant::now();
             let inputs = self
-                .inputs(state, state.eips.values())
+                .inputs()
                 .map_err(|e| BackendError::new(e.to_string()))?;
             let (rs, skipped) = model::resolve(state, &inputs);
             let adds: Vec<model::Elem> = rs.elements.into_iter().collect();
@@ -515,7 +486,7 @@ impl Backend for NatBackend {
         {
             self.guard.refresh();
             let inputs = self
-                .inputs(state, state.eips.values())
+                .inputs()
                 .map_err(|e| BackendError::new(e.to_string()))?;
             self.watch_flows(state, &[]);
             let started = std::time::Instant::now();
@@ -570,8 +541,9 @@ impl NatBackend {
         if self.observed_guests.as_ref() == Some(&macs) {
             return Ok(());
         }
-        let names = crate::nics::by_mac()
-            .map_err(|e| BackendError::new(format!("cannot list the nics: {e}")))?;
+        let names = crate::link::view::current()
+            .map_err(|e| BackendError::new(format!("cannot list the nics: {e}")))?
+            .names();
         let inputs = Inputs {
             names,
             ..Inputs::default()

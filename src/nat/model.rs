@@ -3,7 +3,7 @@
 
 use super::inputs::Inputs;
 use super::sets::Holds;
-use crate::nics::name_of;
+use crate::link::system::name_of;
 use crate::state::DesiredState;
 use crate::state::model::{
     DhcpHost, Eip, FirewallProto, FirewallRule, L4Proto, Nic, PortForward, Snat, Vip,
@@ -223,20 +223,6 @@ pub fn bind_eip(
     Ok(BoundEip {
         eip: eip.clone(),
         public_if,
-    })
-}
-
-/// True if the public nic of some EIP in `eips` can only be found from the kernel's addresses.
-pub fn needs_addresses<'a>(
-    eips: impl IntoIterator<Item = &'a Eip>,
-    vips: &crate::state::Table<Ipv4Addr, Vip>,
-    nics: &crate::state::Table<MacAddr, Nic>,
-) -> bool {
-    eips.into_iter().any(|e| {
-        !vips.contains_key(&e.vip_ip)
-            && !nics
-                .values()
-                .any(|n| Cidr::new(n.ip, n.prefix).contains(e.vip_ip))
     })
 }
 

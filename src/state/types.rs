@@ -118,6 +118,17 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The least CIDR in their order (for ranges of ordered maps).
+    pub const MIN: Cidr = Cidr {
+        addr: Ipv4Addr::UNSPECIFIED,
+        prefix: PrefixLen(0),
+    };
+    /// The greatest CIDR in their order.
+    pub const MAX: Cidr = Cidr {
+        addr: Ipv4Addr::BROADCAST,
+        prefix: PrefixLen(32),
+    };
+
     /// A CIDR from an address and prefix.
     pub fn new(addr: Ipv4Addr, prefix: PrefixLen) -> Self {
         Cidr { addr, prefix }

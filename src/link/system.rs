@@ -1,5 +1,6 @@
-//! The nics of the current network namespace, by MAC (netlink dumps, so it sees the
-//! namespace the agent runs in; /sys may not).
+//! The nics of the current network namespace read by netlink dumps (so it sees the namespace
+//! the agent runs in; /sys may not): the parsing shared by the dumps and the notifications
+//! of [`super::view`], which is what the rest of the agent reads.
 
 use crate::link::netlink::Link;
 use crate::state::types::{Cidr, MacAddr, PrefixLen};
@@ -10,7 +11,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// A network interface as the kernel shows it.
@@ -24,45 +25,8 @@ pub struct Interface {
     pub addrs: Vec<Cidr>,
 }
 
-/// Every interface of the current namespace with its MAC and IPv4 addresses, in kernel order
-/// (two netlink dumps, linear in the number of addresses; glibc's getifaddrs grows
-/// quadratically: 2 s at 100,000 addresses).
-pub fn interfaces() -> std::io::Result<Vec<Interface>> {
-    with_addresses(dump_links()?, None)
-}
-
-/// The interfaces whose MAC is in `macs` or whose name is in `names`, with their IPv4
-/// addresses. Only those interfaces' addresses are read (a filtered dump each), so a public
-/// nic carrying 100,000 VIPs costs nothing unless asked for.
-pub fn interfaces_of(macs: &[MacAddr], names: &[&str]) -> std::io::Result<Vec<Interface>> {
-    let links: Vec<Link> = dump_links()?
-        .into_iter()
-        .filter(|l| l.mac.is_some_and(|m| macs.contains(&m)) || names.contains(&l.name.as_str()))
-        .collect();
-    let mut out = Vec::with_capacity(links.len());
-    for link in links {
-        let index = link.index;
-        out.extend(with_addresses(vec![link], Some(index))?);
-    }
-    Ok(out)
-}
-
-fn with_addresses(links: Vec<Link>, only: Option<u32>) -> std::io::Result<Vec<Interface>> {
-    let mut by_index: HashMap<u32, Vec<Cidr>> = HashMap::new();
-    for (index, cidr) in dump_addrs(only)? {
-        by_index.entry(index).or_default().push(cidr);
-    }
-    Ok(links
-        .into_iter()
-        .map(|l| Interface {
-            addrs: by_index.remove(&l.index).unwrap_or_default(),
-            name: l.name,
-            mac: l.mac,
-        })
-        .collect())
-}
-
-fn dump_links() -> std::io::Result<Vec<Link>> {
+/// Every link of the namespace, in index order.
+pub(crate) fn dump_links() -> std::io::Result<Vec<Link>> {
     Ok(
         dump(RouteNetlinkMessage::GetLink(LinkMessage::default()), false)?
             .into_iter()
@@ -74,8 +38,19 @@ fn dump_links() -> std::io::Result<Vec<Link>> {
     )
 }
 
-/// IPv4 addresses by interface index: all, or those of one interface.
-fn dump_addrs(only: Option<u32>) -> std::io::Result<Vec<(u32, Cidr)>> {
+/// One IPv4 address of an interface, as an address message describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AddrEntry {
+    /// Interface index.
+    pub index: u32,
+    /// The address and its prefix.
+    pub cidr: Cidr,
+    /// A secondary address (the kernel lists these after the primaries of the nic).
+    pub secondary: bool,
+}
+
+/// IPv4 addresses in kernel order: all, or those of one interface.
+pub(crate) fn dump_addr_entries(only: Option<u32>) -> std::io::Result<Vec<AddrEntry>> {
     let mut req = AddressMessage::default();
     req.header.family = AddressFamily::Inet;
     if let Some(index) = only {
@@ -86,28 +61,40 @@ fn dump_addrs(only: Option<u32>) -> std::io::Result<Vec<(u32, Cidr)>> {
         let RouteNetlinkMessage::NewAddress(a) = msg else {
             continue;
         };
-        if a.header.family != AddressFamily::Inet || only.is_some_and(|i| i != a.header.index) {
+        if only.is_some_and(|i| i != a.header.index) {
             continue;
         }
-        let Some(prefix) = PrefixLen::new(a.header.prefix_len) else {
-            continue;
-        };
-        // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on point-to-point
-        // links); fall back to IFA_ADDRESS when there is no IFA_LOCAL.
-        let mut local = None;
-        let mut address = None;
-        for attr in &a.attributes {
-            match attr {
-                AddressAttribute::Local(IpAddr::V4(ip)) => local = Some(*ip),
-                AddressAttribute::Address(IpAddr::V4(ip)) => address = Some(*ip),
-                _ => {}
-            }
-        }
-        if let Some(ip) = local.or(address) {
-            out.push((a.header.index, Cidr::new(ip, prefix)));
-        }
+        out.extend(addr_entry(&a));
     }
     Ok(out)
+}
+
+/// The IPv4 address an address message (a dump's answer or a notification) describes.
+pub(crate) fn addr_entry(a: &AddressMessage) -> Option<AddrEntry> {
+    if a.header.family != AddressFamily::Inet {
+        return None;
+    }
+    let prefix = PrefixLen::new(a.header.prefix_len)?;
+    // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on point-to-point
+    // links); fall back to IFA_ADDRESS when there is no IFA_LOCAL.
+    let mut local = None;
+    let mut address = None;
+    for attr in &a.attributes {
+        match attr {
+            AddressAttribute::Local(IpAddr::V4(ip)) => local = Some(*ip),
+            AddressAttribute::Address(IpAddr::V4(ip)) => address = Some(*ip),
+            _ => {}
+        }
+    }
+    let ip = local.or(address)?;
+    Some(AddrEntry {
+        index: a.header.index,
+        cidr: Cidr::new(ip, prefix),
+        secondary: a
+            .header
+            .flags
+            .contains(rtnetlink::packet_route::address::AddressHeaderFlags::Secondary),
+    })
 }
 
 /// One netlink dump request and every message of its answer.
@@ -149,30 +136,8 @@ fn dump(req: RouteNetlinkMessage, strict: bool) -> std::io::Result<Vec<RouteNetl
     }
 }
 
-/// Every IPv4 address of the current namespace with the name of its interface.
-pub fn addresses() -> std::io::Result<Vec<(String, Cidr)>> {
-    Ok(interfaces()?
-        .into_iter()
-        .flat_map(|i| {
-            let name = i.name;
-            i.addrs.into_iter().map(move |a| (name.clone(), a))
-        })
-        .collect())
-}
-
 /// Interface names by MAC address. A MAC may map to several names (a bug to report).
 pub type NicNames = BTreeMap<MacAddr, Vec<String>>;
-
-/// Reads the MAC of every interface in the current namespace (links only: no addresses).
-pub fn by_mac() -> std::io::Result<NicNames> {
-    let mut out: NicNames = BTreeMap::new();
-    for link in dump_links()? {
-        if let Some(mac) = link.mac {
-            out.entry(mac).or_default().push(link.name);
-        }
-    }
-    Ok(out)
-}
 
 /// The one interface carrying `mac`, or why there is none.
 pub fn name_of(names: &NicNames, mac: MacAddr) -> Result<&str, String> {
