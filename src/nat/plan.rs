@@ -285,10 +285,10 @@ fn eip_change(
         .chain(new.iter())
         .map(|b| b.eip.guest_ip)
         .collect();
-    let sharing: Vec<BoundEip> = before
-        .eips
-        .values()
-        .filter(|e| e.vip_ip != vip && guests.contains(&e.guest_ip))
+    let sharing: Vec<BoundEip> = guests
+        .iter()
+        .flat_map(|g| before.eips.of_guest(*g))
+        .filter(|e| e.vip_ip != vip)
         .filter_map(|e| bind(e, "").ok())
         .collect();
     let mut before_elems: Vec<Elem> = old.iter().flat_map(BoundEip::vip_elements).collect();

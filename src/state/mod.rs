@@ -5,13 +5,14 @@ pub mod apply;
 pub mod change;
 pub mod command;
 pub mod counts;
+pub mod eips;
 pub mod facts;
 pub mod lb;
 pub mod model;
 pub mod store;
 pub mod types;
 
-use model::{DhcpHost, Eip, FirewallRule, Nic, PortForward, PortForwardKey, Snat, Vip};
+use model::{DhcpHost, FirewallRule, Nic, PortForward, PortForwardKey, Snat, Vip};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -64,7 +65,7 @@ pub struct DesiredState {
     /// SNAT by the router's guest nic MAC.
     pub snats: Table<MacAddr, Snat>,
     /// EIPs by VIP.
-    pub eips: Table<Ipv4Addr, Eip>,
+    pub eips: eips::EipTable,
     /// Port forwards by claimed VIP ports (stored as a list: JSON keys must be strings).
     #[serde(with = "port_forward_list")]
     pub port_forwards: Table<PortForwardKey, PortForward>,
