@@ -171,14 +171,14 @@ fn nat_only(state: &DesiredState) {
         let full = plan::full(state, &inputs);
         println!(
             "full nft text: {} MB in {:.0} ms",
-            full.nft.len() >> 20,
+            full.nft().len() >> 20,
             ms(t)
         );
         let t = Instant::now();
         let (split, change) = plan::full_split(state, &inputs, &[]);
         println!(
             "split plan: {} kB of rules, {} elements in {:.0} ms",
-            split.nft.len() >> 10,
+            split.nft().len() >> 10,
             change.adds.len(),
             ms(t)
         );
@@ -188,7 +188,9 @@ fn nat_only(state: &DesiredState) {
         nat.reconcile(state).await.expect("reconcile");
         println!("re-apply on an empty kernel: {:.0} ms", ms(t));
         let t = Instant::now();
-        vr_agent::nat::nft::apply(&full.nft).await.expect("nft -f");
+        vr_agent::nat::nft::apply(&full.nft())
+            .await
+            .expect("nft -f");
         println!(
             "re-apply through nft -f text, tables present (earlier versions): {:.0} ms",
             ms(t)

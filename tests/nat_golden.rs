@@ -71,7 +71,7 @@ fn plan_text(p: &plan::Plan) -> String {
     if p.full {
         out.push_str("# full replace\n");
     }
-    out.push_str(&p.nft);
+    out.push_str(&p.nft());
     out
 }
 
@@ -101,7 +101,7 @@ fn renderings_match_golden_files() {
         for s in &p.skipped {
             text.push_str(&format!("# left out: {s}\n"));
         }
-        text.push_str(&p.nft);
+        text.push_str(&p.nft());
         ok &= check(&dir().join(format!("{case}.nft")), &text);
     }
     // a full re-apply's rules, in place (with a chain found that is not ours), and its sets
@@ -110,7 +110,7 @@ fn renderings_match_golden_files() {
         name: "by_hand".into(),
     }];
     let (p, change) = plan::full_split(&state_of("full"), &inputs, &found);
-    ok &= check(&dir().join("full.in-place.nft"), &p.nft);
+    ok &= check(&dir().join("full.in-place.nft"), &p.nft());
     let b = netlink::batch(&change.flush, &change.deletes, &change.adds, 1).unwrap();
     let mut text = format!("# acknowledged: {:?}\n", b.acked);
     text.push_str(&netlink::describe(&b.bytes()).unwrap());
@@ -254,17 +254,17 @@ fn golden_renderings_load_into_nft_and_plans_reach_the_state_after() {
         }
     }
     let base = state_of("full");
-    let base_text = plan::full(&base, &inputs).nft;
+    let base_text = plan::full(&base, &inputs).nft();
     for (name, cmd) in plan_cases() {
         load(&ns, &base_text);
         let p = plan_of(&base, &cmd, &inputs).unwrap();
-        if !p.nft.is_empty() {
-            load(&ns, &p.nft);
+        if !p.nft().is_empty() {
+            load(&ns, &p.nft());
         }
         let incremental = dump(&ns);
         let mut after = base.clone();
         after.apply(&cmd).unwrap();
-        load(&ns, &plan::full(&after, &inputs).nft);
+        load(&ns, &plan::full(&after, &inputs).nft());
         let replaced = dump(&ns);
         assert_eq!(
             incremental, replaced,
@@ -299,7 +299,7 @@ fn golden_renderings_load_into_nft_and_plans_reach_the_state_after() {
 fn load_split(ns: &Netns, state: &DesiredState, inputs: &Inputs) {
     let found = ns.block_on(|| async { vr_agent::nat::nft::ours().await.unwrap().chains });
     let (p, change) = plan::full_split(state, inputs, &found);
-    load(ns, &p.nft);
+    load(ns, &p.nft());
     let specs: Vec<_> = sets::SETS.iter().collect();
     ns.enter(|| {
         let mut sock = Nfnl::open().unwrap();
@@ -374,7 +374,7 @@ fn adding_missing_elements_restores_them_and_removes_nothing() {
     let ns = Netns::new("vrnkeep");
     let inputs = inputs();
     let full = state_of("full");
-    let text = plan::full(&full, &inputs).nft;
+    let text = plan::full(&full, &inputs).nft();
     load(&ns, &text);
     let expected = dump(&ns);
     let (rs, _) = vr_agent::nat::model::resolve(&full, &inputs);
@@ -468,7 +468,7 @@ fn a_refused_set_batch_leaves_every_set_as_it_was() {
     let ns = Netns::new("vrnatomic");
     let inputs = inputs();
     let full = state_of("full");
-    load(&ns, &plan::full(&full, &inputs).nft);
+    load(&ns, &plan::full(&full, &inputs).nft());
     let before = dump(&ns);
     assert!(count_elements(&before, "eip_dnat") > 0);
     let found = ns.block_on(|| async { vr_agent::nat::nft::ours().await.unwrap().chains });

@@ -202,7 +202,7 @@ impl NatBackend {
                 }
             }
         }
-        self.nft(&p.nft).await
+        self.nft(&p.nft()).await
     }
 
     async fn change(
@@ -232,7 +232,7 @@ impl NatBackend {
         }
         let inputs = self.inputs()?;
         let mut p = plan::plan(before, after, cmd, &inputs)?;
-        if self.degraded && !p.full && !p.nft.is_empty() {
+        if self.degraded && !p.full && p.has_work() {
             p = replace_plan(before, after, cmd, &inputs)?;
         }
         if p.guest_ifs.is_none() {
@@ -243,17 +243,27 @@ impl NatBackend {
                 &inputs,
             );
             if self.guest_ifs.as_ref() != Some(&now) {
-                p.nft.push_str(&render::guest_ifs_rewrite(&now));
-                p.guest_ifs = Some(now);
                 // the set rewrite is not an element change: this one goes through nft
+                p.text = p.nft();
                 p.elements = None;
+                p.text.push_str(&render::guest_ifs_rewrite(&now));
+                p.guest_ifs = Some(now);
             }
         }
-        if !p.nft.is_empty() {
-            if p.nft.len() <= 4096 {
-                tracing::debug!(full = p.full, nft = %p.nft, "nft transaction");
+        if p.has_work() {
+            let elements = p
+                .elements
+                .as_ref()
+                .map_or(0, |c| c.deletes.len() + c.adds.len());
+            if p.text.len() <= 4096 && elements <= 64 {
+                tracing::debug!(full = p.full, nft = %p.nft(), "nft transaction");
             } else {
-                tracing::debug!(full = p.full, bytes = p.nft.len(), "nft transaction");
+                tracing::debug!(
+                    full = p.full,
+                    bytes = p.text.len(),
+                    elements,
+                    "nft transaction"
+                );
             }
             if let Err(e) = self.transact(&p).await {
                 if p.full {
@@ -262,7 +272,7 @@ impl NatBackend {
                 // Our tables may have drifted from the state (changed by hand): replace them.
                 tracing::warn!(error = %e, "element update refused; replacing our tables");
                 let full = replace_plan(before, after, cmd, &inputs)?;
-                self.nft(&full.nft).await.map_err(|_| e)?;
+                self.nft(&full.text).await.map_err(|_| e)?;
                 p.full = true;
                 p.skipped = full.skipped;
                 p.guest_ifs = full.guest_ifs;
@@ -297,7 +307,7 @@ impl NatBackend {
         };
         let (p, change) = plan::full_split(state, inputs, &found);
         let rules = std::time::Instant::now();
-        if let Err(e) = self.nft(&p.nft).await {
+        if let Err(e) = self.nft(&p.text).await {
             tracing::warn!(error = %e, "rules in place refused; using the full nft path");
             return None;
         }
@@ -500,7 +510,7 @@ impl Backend for NatBackend {
                 Some(p) => p,
                 None => {
                     let p = plan::full(state, &inputs);
-                    self.nft(&p.nft)
+                    self.nft(&p.text)
                         .await
                         .map_err(|e| BackendError::new(e.to_string()))?;
                     p

@@ -18,8 +18,9 @@ use std::net::Ipv4Addr;
 /// The nft transaction and follow-up of one change.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// nft input; empty when nothing changes in nft.
-    pub nft: String,
+    /// nft input besides the element changes (rules, chains, whole tables); empty when
+    /// there is none.
+    pub text: String,
     /// The transaction replaces both tables.
     pub full: bool,
     /// Conntrack entries to delete once the transaction is in.
@@ -31,6 +32,31 @@ pub struct Plan {
     /// When the change is made of set flushes and element deletes and adds only: those
     /// (for the netlink path; `nft` is the same change as text).
     pub elements: Option<ElementChange>,
+}
+
+impl Plan {
+    /// The whole change as nft input: `text`, then the element changes. Rendered only when
+    /// the change goes through nft (a fallback) or a golden file: the netlink path sends the
+    /// elements as they are (100,000 elements are megabytes of text).
+    pub fn nft(&self) -> String {
+        match &self.elements {
+            None => self.text.clone(),
+            Some(c) => {
+                let mut out = self.text.clone();
+                out.push_str(&render::element_ops(&c.flush, &c.deletes, &c.adds));
+                out
+            }
+        }
+    }
+
+    /// True when the plan changes something in our tables.
+    pub fn has_work(&self) -> bool {
+        !self.text.is_empty()
+            || self
+                .elements
+                .as_ref()
+                .is_some_and(|c| !(c.flush.is_empty() && c.deletes.is_empty() && c.adds.is_empty()))
+    }
 }
 
 /// A transaction of set flushes, then element deletes, then element adds.
@@ -73,7 +99,7 @@ pub fn full_split(
         adds,
     };
     let p = Plan {
-        nft: render::rules_in_place(&rs, found),
+        text: render::rules_in_place(&rs, found),
         full: true,
         flush: Vec::new(),
         skipped,
@@ -85,7 +111,7 @@ pub fn full_split(
 
 fn replace(rs: Ruleset, skipped: Vec<NatError>) -> Plan {
     Plan {
-        nft: render::full(&rs),
+        text: render::full(&rs),
         full: true,
         flush: Vec::new(),
         skipped,
@@ -143,7 +169,6 @@ pub fn plan(
                 && !ensured.is_empty()
             {
                 change.adds.extend(ensured);
-                p.nft = render::element_ops(&change.flush, &change.deletes, &change.adds);
             }
             Ok(p)
         }
@@ -193,7 +218,7 @@ pub fn plan(
                 lines.push(firewall_rule(rule, inputs, &format!("rules[{i}]"))?);
             }
             Ok(Plan {
-                nft: render::chain_rewrite(FILTER, "appliance", &lines),
+                text: render::chain_rewrite(FILTER, "appliance", &lines),
                 ..Plan::default()
             })
         }
@@ -209,7 +234,6 @@ fn elements(deletes: Vec<Elem>, adds: Vec<Elem>, flush: Vec<Flush>) -> Plan {
         adds,
     };
     Plan {
-        nft: render::element_ops(&change.flush, &change.deletes, &change.adds),
         flush,
         elements: Some(change),
         ..Plan::default()
@@ -233,7 +257,6 @@ fn replace_sets(sets: super::sets::Holds, mut adds: Vec<Elem>, flush: Vec<Flush>
         adds,
     };
     Plan {
-        nft: render::element_ops(&change.flush, &change.deletes, &change.adds),
         flush,
         elements: Some(change),
         ..Plan::default()
@@ -349,7 +372,7 @@ fn snat_rewrite(
     nft.push_str(&render::chain_rewrite(FILTER, "snat_fwd", &fwd_rules));
     nft.push_str(&render::guest_ifs_rewrite(&guest_ifs));
     Ok(Plan {
-        nft,
+        text: nft,
         skipped,
         guest_ifs: Some(guest_ifs),
         ..Plan::default()
