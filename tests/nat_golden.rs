@@ -532,3 +532,71 @@ fn netlink_batches_match_golden_files() {
     }
     assert!(ok, "golden files differ");
 }
+
+/// Syncs sent as the difference between two states (the agent knows the sets hold the state
+/// before): applied over nfnetlink to the tables of the state before, each gives exactly the
+/// tables of the state after, as a full replace does. The cases move the owner of a shared
+/// guest, change a guest, drop and add entries, and re-send the same content (nothing sent).
+#[test]
+fn syncs_sent_as_the_difference_of_the_states_reach_the_state_after() {
+    let ns = Netns::new("vrndelta");
+    let mut inputs = inputs();
+    inputs.sets_hold_before = true;
+    let base = state_of("full");
+    let base_text = plan::full(&base, &inputs).nft();
+    let eip = |vip: &str, mac: &str, guest: &str, snat: bool| serde_json::json!({"vip_ip": vip, "private_mac": mac, "guest_ip": guest, "snat_inbound": snat});
+    let (m2, m3) = ("fa:7e:4b:ad:11:02", "fa:7e:4b:ad:11:03");
+    let same: Vec<serde_json::Value> = base
+        .eips
+        .values()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    let mut cases: Vec<(String, Command)> = plan_cases()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("sync") && name != "syncsnat")
+        .collect();
+    let eips = |list: Vec<serde_json::Value>| -> Command {
+        serde_json::from_value(serde_json::json!({"cmd": "sync_eips", "args": list})).unwrap()
+    };
+    cases.push(("same EIPs".into(), eips(same)));
+    cases.push((
+        "owner of a shared guest dropped".into(),
+        eips(vec![
+            eip("10.10.1.57", m2, "172.20.0.15", false),
+            eip("10.10.1.58", m3, "172.20.1.20", true),
+        ]),
+    ));
+    cases.push((
+        "guests moved and new sharers".into(),
+        eips(vec![
+            eip("10.10.1.54", m2, "172.20.0.15", false),
+            eip("10.10.1.55", m2, "172.20.0.16", true),
+            eip("10.10.1.57", m2, "172.20.0.15", false),
+            eip("10.10.1.59", m3, "172.20.1.20", false),
+        ]),
+    ));
+    cases.push(("all EIPs gone".into(), eips(vec![])));
+    for (name, cmd) in cases {
+        load(&ns, &base_text);
+        let p = plan_of(&base, &cmd, &inputs).unwrap();
+        let change = p.elements.clone().expect("an element change");
+        assert!(change.flush.is_empty(), "{name}: no set is emptied");
+        if name == "same EIPs" {
+            assert!(!p.has_work(), "{name}: nothing to send");
+        }
+        ns.enter(|| {
+            let mut sock = Nfnl::open().unwrap();
+            sock.apply(&change.flush, &change.deletes, &change.adds)
+                .unwrap();
+        });
+        let incremental = dump(&ns);
+        let mut after = base.clone();
+        after.apply(&cmd).unwrap();
+        load(&ns, &plan::full(&after, &inputs).nft());
+        assert_eq!(
+            dump(&ns),
+            incremental,
+            "{name}: differs from the state after"
+        );
+    }
+}

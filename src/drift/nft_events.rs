@@ -7,6 +7,7 @@ use super::Signal;
 use super::own;
 use rtnetlink::sys::{Socket, protocols::NETLINK_NETFILTER};
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::mpsc::UnboundedSender;
 
 const NFNLGRP_NFTABLES: u32 = 7;
@@ -176,12 +177,36 @@ fn open() -> io::Result<Socket> {
     Ok(s)
 }
 
+/// Foreign transactions on our tables (and overruns, which may hide some) seen so far.
+static FOREIGN: AtomicU64 = AtomicU64::new(0);
+/// The reader runs.
+static WATCHING: AtomicBool = AtomicBool::new(false);
+
+/// How many transactions of other processes on our tables (or notification overruns) the
+/// reader has seen so far; `None` while no reader runs (then nothing can be known about
+/// changes behind the agent's back). While the number stays the same, our tables hold what
+/// the agent last wrote, give or take a transaction still in the socket (repaired as soon as
+/// it is read).
+pub fn foreign_generation() -> Option<u64> {
+    WATCHING
+        .load(Ordering::Acquire)
+        .then(|| FOREIGN.load(Ordering::Acquire))
+}
+
 /// Starts the reader thread (it lives as long as the process).
 pub fn spawn(tx: UnboundedSender<Signal>) -> io::Result<()> {
     let socket = open()?;
-    std::thread::Builder::new()
+    WATCHING.store(true, Ordering::Release);
+    let started = std::thread::Builder::new()
         .name("nft-events".into())
-        .spawn(move || read_loop(socket, tx))?;
+        .spawn(move || {
+            read_loop(socket, tx);
+            WATCHING.store(false, Ordering::Release);
+        });
+    if let Err(e) = started {
+        WATCHING.store(false, Ordering::Release);
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -192,14 +217,16 @@ fn read_loop(socket: Socket, tx: UnboundedSender<Signal>) {
         match socket.recv(&mut &mut buf[..], 0) {
             Ok(n) => {
                 for e in parse(&buf[..n.min(buf.len())]) {
-                    if let Some(what) = folder.feed(e, own::is_our_pid)
-                        && tx.send(Signal::Nft(what)).is_err()
-                    {
-                        return;
+                    if let Some(what) = folder.feed(e, own::is_our_pid) {
+                        FOREIGN.fetch_add(1, Ordering::AcqRel);
+                        if tx.send(Signal::Nft(what)).is_err() {
+                            return;
+                        }
                     }
                 }
             }
             Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
+                FOREIGN.fetch_add(1, Ordering::AcqRel);
                 folder = Folder::default();
                 if tx
                     .send(Signal::Lost("nftables notifications overran".into()))

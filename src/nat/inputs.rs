@@ -22,6 +22,10 @@ pub struct Inputs {
     /// No nic is known to be the management nic ([`super::mgmt_guard`]): the filter table
     /// goes in without its drop policies and drop rules.
     pub mgmt_unknown: bool,
+    /// Our sets hold exactly the elements of the state before the command (the agent wrote
+    /// them and nothing else changed them since): a sync then sends the difference between
+    /// the two states instead of dumping the sets to compare them with the new one.
+    pub sets_hold_before: bool,
     /// `addrs` indexed for longest-prefix lookups, built on first use (a cache: leave it at
     /// its default).
     #[serde(skip)]

@@ -43,6 +43,11 @@ pub struct NatBackend {
     /// The last replace left entries out: the tables may lack what the state holds, so the
     /// next change replaces them again instead of patching.
     degraded: bool,
+    /// The count of foreign changes of our tables ([`crate::drift::nft_events::foreign_generation`])
+    /// at which our sets last held exactly the desired state's elements (after a full
+    /// re-apply, kept by every change of ours since). While it is current, syncs send the
+    /// difference between the states instead of dumping the sets.
+    known_at: Option<u64>,
     /// The guest nic set last installed (DHCP and DNS are accepted there). Commands of other
     /// features (DHCP hosts, nics) change it without reaching this backend, so every change
     /// of ours brings it up to date.
@@ -88,6 +93,7 @@ impl NatBackend {
             agent_ports,
             health,
             degraded: false,
+            known_at: None,
             guest_ifs: None,
             nfnl: None,
             observed_guests: None,
@@ -205,11 +211,34 @@ impl NatBackend {
         self.nft(&p.nft()).await
     }
 
+    /// True while our sets are known to hold exactly the state the agent last applied.
+    fn sets_known(&self) -> bool {
+        !self.degraded
+            && self.known_at.is_some()
+            && self.known_at == crate::drift::nft_events::foreign_generation()
+    }
+
     async fn change(
         &mut self,
         before: &DesiredState,
         after: &DesiredState,
         cmd: &Command,
+    ) -> Result<(), NatError> {
+        let known = self.sets_known();
+        let r = self.change_sets(before, after, cmd, known).await;
+        if r.is_err() || !known {
+            // what a failed or dump-based change left in the other sets is not known
+            self.known_at = None;
+        }
+        r
+    }
+
+    async fn change_sets(
+        &mut self,
+        before: &DesiredState,
+        after: &DesiredState,
+        cmd: &Command,
+        known: bool,
     ) -> Result<(), NatError> {
         let cmd_eips: Vec<&Eip> = match cmd {
             Command::CreateEip(e) | Command::RemoveEip(e) => vec![e],
@@ -230,7 +259,8 @@ impl NatBackend {
             (Some(t), false) => t.watch_also(&cmd_vips),
             _ => self.watch_flows(before, &cmd_vips),
         }
-        let inputs = self.inputs()?;
+        let mut inputs = self.inputs()?;
+        inputs.sets_hold_before = known;
         let mut p = plan::plan(before, after, cmd, &inputs)?;
         if self.degraded && !p.full && p.has_work() {
             p = replace_plan(before, after, cmd, &inputs)?;
@@ -389,6 +419,8 @@ impl Backend for NatBackend {
 
     async fn reconcile_keeping(&mut self, state: &DesiredState) -> Result<(), BackendError> {
         {
+            // elements beyond the state are kept: the sets are not known to hold it exactly
+            self.known_at = None;
             let present = nft::ours()
                 .await
                 .map_err(|e| BackendError::new(e.to_string()))?;
@@ -494,6 +526,10 @@ impl Backend for NatBackend {
 
     async fn reconcile(&mut self, state: &DesiredState) -> Result<(), BackendError> {
         {
+            // read before the sets are written: a foreign change during the re-apply makes
+            // the next command dump the sets again
+            let generation = crate::drift::nft_events::foreign_generation();
+            self.known_at = None;
             self.guard.refresh();
             let inputs = self
                 .inputs()
@@ -518,6 +554,9 @@ impl Backend for NatBackend {
             };
             self.note_skipped(&p);
             self.guest_ifs = p.guest_ifs;
+            if p.skipped.is_empty() {
+                self.known_at = generation;
+            }
             tracing::info!(
                 eips = state.eips.len(),
                 port_forwards = state.port_forwards.len(),

@@ -137,6 +137,11 @@ pub fn plan(
             for (i, e) in eips.iter().enumerate() {
                 bind_eip(e, &before.vips, &before.nics, inputs, &format!("eips[{i}]"))?;
             }
+            if inputs.sets_hold_before
+                && let Some(p) = eip_sync_delta(before, after, inputs)
+            {
+                return Ok(p);
+            }
             let mut skipped = Vec::new();
             let adds = model::eip_set_elements(after, inputs, &mut skipped);
             let conntrack = changed_vips(&before.eips, &after.eips);
@@ -190,6 +195,9 @@ pub fn plan(
         Command::SyncPortForwards(rules) => {
             for (i, rule) in rules.iter().enumerate() {
                 check_pf(rule, inputs, &format!("rules[{i}]"))?;
+            }
+            if inputs.sets_hold_before {
+                return Ok(pf_sync_delta(before, after));
             }
             let mut skipped = Vec::new();
             let adds = model::pf_set_elements(after, inputs, &mut skipped);
@@ -327,6 +335,96 @@ fn eip_change(
         Vec::new()
     };
     Ok(elements(before_elems, after_elems, flush))
+}
+
+/// The entries of two maps that differ: (key, before, after), in key order, by one merge of
+/// the two (O(n); nothing is allocated for equal entries).
+fn changed<'a, K: Ord + Copy, V: PartialEq>(
+    before: &'a crate::state::Table<K, V>,
+    after: &'a crate::state::Table<K, V>,
+) -> Vec<(K, Option<&'a V>, Option<&'a V>)> {
+    let mut out = Vec::new();
+    let mut b = before.iter().peekable();
+    let mut a = after.iter().peekable();
+    loop {
+        match (b.peek(), a.peek()) {
+            (None, None) => return out,
+            (Some((kb, vb)), Some((ka, va))) if kb == ka => {
+                if vb != va {
+                    out.push((**kb, Some(*vb), Some(*va)));
+                }
+                b.next();
+                a.next();
+            }
+            (Some((kb, vb)), Some((ka, _))) if kb < ka => {
+                out.push((**kb, Some(*vb), None));
+                b.next();
+            }
+            (Some((kb, vb)), None) => {
+                out.push((**kb, Some(*vb), None));
+                b.next();
+            }
+            (_, Some((ka, va))) => {
+                out.push((**ka, None, Some(*va)));
+                a.next();
+            }
+        }
+    }
+}
+
+/// A sync of EIPs as the difference between the two states (the kernel holds `before`'s
+/// elements): the VIP elements of each changed EIP, and the guest elements of every guest a
+/// changed EIP has or had. `None` when an entry of `before` no longer binds (its nic is gone:
+/// what the kernel holds for it cannot be told; the caller replaces the sets).
+fn eip_sync_delta(before: &DesiredState, after: &DesiredState, inputs: &Inputs) -> Option<Plan> {
+    let bind_before = |e: &Eip| bind_eip(e, &before.vips, &before.nics, inputs, "").ok();
+    let bind_after = |e: &Eip| bind_eip(e, &after.vips, &after.nics, inputs, "").ok();
+    let changes = changed(&before.eips, &after.eips);
+    let mut guests = BTreeSet::new();
+    let mut before_elems = Vec::new();
+    let mut after_elems = Vec::new();
+    let mut flush = Vec::new();
+    for (vip, old, new) in &changes {
+        if let Some(old) = old {
+            before_elems.extend(bind_before(old)?.vip_elements());
+            guests.insert(old.guest_ip);
+            flush.push(Flush::Address(*vip));
+        }
+        if let Some(new) = new {
+            // the command's entries were bound when it was checked
+            after_elems.extend(bind_after(new)?.vip_elements());
+            guests.insert(new.guest_ip);
+        }
+    }
+    let mut old_sharing = Vec::new();
+    let mut new_sharing = Vec::new();
+    for g in &guests {
+        for e in before.eips.of_guest(*g) {
+            old_sharing.push(bind_before(e)?);
+        }
+        new_sharing.extend(after.eips.of_guest(*g).filter_map(bind_after));
+    }
+    before_elems.extend(guest_elements(&old_sharing));
+    after_elems.extend(guest_elements(&new_sharing));
+    Some(elements(before_elems, after_elems, flush))
+}
+
+/// A sync of port forwards as the difference between the two states (the kernel holds
+/// `before`'s elements): the elements of each changed forward.
+fn pf_sync_delta(before: &DesiredState, after: &DesiredState) -> Plan {
+    let mut deletes = Vec::new();
+    let mut adds = Vec::new();
+    let mut flush = Vec::new();
+    for (_, old, new) in changed(&before.port_forwards, &after.port_forwards) {
+        if let Some(old) = old {
+            deletes.extend(pf_elements(old));
+            flush.push(Flush::of_forward(old));
+        }
+        if let Some(new) = new {
+            adds.extend(pf_elements(new));
+        }
+    }
+    elements(deletes, adds, flush)
 }
 
 fn snat_change(
