@@ -27,15 +27,6 @@ fn report(name: &str, mut samples: Vec<Duration>) {
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
-}
-
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it.
     if !std::env::args().any(|a| a == "--bench") {
@@ -128,7 +119,10 @@ fn main() {
         report("vr-agent status --url (process start to exit)", samples);
 
         tokio::time::sleep(Duration::from_secs(2)).await;
-        println!("agent RSS when idle: {} KiB", rss_kib(agent.pid()));
+        println!(
+            "agent RSS when idle: {} KiB",
+            common::rss_kib(agent.pid()).0
+        );
     });
     let bin = common::agent::binary();
     let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);

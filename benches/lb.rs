@@ -104,16 +104,6 @@ fn conn_rate(net: &Net, dst: SocketAddr, window: Duration) -> (f64, u64) {
     })
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The haproxy master and its children (the workers).
 fn haproxy_pids(net: &Net) -> Vec<u32> {
     let Some(master) = std::fs::read_to_string(net.agent.dir.join("run/haproxy/haproxy.pid"))
@@ -192,8 +182,8 @@ fn main() {
             p.samples,
             p.filler
         ));
-        let haproxy: Vec<(u32, u64)> = haproxy_pids(n).into_iter().map(|p| (p, rss_kib(p))).collect();
-        let agent = rss_kib(n.agent.pid());
+        let haproxy: Vec<(u32, u64)> = haproxy_pids(n).into_iter().map(|p| (p, common::rss_kib(p).0)).collect();
+        let agent = common::rss_kib(n.agent.pid()).0;
         r.lock().unwrap().push(format!(
             "RSS with {} listeners: haproxy {} KiB ({}), agent {agent} KiB",
             p.filler + 1,

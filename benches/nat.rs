@@ -36,13 +36,15 @@ fn filler_vip(i: usize) -> String {
     format!("198.{}.{}.{lo}", 18 + hi / 256, hi % 256)
 }
 
-fn filler(i: usize) -> Value {
-    // VIPs 198.18.x.y -> guests 10.1.x.y (only the measured EIP has a real guest)
+fn filler(i: usize, moved: bool) -> Value {
+    // VIPs 198.18.x.y -> guests 10.1.x.y, or with `moved` 10.9.x.y (only the measured EIP has
+    // a real guest)
     let (hi, lo) = (i / 250, i % 250 + 1);
+    let first = if moved { 9 } else { 1 };
     eip(
         &filler_vip(i),
         G1_MAC,
-        &format!("10.{}.{}.{lo}", 1 + hi / 256, hi % 256),
+        &format!("10.{}.{}.{lo}", first + hi / 256, hi % 256),
         false,
     )
 }
@@ -60,7 +62,12 @@ fn measured() -> Value {
 }
 
 fn eips(n: usize) -> Value {
-    let mut v: Vec<Value> = (0..n.saturating_sub(1)).map(filler).collect();
+    eips_moved(n, false)
+}
+
+/// `n` EIPs; with `moved`, every filler's guest is another one.
+fn eips_moved(n: usize, moved: bool) -> Value {
+    let mut v: Vec<Value> = (0..n.saturating_sub(1)).map(|i| filler(i, moved)).collect();
     v.push(measured());
     json!({ "eips": v })
 }
@@ -188,7 +195,8 @@ fn main() {
     };
     // knobs: VR_BENCH_SIZES=10000,100000 (EIPs present), VR_BENCH_VIPS=N (the first N filler
     // VIPs are made addresses on the public nic through /createvip, as the management node
-    // does), VR_BENCH_DATAPLANE=0 (skip the connection and throughput part)
+    // does), VR_BENCH_DATAPLANE=0 (skip the connection and throughput part),
+    // VR_BENCH_SYNC_MOVED=1 (also syncs that move every EIP to another guest)
     let mut p = p;
     if let Ok(list) = std::env::var("VR_BENCH_SIZES") {
         p.sizes = list
@@ -254,6 +262,15 @@ fn main() {
                 ms.push(call("/synceip", eips(size)).await);
             }
             eprintln!("/synceip of {size}: {ms:.1?} ms");
+            if knob("VR_BENCH_SYNC_MOVED", 0) != 0 {
+                // every EIP's guest changes at each sync: the whole difference is sent
+                let mut moved = Vec::new();
+                for run in 0..p.sync_runs.max(1) {
+                    moved.push(call("/synceip", eips_moved(size, run % 2 == 0)).await);
+                }
+                call("/synceip", eips(size)).await;
+                eprintln!("/synceip of {size}, every guest moved: {moved:.1?} ms");
+            }
             if size == *p.sizes.last().unwrap() {
                 sync_ms = ms;
             }
@@ -280,10 +297,14 @@ fn main() {
             eprintln!("{}", lines.last().unwrap());
         }
         let biggest = p.sizes.last().unwrap();
+        let (rss, hwm) = common::rss_kib(n.agent.pid());
         let sync_line = format!(
-            "/synceip of {biggest} EIPs (replacing {biggest}): median {:.1} ms over {} runs",
+            "/synceip of {biggest} EIPs (replacing {biggest}): median {:.1} ms over {} runs\n\
+             agent RSS {} MiB (peak {} MiB)",
             median(sync_ms.clone()),
-            sync_ms.len()
+            sync_ms.len(),
+            rss >> 10,
+            hwm >> 10
         );
 
         // data plane with 1 and with the largest N, interleaved (the machine is shared)

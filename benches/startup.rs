@@ -111,18 +111,6 @@ fn echo_answers(addr: std::net::SocketAddr) -> bool {
     out.starts_with("HTTP/1.1 200")
 }
 
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 /// Sets' element counts of our tables, as `nft` lists them (a check that each round loaded
 /// everything).
 fn elements(ns: &Netns) -> usize {
@@ -269,7 +257,7 @@ fn main() {
             let deadline = agent.wait_bound(Duration::from_secs(60));
             agent.wait_reapplied(deadline + Duration::from_secs(600));
             let reapplied = started.elapsed();
-            let (rss, hwm) = rss_kib(agent.pid());
+            let (rss, hwm) = common::rss_kib(agent.pid());
             println!(
                 "{round}: /echo answered after {:.0} ms; re-applied after {:.2} s; RSS {} MiB (peak {} MiB)",
                 echo.as_secs_f64() * 1e3,

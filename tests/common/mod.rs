@@ -10,6 +10,19 @@ pub mod netns;
 
 use std::path::PathBuf;
 
+/// Resident and peak resident memory of a process, in KiB (`VmRSS`, `VmHWM`; 0 if unknown).
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 /// A request body from `fixtures/requests/<name>.json`.
 pub fn fixture(name: &str) -> serde_json::Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
