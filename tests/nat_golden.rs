@@ -296,15 +296,19 @@ fn golden_renderings_load_into_nft_and_plans_reach_the_state_after() {
 
 /// Loads `state` the way a full re-apply does: rules in place through nft, then every set's
 /// contents in one nfnetlink batch (the difference to a dump of what they hold).
-fn load_split(ns: &Netns, state: &DesiredState, inputs: &Inputs) {
+/// Hash sets are refilled from `refill_from` elements on (0: all of them, `usize::MAX`: none,
+/// every set is dumped and compared).
+fn load_split(ns: &Netns, state: &DesiredState, inputs: &Inputs, refill_from: usize) {
     let found = ns.block_on(|| async { vr_agent::nat::nft::ours().await.unwrap().chains });
     let (p, change) = plan::full_split(state, inputs, &found);
     load(ns, &p.nft());
     let specs: Vec<_> = sets::SETS.iter().collect();
     ns.enter(|| {
         let mut sock = Nfnl::open().unwrap();
+        sock.refill_from(refill_from);
         sock.replace_contents(&specs, &change.adds).unwrap();
         // read back through a dump, the kernel holds exactly our encoding: nothing left to do
+        sock.refill_from(usize::MAX);
         assert_eq!(sock.replace_contents(&specs, &change.adds).unwrap(), (0, 0));
     });
 }
@@ -321,11 +325,15 @@ fn a_split_re_apply_gives_exactly_the_full_rendering_from_any_start() {
         );
         expected.push(dump(&ns));
     }
-    for (i, to) in STATES.iter().enumerate() {
+    for ((i, to), refill_from) in STATES
+        .iter()
+        .enumerate()
+        .flat_map(|c| [(c, usize::MAX), (c, 0)])
+    {
         let state = state_of(to);
         // from no tables at all
         ns.exec_ok(&["nft", "flush", "ruleset"]);
-        load_split(&ns, &state, &inputs);
+        load_split(&ns, &state, &inputs, refill_from);
         assert_eq!(dump(&ns), expected[i], "from nothing to {to}");
         // from every other state, with things changed by hand on top
         for from in STATES {
@@ -363,8 +371,12 @@ fn a_split_re_apply_gives_exactly_the_full_rendering_from_any_start() {
                 "eip_vips",
                 "{ 192.0.2.99 }",
             ]);
-            load_split(&ns, &state, &inputs);
-            assert_eq!(dump(&ns), expected[i], "from {from} to {to}");
+            load_split(&ns, &state, &inputs, refill_from);
+            assert_eq!(
+                dump(&ns),
+                expected[i],
+                "from {from} to {to} (refills from {refill_from})"
+            );
         }
     }
 }

@@ -136,10 +136,20 @@ fn elem(
 
 /// The name of the nic with `mac`, or the error naming `field` and the MAC.
 pub fn nic(inputs: &Inputs, mac: MacAddr, field: &str) -> Result<String, NatError> {
+    nic_at(inputs, mac, || field.to_string())
+}
+
+/// [`nic`], naming the field only when the MAC does not resolve (a sync binds every entry:
+/// no string is built for those that do).
+fn nic_at(
+    inputs: &Inputs,
+    mac: MacAddr,
+    field: impl FnOnce() -> String,
+) -> Result<String, NatError> {
     name_of(&inputs.names, mac)
         .map(str::to_string)
         .map_err(|reason| NatError::Nic {
-            field: field.to_string(),
+            field: field(),
             reason,
         })
 }
@@ -155,8 +165,8 @@ pub struct BoundEip {
 
 impl BoundEip {
     /// Key of the guest-side elements (`guest . "public nic"`), shared by EIPs of one guest.
-    pub fn guest_key(&self) -> String {
-        format!("{} . \"{}\"", self.eip.guest_ip, self.public_if)
+    pub fn guest_key(&self) -> (Ipv4Addr, &str) {
+        (self.eip.guest_ip, self.public_if.as_str())
     }
 
     /// Elements keyed by the VIP (exclusively this EIP's).
@@ -206,7 +216,10 @@ pub fn bind_eip(
     inputs: &Inputs,
     field: &str,
 ) -> Result<BoundEip, NatError> {
-    nic(inputs, eip.private_mac, &format!("{field}.privateMac"))?;
+    name_of(&inputs.names, eip.private_mac).map_err(|reason| NatError::Nic {
+        field: format!("{field}.privateMac"),
+        reason,
+    })?;
     let by_state = vips.get(&eip.vip_ip).map(|v| v.owner_mac).or_else(|| {
         nics.values()
             .filter(|n| Cidr::new(n.ip, n.prefix).contains(eip.vip_ip))
@@ -214,7 +227,7 @@ pub fn bind_eip(
             .map(|n| n.mac)
     });
     let public_if = match by_state {
-        Some(mac) => nic(inputs, mac, &format!("vip {} owner", eip.vip_ip))?,
+        Some(mac) => nic_at(inputs, mac, || format!("vip {} owner", eip.vip_ip))?,
         None => inputs
             .nic_holding(eip.vip_ip)
             .map(str::to_string)
@@ -228,7 +241,7 @@ pub fn bind_eip(
 
 /// Guest-side elements of a set of bound EIPs: for each `guest . nic`, the lowest VIP wins.
 pub fn guest_elements<'a>(eips: impl IntoIterator<Item = &'a BoundEip>) -> Vec<Elem> {
-    let mut owners: BTreeMap<String, &BoundEip> = BTreeMap::new();
+    let mut owners: BTreeMap<(Ipv4Addr, &str), &BoundEip> = BTreeMap::new();
     for e in eips {
         owners
             .entry(e.guest_key())
@@ -291,7 +304,12 @@ pub fn pf_elements(pf: &PortForward) -> Vec<Elem> {
 
 /// Checks that a port forward's guest nic exists.
 pub fn check_pf(pf: &PortForward, inputs: &Inputs, field: &str) -> Result<(), NatError> {
-    nic(inputs, pf.private_mac, &format!("{field}.privateMac")).map(|_| ())
+    name_of(&inputs.names, pf.private_mac)
+        .map(|_| ())
+        .map_err(|reason| NatError::Nic {
+            field: format!("{field}.privateMac"),
+            reason,
+        })
 }
 
 /// Source NAT of one guest subnet, bound to nic names.
@@ -456,13 +474,9 @@ pub fn eip_set_elements(
 ) -> Vec<Elem> {
     let mut bound = Vec::new();
     for eip in state.eips.values() {
-        match bind_eip(
-            eip,
-            &state.vips,
-            &state.nics,
-            inputs,
-            &format!("eip {}", eip.vip_ip),
-        ) {
+        let bind = |field: &str| bind_eip(eip, &state.vips, &state.nics, inputs, field);
+        // the field is named only for an entry that does not bind
+        match bind("").or_else(|_| bind(&format!("eip {}", eip.vip_ip))) {
             Ok(b) => bound.push(b),
             Err(e) => skipped.push(e),
         }
@@ -480,14 +494,17 @@ pub fn pf_set_elements(
 ) -> Vec<Elem> {
     let mut out = Vec::new();
     for pf in state.port_forwards.values() {
-        let field = format!(
-            "port forward {} {}:{}-{}",
-            pf.protocol.name(),
-            pf.vip_ip,
-            pf.vip_ports.start,
-            pf.vip_ports.end
-        );
-        match check_pf(pf, inputs, &field) {
+        let field = || {
+            format!(
+                "port forward {} {}:{}-{}",
+                pf.protocol.name(),
+                pf.vip_ip,
+                pf.vip_ports.start,
+                pf.vip_ports.end
+            )
+        };
+        // the field is named only for a forward that does not resolve
+        match check_pf(pf, inputs, "").or_else(|_| check_pf(pf, inputs, &field())) {
             Ok(()) => out.extend(pf_elements(pf)),
             Err(e) => skipped.push(e),
         }

@@ -135,7 +135,9 @@ pub fn plan(
         Command::RemoveEip(eip) => eip_change(before, inputs, eip.vip_ip, None),
         Command::SyncEips(eips) => {
             for (i, e) in eips.iter().enumerate() {
-                bind_eip(e, &before.vips, &before.nics, inputs, &format!("eips[{i}]"))?;
+                let bind = |field: &str| bind_eip(e, &before.vips, &before.nics, inputs, field);
+                // the field is named only for an entry that does not bind
+                bind("").or_else(|_| bind(&format!("eips[{i}]")))?;
             }
             if inputs.sets_hold_before
                 && let Some(p) = eip_sync_delta(before, after, inputs)
@@ -154,7 +156,8 @@ pub fn plan(
             let mut ensured = Vec::new();
             let mut seen = BTreeSet::new();
             for (i, rule) in rules.iter().enumerate() {
-                check_pf(rule, inputs, &format!("rules[{i}]"))?;
+                check_pf(rule, inputs, "")
+                    .or_else(|_| check_pf(rule, inputs, &format!("rules[{i}]")))?;
                 if !seen.insert(rule.key()) {
                     continue;
                 }
@@ -194,7 +197,8 @@ pub fn plan(
         }
         Command::SyncPortForwards(rules) => {
             for (i, rule) in rules.iter().enumerate() {
-                check_pf(rule, inputs, &format!("rules[{i}]"))?;
+                check_pf(rule, inputs, "")
+                    .or_else(|_| check_pf(rule, inputs, &format!("rules[{i}]")))?;
             }
             if inputs.sets_hold_before {
                 return Ok(pf_sync_delta(before, after));
