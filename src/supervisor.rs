@@ -43,6 +43,8 @@ pub trait Engine: Send + Sync + 'static {
     fn marker(&self) -> String;
     /// Called before every start, the restarts after a death included.
     fn before_start(&mut self) {}
+    /// Called when the child died without being asked to stop (before it is restarted).
+    fn exited(&self) {}
     /// True once the child with `pid` serves. Default: its pid file holds `pid`.
     fn ready(&self, pid: u32) -> bool {
         std::fs::read_to_string(self.pid_file())
@@ -217,6 +219,7 @@ impl<E: Engine> Task<E> {
                     self.pid.store(0, Ordering::SeqCst);
                     let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                     tracing::warn!(engine = name, %status, tail = %self.tail_text(), "engine exited; restarting");
+                    self.engine.exited();
                     if self.wanted {
                         self.health.set(name, format!("{name} exited ({status}); restarting it"));
                         self.retry_at = Some(Instant::now());

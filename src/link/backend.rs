@@ -10,6 +10,7 @@ use crate::bootstrap::info::BootstrapInfo;
 use crate::health::Health;
 use crate::state::model::{Nic, Vip};
 use crate::state::types::MacAddr;
+use crate::state::ha::Role;
 use crate::state::{Change, Command, DesiredState, Feature, Parts};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -42,6 +43,8 @@ pub struct LinksBackend {
     announcer: garp::Announcer,
     /// Nics of the state the last sync could not find.
     missing: Vec<String>,
+    /// The node's HA role: a backup carries neither VIPs nor HA addresses.
+    role: Role,
 }
 
 impl LinksBackend {
@@ -54,7 +57,64 @@ impl LinksBackend {
             nl: None,
             announcer: garp::Announcer::default(),
             missing: Vec::new(),
+            role: Role::NoHa,
         }
+    }
+
+    /// What the interfaces should be for `state` in this node's role.
+    fn wanted(&self, state: &DesiredState) -> Wanted {
+        Wanted::for_role(&self.bootstrap, state, self.role.carries_data_plane())
+    }
+
+    /// `/enableVyosha`: every MAC it names must be one nic (before anything changes), then
+    /// the addresses follow the role.
+    async fn enable_ha(&mut self, after: &DesiredState) -> Result<(), BackendError> {
+        let Some(ha) = &after.ha else {
+            return Ok(());
+        };
+        let nl = self.netlink()?;
+        let links = nl.links().await?;
+        plan::find(&links, ha.heartbeat_mac)
+            .map_err(|e| BackendError::new(format!("heartbeatNic: {e}; nothing was changed")))?;
+        for (i, v) in ha.vips.iter().enumerate() {
+            plan::find(&links, v.mac).map_err(|e| {
+                BackendError::new(format!("vips[{i}].nicMac: {e}; nothing was changed"))
+            })?;
+        }
+        self.follow_role(after).await
+    }
+
+    /// Removes the addresses a backup must not carry (when not carrying the data plane),
+    /// then syncs the nics to the role's plan (adding them, with gratuitous ARPs, as master).
+    async fn follow_role(&mut self, state: &DesiredState) -> Result<(), BackendError> {
+        self.load_bootstrap();
+        let nl = self.netlink()?;
+        let mut removed = 0;
+        if !self.role.carries_data_plane() {
+            let links = nl.links().await?;
+            for (mac, addrs) in plan::master_addresses(state) {
+                let Ok(link) = plan::find(&links, mac) else {
+                    continue;
+                };
+                let primary = self.primary(state, mac);
+                for (ip, prefix) in addrs {
+                    if primary == Some((ip, prefix)) {
+                        continue;
+                    }
+                    if nl.del_addr(link, ip, prefix).await? {
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        let report = self.resync(state, true).await?;
+        tracing::info!(
+            role = self.role.wire(),
+            added = report.added,
+            removed,
+            "interfaces follow the HA role"
+        );
+        Ok(())
     }
 
     fn netlink(&mut self) -> Result<Netlink, BackendError> {
@@ -104,13 +164,8 @@ impl LinksBackend {
             strict: true,
             scope: Some(scope),
         };
-        let result = sync::sync(
-            &nl,
-            &mut self.announcer,
-            &Wanted::new(&self.bootstrap, after),
-            &opts,
-        )
-        .await;
+        let wanted = self.wanted(after);
+        let result = sync::sync(&nl, &mut self.announcer, &wanted, &opts).await;
         if let Err(e) = result {
             self.undo(&nl, before, opts.scope).await;
             return Err(e.into());
@@ -126,7 +181,7 @@ impl LinksBackend {
     ) -> Result<(), BackendError> {
         let nl = self.netlink()?;
         let links = nl.links().await?;
-        let wanted = Wanted::new(&self.bootstrap, after);
+        let wanted = self.wanted(after);
         let mut keep = BTreeSet::new();
         let mut removed: Vec<Undo> = Vec::new();
         let mut result: Result<(), BackendError> = Ok(());
@@ -179,6 +234,10 @@ impl LinksBackend {
             .into_iter()
             .map(|(m, l)| (m, l.clone()))
             .collect();
+        if !self.role.carries_data_plane() {
+            // A backup holds the VIP in its state only; it goes up when this node is master.
+            return Ok(());
+        }
         // VIPs that move to another nic or prefix leave their old place first.
         let moved: Vec<&Vip> = vips
             .iter()
@@ -285,7 +344,7 @@ impl LinksBackend {
             strict: false,
             scope,
         };
-        let wanted = Wanted::new(&self.bootstrap, before);
+        let wanted = self.wanted(before);
         if let Err(e) = sync::sync(nl, &mut self.announcer, &wanted, &opts).await {
             tracing::error!(error = %e, "could not restore the nics after a failed change");
         }
@@ -315,7 +374,16 @@ impl Backend for LinksBackend {
     }
 
     fn concerns(&self, parts: Parts) -> bool {
-        parts.intersects(Parts::NICS | Parts::VIPS)
+        parts.intersects(Parts::NICS | Parts::VIPS | Parts::HA)
+    }
+
+    fn note_role(&mut self, role: Role) {
+        self.role = role;
+    }
+
+    async fn set_role(&mut self, state: &DesiredState, role: Role) -> Result<(), BackendError> {
+        self.role = role;
+        self.follow_role(state).await
     }
 
     async fn apply(&mut self, change: &Change<'_>) -> Result<(), BackendError> {
@@ -325,6 +393,8 @@ impl Backend for LinksBackend {
             Command::RemoveNics(macs) => self.remove_nics(before, change.after, macs).await,
             Command::CreateVips(vips) => self.create_vips(before, vips).await,
             Command::RemoveVips(vips) => self.remove_vips(before, vips).await,
+            // Every MAC is checked before the first change; the agent rolls back the rest.
+            Command::EnableHa(_) => self.enable_ha(change.after).await,
             other => Err(BackendError::new(format!(
                 "the interfaces backend got a {} command",
                 other.feature().name()
@@ -383,7 +453,7 @@ impl LinksBackend {
     ) -> Result<sync::SyncReport, BackendError> {
         self.load_bootstrap();
         let nl = self.netlink()?;
-        let wanted = Wanted::new(&self.bootstrap, state);
+        let wanted = self.wanted(state);
         let opts = SyncOptions {
             prune,
             strict: false,

@@ -25,6 +25,12 @@ impl Wanted {
     /// the bootstrap `deviceName` of its MAC. The default route follows a `/configurenic` nic
     /// that asks for it, else the bootstrap one.
     pub fn new(bootstrap: &[Nic], state: &DesiredState) -> Wanted {
+        Self::for_role(bootstrap, state, true)
+    }
+
+    /// [`Wanted::new`] for a node of an HA pair: with `data_plane` (master, or no HA) the
+    /// VIPs and the HA addresses are wanted, without (backup) none of them.
+    pub fn for_role(bootstrap: &[Nic], state: &DesiredState, data_plane: bool) -> Wanted {
         let mut nics: BTreeMap<MacAddr, Nic> =
             bootstrap.iter().map(|n| (n.mac, n.clone())).collect();
         for (mac, nic) in &state.nics {
@@ -44,12 +50,11 @@ impl Wanted {
             .values()
             .find_map(default_of)
             .or_else(|| bootstrap.iter().find_map(default_of));
-        let mut vips: BTreeMap<MacAddr, BTreeSet<(Ipv4Addr, u8)>> = BTreeMap::new();
-        for vip in state.vips.values() {
-            vips.entry(vip.owner_mac)
-                .or_default()
-                .insert((vip.ip, vip.prefix.len()));
-        }
+        let vips = if data_plane {
+            master_addresses(state)
+        } else {
+            BTreeMap::new()
+        };
         Wanted {
             nics,
             vips,
@@ -82,6 +87,23 @@ impl Wanted {
             )
             .collect()
     }
+}
+
+/// The addresses a node carries only as master (or without HA), by nic MAC: every VIP of
+/// `state` and the HA addresses of `/enableVyosha`.
+pub fn master_addresses(state: &DesiredState) -> BTreeMap<MacAddr, BTreeSet<(Ipv4Addr, u8)>> {
+    let mut vips: BTreeMap<MacAddr, BTreeSet<(Ipv4Addr, u8)>> = BTreeMap::new();
+    for vip in state.vips.values() {
+        vips.entry(vip.owner_mac)
+            .or_default()
+            .insert((vip.ip, vip.prefix.len()));
+    }
+    for vip in state.ha.iter().flat_map(|h| &h.vips) {
+        vips.entry(vip.mac)
+            .or_default()
+            .insert((vip.ip, vip.prefix.len()));
+    }
+    vips
 }
 
 /// Why a nic cannot be used.

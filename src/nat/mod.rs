@@ -402,7 +402,8 @@ impl Backend for NatBackend {
                 | Parts::EIPS
                 | Parts::PORT_FORWARDS
                 | Parts::FIREWALL
-                | Parts::DHCP_HOSTS,
+                | Parts::DHCP_HOSTS
+                | Parts::HA,
         )
     }
 
@@ -463,8 +464,9 @@ impl Backend for NatBackend {
     }
 
     async fn apply(&mut self, change: &Change<'_>) -> Result<(), BackendError> {
-        if change.touches(Parts::NICS) {
-            // Names and addresses may have moved: every entry binds anew.
+        if change.touches(Parts::NICS | Parts::HA) {
+            // Names and addresses may have moved (or the HA peer's accepts): every entry
+            // binds anew.
             return if change.preserve {
                 self.reconcile_keeping(change.after).await
             } else {

@@ -137,18 +137,24 @@ fn write_tables(out: &mut String, rs: &Ruleset, contents: Contents) {
             s("meta l4proto udp dnat ip to ip daddr . udp dport map @pf_udp_range"),
         ],
     );
-    write_chain(
-        out,
-        "postrouting",
-        Some("type nat hook postrouting priority srcnat; policy accept;"),
-        &[
+    let mut postrouting = Vec::new();
+    if rs.ha.is_some() {
+        // VRRP adverts leave with the heartbeat address, never a NAT address.
+        postrouting.push(s("ip protocol vrrp accept comment \"ha: no nat for vrrp\""));
+    }
+    postrouting.extend([
             s("ct status dnat ct original ip daddr @eip_masq masquerade"),
             format!(
                 "ct status dnat ct mark & 0x{MARK_PF_MASQ:08x} == 0x{MARK_PF_MASQ:08x} masquerade"
             ),
             s("snat ip to ip saddr . oifname map @eip_snat"),
             s("jump snat_subnets"),
-        ],
+        ]);
+    write_chain(
+        out,
+        "postrouting",
+        Some("type nat hook postrouting priority srcnat; policy accept;"),
+        &postrouting,
     );
     write_chain(out, "snat_subnets", None, &rs.snat_rules);
     out.push_str("}\n");
@@ -181,6 +187,19 @@ fn write_tables(out: &mut String, rs: &Ruleset, contents: Contents) {
     ));
     if enforcing {
         input.push(format!("tcp dport {{ {ports} }} drop"));
+    }
+    if let Some(ha) = &rs.ha {
+        // The pair's VRRP and conntrackd sync: from the peer, on the heartbeat nic only.
+        input.push(format!(
+            "iifname \"{}\" ip saddr {} ip protocol vrrp accept comment \"ha: vrrp\"",
+            ha.nic, ha.peer
+        ));
+        input.push(format!(
+            "iifname \"{}\" ip saddr {} udp dport {} accept comment \"ha: conntrackd\"",
+            ha.nic,
+            ha.peer,
+            super::model::CONNTRACKD_PORT
+        ));
     }
     input.push(s("iifname @guest_ifs udp dport { 53, 67 } accept"));
     input.push(s("iifname @guest_ifs tcp dport 53 accept"));

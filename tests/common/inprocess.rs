@@ -194,6 +194,7 @@ impl InProcess {
                 md5: "0123456789abcdef0123456789abcdef".into(),
                 metrics: vr_agent::metrics::Metrics::default(),
                 watch_drift: false,
+                ha_events: None,
             };
             run(listeners, agent, &config, around, async {
                 let _ = stopped.await;
