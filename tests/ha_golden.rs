@@ -7,6 +7,7 @@
 mod common;
 
 use common::golden::{compare, state_from_requests};
+use common::netns::{Netns, veth};
 use std::path::PathBuf;
 use vr_agent::ha::render::{self, Inputs, Paths};
 
@@ -93,15 +94,19 @@ fn keepalived_accepts_every_golden_configuration() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
+    // keepalived checks that the heartbeat nic exists: a namespace with every case's nic
+    let ns = Netns::new("vrhag");
+    veth(&ns, "eth0", "fa:7e:4b:ad:22:00", &ns, "peer0", "fa:7e:4b:00:22:00");
+    veth(&ns, "eth3", "fa:7e:4b:ad:22:03", &ns, "peer3", "fa:7e:4b:00:22:03");
     for (case, k, _) in cases_in(dir.path().to_str().unwrap()) {
         let path = dir.path().join(format!("{case}.conf"));
         std::fs::write(&path, &k).unwrap();
-        let out = std::process::Command::new("keepalived")
-            .arg("--config-test")
-            .arg("--use-file")
-            .arg(&path)
-            .output()
-            .expect("keepalived is installed (scripts/deps.sh)");
+        let out = ns.exec(&[
+            "keepalived",
+            "--config-test",
+            "--use-file",
+            path.to_str().unwrap(),
+        ]);
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
