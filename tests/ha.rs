@@ -1,0 +1,653 @@
+//! Router HA with real packets: two routers running the real agent (with keepalived and
+//! conntrackd), a management namespace receiving the transition callbacks, a public client and
+//! two guests, all joined by bridges in a switch namespace:
+//!
+//!     mgmt 192.168.100.10 ---- brm ---- eth0 [r1 .11] [r2 .12] eth0
+//!     public 10.10.1.100 ----- brp ---- eth1 [r1 .11] [r2 .12] eth1   HA 10.10.1.10, VIPs .55 .56
+//!     guests .15 .16 --------- brg ---- eth2 [r1 .2]  [r2 .3]  eth2   HA gateway 172.20.0.1
+//!                              brh ---- eth3 [r1 .11] [r2 .12] eth3   heartbeat 192.168.77.0/24
+//!
+//! Every command goes through the agents' HTTP API, to both routers, as the management node
+//! does. Run one at a time: `cargo test --test ha -- --test-threads=1`.
+
+mod common;
+
+use common::agent::AgentProc;
+use common::netns::{Netns, veth};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// VRRP advert interval of the tests, in seconds.
+const ADVERT: u64 = 1;
+/// The failover bound of the issue: 3 x advert interval + 1 s.
+const FAILOVER_BOUND: Duration = Duration::from_millis(3 * ADVERT * 1000 + 1000);
+const PUBLIC: &str = "10.10.1.100";
+const GUEST: &str = "172.20.0.15";
+const GUEST2: &str = "172.20.0.16";
+const HA_PUBLIC: &str = "10.10.1.10";
+const GATEWAY: &str = "172.20.0.1";
+const EIP_VIP: &str = "10.10.1.55";
+const PF_VIP: &str = "10.10.1.56";
+
+fn mac(router: usize, nic: usize) -> String {
+    format!("fa:7e:4b:ad:0{router}:0{nic}")
+}
+
+/// Transition callbacks received: (commandpath header, body).
+type Received = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// A plain HTTP server in the management namespace that records every POST.
+struct CallbackServer {
+    received: Received,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    addr: SocketAddr,
+}
+
+impl CallbackServer {
+    fn start(ns: &Netns, ip: &str) -> CallbackServer {
+        let listener = ns.enter(|| TcpListener::bind((ip, 0)).expect("bind callback server"));
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let received: Received = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (Arc::clone(&received), Arc::clone(&stop));
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        if let Some(got) = read_request(stream) {
+                            r.lock().unwrap().push(got);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        CallbackServer {
+            received,
+            stop,
+            handle: Some(handle),
+            addr,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/zstack/asyncrest/sendcommand", self.addr)
+    }
+
+    fn bodies(&self) -> Vec<(String, Value)> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+fn read_request(mut stream: TcpStream) -> Option<(String, Value)> {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut len = 0usize;
+    let mut path_header = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => len = v.trim().parse().ok()?,
+                "commandpath" => path_header = v.trim().to_string(),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).ok()?;
+    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    Some((path_header, serde_json::from_slice(&body).ok()?))
+}
+
+impl Drop for CallbackServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A TCP peer answering each connection with `<source ip> <port>\n`, then echoing lines.
+struct Server {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+fn tcp_server(ns: &Netns, addr: &str) -> Server {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let listener = ns.enter(|| TcpListener::bind(addr).unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    let handle = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        while !s.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((mut stream, peer)) => {
+                    let s = Arc::clone(&s);
+                    conns.push(std::thread::spawn(move || {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+                        let _ = writeln!(stream, "{} {}", peer.ip(), addr.port());
+                        let mut buf = [0u8; 4096];
+                        while !s.load(Ordering::SeqCst) {
+                            match stream.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if stream.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                    }));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        for c in conns {
+            let _ = c.join();
+        }
+    });
+    Server {
+        stop,
+        handle: Some(handle),
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A connection from `ns` to `dst` and the first line the server sent (what source it saw).
+fn connect(ns: &Netns, dst: &str) -> Option<(TcpStream, String)> {
+    let dst: SocketAddr = dst.parse().unwrap();
+    let stream = ns.enter(|| TcpStream::connect_timeout(&dst, Duration::from_secs(2)).ok())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .ok()?;
+    let line = read_line(&stream)?;
+    Some((stream, line))
+}
+
+fn read_line(stream: &TcpStream) -> Option<String> {
+    let mut line = String::new();
+    let mut r = BufReader::new(stream);
+    match r.read_line(&mut line) {
+        Ok(n) if n > 0 && line.ends_with('\n') => Some(line.trim_end().to_string()),
+        _ => None,
+    }
+}
+
+/// Sends `line` and expects it echoed.
+fn echoes(stream: &mut TcpStream, line: &str) -> bool {
+    if writeln!(stream, "{line}").is_err() {
+        return false;
+    }
+    read_line(stream).as_deref() == Some(line)
+}
+
+/// A synchronous POST to the agent inside `ns` (127.0.0.1:7272); the reply body as JSON.
+fn call(ns: &Netns, path: &str, body: &Value) -> Value {
+    let text = body.to_string();
+    let raw = ns.enter(|| {
+        let mut s = TcpStream::connect_timeout(
+            &"127.0.0.1:7272".parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|e| panic!("{path}: connect: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+            text.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .unwrap_or_else(|e| panic!("{path}: read: {e}"));
+        out
+    });
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_else(|| panic!("{path}: no HTTP answer: {raw:?}"));
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body:?}"))
+}
+
+fn ok(ns: &Netns, path: &str, body: Value) -> Value {
+    let reply = call(ns, path, &body);
+    assert_eq!(reply["success"], json!(true), "{path}: {reply}");
+    reply
+}
+
+/// The whole test network. Dropped in field order: the agents first.
+struct Pair {
+    agents: Vec<AgentProc>,
+    routers: Vec<Netns>,
+    callbacks: CallbackServer,
+    public: Netns,
+    guest: Netns,
+    guest2: Netns,
+    #[allow(dead_code, reason = "kept alive: the callback server lives in it")]
+    mgmt: Netns,
+    sw: Netns,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let sw = Netns::new("vrhsw");
+        for br in ["brm", "brp", "brg", "brh"] {
+            sw.ip(&["link", "add", br, "type", "bridge"]);
+            sw.ip(&["link", "set", br, "up"]);
+        }
+        let attach = |ns: &Netns, nic: &str, nic_mac: &str, port: &str, port_mac: &str, br: &str| {
+            veth(ns, nic, nic_mac, &sw, port, port_mac);
+            sw.ip(&["link", "set", port, "master", br]);
+        };
+        let mut routers = Vec::new();
+        for i in 1..=2usize {
+            let r = Netns::new(&format!("vrh{i}r"));
+            for (n, br) in ["brm", "brp", "brg", "brh"].iter().enumerate() {
+                attach(
+                    &r,
+                    &format!("eth{n}"),
+                    &mac(i, n),
+                    &format!("r{i}{}", &br[2..]),
+                    &format!("fa:7e:4b:00:0{i}:0{n}"),
+                    br,
+                );
+            }
+            r.ip(&["addr", "add", &format!("192.168.100.1{i}/24"), "dev", "eth0"]);
+            r.ip(&["addr", "add", &format!("10.10.1.1{i}/24"), "dev", "eth1"]);
+            r.ip(&["addr", "add", &format!("172.20.0.{}/24", i + 1), "dev", "eth2"]);
+            r.ip(&["addr", "add", &format!("192.168.77.1{i}/24"), "dev", "eth3"]);
+            r.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+            routers.push(r);
+        }
+        let mgmt = Netns::new("vrhm");
+        attach(&mgmt, "m0", "fa:7e:4b:00:00:10", "mg", "fa:7e:4b:00:00:20", "brm");
+        mgmt.ip(&["addr", "add", "192.168.100.10/24", "dev", "m0"]);
+        let public = Netns::new("vrhp");
+        attach(&public, "c0", "fa:7e:4b:00:00:11", "pub", "fa:7e:4b:00:00:21", "brp");
+        public.ip(&["addr", "add", &format!("{PUBLIC}/24"), "dev", "c0"]);
+        let guest = Netns::new("vrhg");
+        attach(&guest, "g0", "fa:7e:4b:00:00:12", "gst", "fa:7e:4b:00:00:22", "brg");
+        guest.ip(&["addr", "add", &format!("{GUEST}/24"), "dev", "g0"]);
+        guest.ip(&["route", "add", "default", "via", GATEWAY]);
+        let guest2 = Netns::new("vrhg");
+        attach(&guest2, "g0", "fa:7e:4b:00:00:13", "gst2", "fa:7e:4b:00:00:23", "brg");
+        guest2.ip(&["addr", "add", &format!("{GUEST2}/24"), "dev", "g0"]);
+        guest2.ip(&["route", "add", "default", "via", GATEWAY]);
+        let callbacks = CallbackServer::start(&mgmt, "192.168.100.10");
+        let agents = routers
+            .iter()
+            .map(|r| {
+                r.enter(|| {
+                    AgentProc::start(&[
+                        "--vr-listen=0.0.0.0:7272",
+                        "--appliance-listen=0.0.0.0:7759",
+                        "--mgmt-nic=eth0",
+                    ])
+                })
+            })
+            .collect();
+        Pair {
+            agents,
+            routers,
+            callbacks,
+            public,
+            guest,
+            guest2,
+            mgmt,
+            sw,
+        }
+    }
+
+    /// The `/enableVyosha` body of router `i` (0 or 1), with `extra` HA addresses on its guest
+    /// nic.
+    fn ha_body(&self, i: usize, extra: &[&str]) -> Value {
+        let n = i + 1;
+        let peer = 2 - i;
+        let mut vips = vec![
+            json!({"nicMac": mac(n, 1), "nicVip": HA_PUBLIC, "netmask": "255.255.255.0", "category": "Public", "prefixLen": 24}),
+            json!({"nicMac": mac(n, 2), "nicVip": GATEWAY, "netmask": "255.255.255.0", "category": "Private", "prefixLen": 24}),
+        ];
+        for ip in extra {
+            vips.push(json!({"nicMac": mac(n, 2), "nicVip": ip, "netmask": "255.255.255.0", "category": "Private", "prefixLen": 24}));
+        }
+        json!({
+            "keepalive": ADVERT,
+            "heartbeatNic": mac(n, 3),
+            "localIp": format!("192.168.77.1{n}"),
+            "localIpV6": "",
+            "peerIp": format!("192.168.77.1{peer}"),
+            "peerIpV6": "",
+            "monitors": [PUBLIC],
+            "vips": vips,
+            "callbackUrl": self.callbacks.url(),
+        })
+    }
+
+    /// Sends every command to both routers (each with its own MACs), as the management node
+    /// does for a pair: HA, SNAT, two VIPs, an EIP and a port forward.
+    fn configure(&self, extra_vips: usize) {
+        for (i, r) in self.routers.iter().enumerate() {
+            let n = i + 1;
+            ok(r, "/init", json!({"uuid": format!("ha-router-{n}")}));
+            ok(r, "/enableVyosha", self.ha_body(i, &[]));
+            ok(
+                r,
+                "/setsnat",
+                json!({"snat": {"publicNicMac": mac(n, 1), "publicIp": HA_PUBLIC,
+                    "privateNicMac": mac(n, 2), "privateNicIp": GATEWAY,
+                    "snatNetmask": "255.255.255.0"}}),
+            );
+            let mut vips: Vec<Value> = [EIP_VIP, PF_VIP]
+                .iter()
+                .map(|ip| json!({"ip": ip, "netmask": "255.255.255.0", "gateway": "10.10.1.1", "ownerEthernetMac": mac(n, 1)}))
+                .collect();
+            for k in 0..extra_vips {
+                vips.push(json!({"ip": format!("10.10.{}.{}", 100 + k / 250, 1 + k % 250),
+                    "netmask": "255.255.0.0", "ownerEthernetMac": mac(n, 1)}));
+            }
+            ok(r, "/createvip", json!({ "vips": vips }));
+            ok(
+                r,
+                "/createeip",
+                json!({"eip": {"vipIp": EIP_VIP, "privateMac": mac(n, 2), "guestIp": GUEST,
+                    "snatInboundTraffic": false}}),
+            );
+            ok(
+                r,
+                "/createportforwarding",
+                json!({"rules": [{"vipPortStart": 2222, "vipPortEnd": 2222,
+                    "privatePortStart": 80, "privatePortEnd": 80, "protocolType": "TCP",
+                    "vipIp": PF_VIP, "privateIp": GUEST, "privateMac": mac(n, 2),
+                    "snatInboundTraffic": false}]}),
+            );
+        }
+    }
+
+    fn status(&self, i: usize) -> String {
+        let reply = ok(&self.routers[i], "/syncVpcRouterHa", json!({}));
+        reply["haStatus"].as_str().unwrap_or("?").to_string()
+    }
+
+    fn statuses(&self) -> [String; 2] {
+        [self.status(0), self.status(1)]
+    }
+
+    /// Waits until exactly one router is master and the other backup; returns the master.
+    fn wait_one_master(&self, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.statuses();
+            match (s[0].as_str(), s[1].as_str()) {
+                ("Master", "Backup") => return 0,
+                ("Backup", "Master") => return 1,
+                _ if Instant::now() > deadline => {
+                    panic!("no single master within {limit:?}: {s:?}\n{}", self.logs())
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Waits until router `i` reports `status`; returns when it did.
+    fn wait_status(&self, i: usize, status: &str, limit: Duration) -> Instant {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.status(i) == status {
+                return Instant::now();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "router {} not {status} within {limit:?} ({:?})\n{}",
+                i + 1,
+                self.statuses(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Asserts for `span` that the roles stay as they are (sampled every 100 ms).
+    fn assert_steady(&self, master: usize, span: Duration) {
+        let until = Instant::now() + span;
+        while Instant::now() < until {
+            let s = self.statuses();
+            assert_eq!(s[master], "Master", "{s:?}\n{}", self.logs());
+            assert_eq!(s[1 - master], "Backup", "{s:?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The IPv4 addresses of router `i`'s nic `dev`.
+    fn addrs(&self, i: usize, dev: &str) -> String {
+        self.routers[i].exec_ok(&["ip", "-4", "-o", "addr", "show", "dev", dev])
+    }
+
+    fn has_addr(&self, i: usize, dev: &str, ip: &str) -> bool {
+        self.addrs(i, dev).contains(&format!(" {ip}/"))
+    }
+
+    /// keepalived's pids (main, VRRP child) on router `i`.
+    fn keepalived_pids(&self, i: usize) -> (i32, i32) {
+        let dir = self.agents[i].dir.join("run/keepalived");
+        let read = |f: &str| -> i32 {
+            std::fs::read_to_string(dir.join(f))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (read("keepalived.pid"), read("vrrp.pid"))
+    }
+
+    /// Kills router `i`'s keepalived (main and VRRP processes) with SIGKILL.
+    fn kill_keepalived(&self, i: usize) {
+        let (main, vrrp) = self.keepalived_pids(i);
+        assert!(main > 0 && vrrp > 0, "keepalived pids: {main} {vrrp}");
+        for pid in [vrrp, main] {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for (i, a) in self.agents.iter().enumerate() {
+            let log = a.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            out.push_str(&format!("---- router {} (last lines) ----\n", i + 1));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Callbacks received with `haStatus` `status` from router `i` (uuid ha-router-<i+1>).
+    fn callbacks_of(&self, i: usize, status: &str) -> usize {
+        self.callbacks
+            .bodies()
+            .iter()
+            .filter(|(path, b)| {
+                path == "/vpc/hastatus"
+                    && b["virtualRouterUuid"] == json!(format!("ha-router-{}", i + 1))
+                    && b["haStatus"] == json!(status)
+            })
+            .count()
+    }
+}
+
+/// Waits until `f` holds, or panics with `what` after `limit`.
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Checks the data plane through the master: EIP, port forward, SNAT, and that the backup
+/// carries none of the HA addresses.
+fn assert_data_plane(p: &Pair, master: usize) {
+    let backup = 1 - master;
+    for (dev, ip) in [("eth1", HA_PUBLIC), ("eth1", EIP_VIP), ("eth1", PF_VIP), ("eth2", GATEWAY)] {
+        assert!(p.has_addr(master, dev, ip), "master lacks {ip}: {}", p.addrs(master, dev));
+        assert!(!p.has_addr(backup, dev, ip), "backup has {ip}: {}", p.addrs(backup, dev));
+    }
+    let eip = connect(&p.public, &format!("{EIP_VIP}:80")).map(|c| c.1);
+    assert_eq!(eip.as_deref(), Some("10.10.1.100 80"), "EIP");
+    let pf = connect(&p.public, &format!("{PF_VIP}:2222")).map(|c| c.1);
+    assert_eq!(pf.as_deref(), Some("10.10.1.100 80"), "port forward");
+    let snat = connect(&p.guest2, &format!("{PUBLIC}:80")).map(|c| c.1);
+    assert_eq!(snat.as_deref(), Some("10.10.1.10 80"), "SNAT");
+}
+
+#[test]
+fn a_pair_has_one_master_fails_over_keeps_flows_and_never_has_two_masters() {
+    let p = Pair::new();
+    let _guest_http = tcp_server(&p.guest, "0.0.0.0:80");
+    let _public_http = tcp_server(&p.public, &format!("{PUBLIC}:80"));
+    p.configure(0);
+
+    // 1. exactly one master; the data plane through it, nothing on the backup
+    let master = p.wait_one_master(Duration::from_secs(20));
+    let backup = 1 - master;
+    p.assert_steady(master, Duration::from_secs(1));
+    assert_data_plane(&p, master);
+    wait_until(Duration::from_secs(10), "callback Master", || {
+        p.callbacks_of(master, "Master") >= 1
+    });
+    let ping = ok(&p.routers[backup], "/ping", json!({}));
+    assert_eq!(ping["haStatus"], json!("Backup"), "{ping}");
+
+    // 2. connections opened before the failover: SNAT, EIP, port forward
+    let (mut via_snat, seen) = connect(&p.guest2, &format!("{PUBLIC}:80")).expect("SNAT conn");
+    assert_eq!(seen, "10.10.1.10 80");
+    let (mut via_eip, _) = connect(&p.public, &format!("{EIP_VIP}:80")).expect("EIP conn");
+    let (mut via_pf, _) = connect(&p.public, &format!("{PF_VIP}:2222")).expect("PF conn");
+    assert!(echoes(&mut via_snat, "before"));
+    assert!(echoes(&mut via_eip, "before"));
+    assert!(echoes(&mut via_pf, "before"));
+    // conntrackd sends each new flow to the peer at once; leave it a moment
+    std::thread::sleep(Duration::from_millis(500));
+
+    // 3. kill the master's keepalived: the backup is master within 3 x advert + 1 s
+    let killed = Instant::now();
+    p.kill_keepalived(master);
+    let promoted = p.wait_status(backup, "Master", FAILOVER_BOUND + Duration::from_secs(2));
+    let took = promoted - killed;
+    eprintln!("failover after killing keepalived: {took:?}");
+    assert!(took <= FAILOVER_BOUND, "failover took {took:?}");
+    assert_eq!(p.status(master), "Backup");
+    assert_data_plane(&p, backup);
+
+    // 4. the flows opened before still carry data
+    assert!(echoes(&mut via_snat, "after"), "SNAT connection lost");
+    assert!(echoes(&mut via_eip, "after"), "EIP connection lost");
+    assert!(echoes(&mut via_pf, "after"), "port forward connection lost");
+
+    // 5. the callbacks announce the new state
+    wait_until(Duration::from_secs(10), "callbacks of the failover", || {
+        p.callbacks_of(backup, "Master") >= 1 && p.callbacks_of(master, "Backup") >= 1
+    });
+
+    // 6. the old master's keepalived is back (restarted by the agent) and stays backup
+    wait_until(Duration::from_secs(10), "keepalived restarted", || {
+        let (m, _) = p.keepalived_pids(master);
+        m > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(m), None).is_ok()
+    });
+    let (new_master, old_master) = (backup, master);
+    p.assert_steady(new_master, Duration::from_secs(4));
+
+    // 7. reconfiguring the VIPs of a running pair flips nothing and reloads no process away
+    let pids = [p.keepalived_pids(0), p.keepalived_pids(1)];
+    for (i, r) in p.routers.iter().enumerate() {
+        ok(r, "/enableVyosha", p.ha_body(i, &["172.20.0.254"]));
+    }
+    p.assert_steady(new_master, Duration::from_secs(3));
+    assert_eq!(pids, [p.keepalived_pids(0), p.keepalived_pids(1)]);
+    assert!(p.has_addr(new_master, "eth2", "172.20.0.254"));
+    assert!(!p.has_addr(old_master, "eth2", "172.20.0.254"));
+
+    // 8. /restartKeepalived on the backup: the master stays
+    ok(&p.routers[old_master], "/restartKeepalived", json!({}));
+    p.assert_steady(new_master, Duration::from_secs(4));
+
+    // 9. /restartKeepalived on the master: never two masters, then one again (the peer)
+    let t = Instant::now();
+    ok(&p.routers[new_master], "/restartKeepalived", json!({}));
+    let mut one = None;
+    while t.elapsed() < Duration::from_secs(10) {
+        let s = p.statuses();
+        assert!(
+            !(s[0] == "Master" && s[1] == "Master"),
+            "two masters after /restartKeepalived\n{}",
+            p.logs()
+        );
+        if s.iter().filter(|x| *x == "Master").count() == 1 && t.elapsed() > Duration::from_secs(3)
+        {
+            one = s.iter().position(|x| x == "Master");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let master = one.unwrap_or_else(|| panic!("no master after /restartKeepalived\n{}", p.logs()));
+    p.assert_steady(master, Duration::from_secs(3));
+    assert_data_plane(&p, master);
+
+    // 10. cut the master's heartbeat and public links (on the switch): the backup takes over
+    let backup = 1 - master;
+    let cut = Instant::now();
+    for port in ["h", "p"] {
+        p.sw.ip(&["link", "set", &format!("r{}{port}", master + 1), "down"]);
+    }
+    let promoted = p.wait_status(backup, "Master", FAILOVER_BOUND + Duration::from_secs(2));
+    let took = promoted - cut;
+    eprintln!("failover after cutting links: {took:?}");
+    assert!(took <= FAILOVER_BOUND, "failover took {took:?}");
+    wait_until(Duration::from_secs(5), "the cut master to give up", || {
+        p.status(master) == "Backup"
+    });
+    assert!(!p.has_addr(master, "eth1", EIP_VIP));
+    let eip = connect(&p.public, &format!("{EIP_VIP}:80")).map(|c| c.1);
+    assert_eq!(eip.as_deref(), Some("10.10.1.100 80"), "EIP after the cut");
+    // the links come back: the old master stays backup (nopreempt)
+    for port in ["h", "p"] {
+        p.sw.ip(&["link", "set", &format!("r{}{port}", master + 1), "up"]);
+    }
+    p.assert_steady(backup, Duration::from_secs(5));
+}
