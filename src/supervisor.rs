@@ -151,6 +151,16 @@ impl Supervisor {
     }
 }
 
+/// True while `pid` runs. A process left by an earlier agent is nobody's child of ours: once
+/// it exits it stays a zombie until init reaps it, which counts as gone.
+fn alive(pid: Pid) -> bool {
+    kill(pid, None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+}
+
 struct Task<E: Engine> {
     engine: E,
     health: Arc<Health>,
@@ -297,11 +307,11 @@ impl<E: Engine> Task<E> {
         let pid = Pid::from_raw(pid);
         let _ = kill(pid, Signal::SIGTERM);
         let deadline = Instant::now() + STOP_TIMEOUT;
-        while kill(pid, None).is_ok() && Instant::now() < deadline {
+        while alive(pid) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let _ = kill(pid, Signal::SIGKILL);
-        while kill(pid, None).is_ok() && Instant::now() < deadline + STOP_TIMEOUT {
+        while alive(pid) && Instant::now() < deadline + STOP_TIMEOUT {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

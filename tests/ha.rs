@@ -190,9 +190,7 @@ impl Drop for Server {
 fn connect(ns: &Netns, dst: &str) -> Option<(TcpStream, String)> {
     let dst: SocketAddr = dst.parse().unwrap();
     let stream = ns.enter(|| TcpStream::connect_timeout(&dst, Duration::from_secs(2)).ok())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let line = read_line(&stream)?;
     Some((stream, line))
 }
@@ -251,6 +249,8 @@ fn ok(ns: &Netns, path: &str, body: Value) -> Value {
 /// The whole test network. Dropped in field order: the agents first.
 struct Pair {
     agents: Vec<AgentProc>,
+    /// dnsmasq directories (searchable by `nobody`, the user dnsmasq drops to).
+    dnsmasq_dirs: Vec<tempfile::TempDir>,
     routers: Vec<Netns>,
     callbacks: CallbackServer,
     public: Netns,
@@ -268,10 +268,11 @@ impl Pair {
             sw.ip(&["link", "add", br, "type", "bridge"]);
             sw.ip(&["link", "set", br, "up"]);
         }
-        let attach = |ns: &Netns, nic: &str, nic_mac: &str, port: &str, port_mac: &str, br: &str| {
-            veth(ns, nic, nic_mac, &sw, port, port_mac);
-            sw.ip(&["link", "set", port, "master", br]);
-        };
+        let attach =
+            |ns: &Netns, nic: &str, nic_mac: &str, port: &str, port_mac: &str, br: &str| {
+                veth(ns, nic, nic_mac, &sw, port, port_mac);
+                sw.ip(&["link", "set", port, "master", br]);
+            };
         let mut routers = Vec::new();
         for i in 1..=2usize {
             let r = Netns::new(&format!("vrh{i}r"));
@@ -285,42 +286,101 @@ impl Pair {
                     br,
                 );
             }
-            r.ip(&["addr", "add", &format!("192.168.100.1{i}/24"), "dev", "eth0"]);
+            r.ip(&[
+                "addr",
+                "add",
+                &format!("192.168.100.1{i}/24"),
+                "dev",
+                "eth0",
+            ]);
             r.ip(&["addr", "add", &format!("10.10.1.1{i}/24"), "dev", "eth1"]);
-            r.ip(&["addr", "add", &format!("172.20.0.{}/24", i + 1), "dev", "eth2"]);
+            r.ip(&[
+                "addr",
+                "add",
+                &format!("172.20.0.{}/24", i + 1),
+                "dev",
+                "eth2",
+            ]);
             r.ip(&["addr", "add", &format!("192.168.77.1{i}/24"), "dev", "eth3"]);
             r.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
             routers.push(r);
         }
         let mgmt = Netns::new("vrhm");
-        attach(&mgmt, "m0", "fa:7e:4b:00:00:10", "mg", "fa:7e:4b:00:00:20", "brm");
+        attach(
+            &mgmt,
+            "m0",
+            "fa:7e:4b:00:00:10",
+            "mg",
+            "fa:7e:4b:00:00:20",
+            "brm",
+        );
         mgmt.ip(&["addr", "add", "192.168.100.10/24", "dev", "m0"]);
         let public = Netns::new("vrhp");
-        attach(&public, "c0", "fa:7e:4b:00:00:11", "pub", "fa:7e:4b:00:00:21", "brp");
+        attach(
+            &public,
+            "c0",
+            "fa:7e:4b:00:00:11",
+            "pub",
+            "fa:7e:4b:00:00:21",
+            "brp",
+        );
         public.ip(&["addr", "add", &format!("{PUBLIC}/24"), "dev", "c0"]);
         let guest = Netns::new("vrhg");
-        attach(&guest, "g0", "fa:7e:4b:00:00:12", "gst", "fa:7e:4b:00:00:22", "brg");
+        attach(
+            &guest,
+            "g0",
+            "fa:7e:4b:00:00:12",
+            "gst",
+            "fa:7e:4b:00:00:22",
+            "brg",
+        );
         guest.ip(&["addr", "add", &format!("{GUEST}/24"), "dev", "g0"]);
         guest.ip(&["route", "add", "default", "via", GATEWAY]);
         let guest2 = Netns::new("vrhg");
-        attach(&guest2, "g0", "fa:7e:4b:00:00:13", "gst2", "fa:7e:4b:00:00:23", "brg");
+        attach(
+            &guest2,
+            "g0",
+            "fa:7e:4b:00:00:13",
+            "gst2",
+            "fa:7e:4b:00:00:23",
+            "brg",
+        );
         guest2.ip(&["addr", "add", &format!("{GUEST2}/24"), "dev", "g0"]);
         guest2.ip(&["route", "add", "default", "via", GATEWAY]);
         let callbacks = CallbackServer::start(&mgmt, "192.168.100.10");
+        let dnsmasq_dirs: Vec<tempfile::TempDir> = routers
+            .iter()
+            .map(|_| {
+                let d = tempfile::Builder::new()
+                    .prefix("vrha-dns-")
+                    .tempdir()
+                    .unwrap();
+                std::fs::set_permissions(
+                    d.path(),
+                    std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                )
+                .unwrap();
+                d
+            })
+            .collect();
         let agents = routers
             .iter()
-            .map(|r| {
+            .zip(&dnsmasq_dirs)
+            .map(|(r, d)| {
+                let dns = format!("--dnsmasq-dir={}", d.path().join("dnsmasq").display());
                 r.enter(|| {
                     AgentProc::start(&[
                         "--vr-listen=0.0.0.0:7272",
                         "--appliance-listen=0.0.0.0:7759",
                         "--mgmt-nic=eth0",
+                        &dns,
                     ])
                 })
             })
             .collect();
         Pair {
             agents,
+            dnsmasq_dirs,
             routers,
             callbacks,
             public,
@@ -363,6 +423,7 @@ impl Pair {
             let n = i + 1;
             ok(r, "/init", json!({"uuid": format!("ha-router-{n}")}));
             ok(r, "/enableVyosha", self.ha_body(i, &[]));
+            ok(r, "/setdns", json!({"dns": [{"dnsAddress": PUBLIC}]}));
             ok(
                 r,
                 "/setsnat",
@@ -375,8 +436,10 @@ impl Pair {
                 .map(|ip| json!({"ip": ip, "netmask": "255.255.255.0", "gateway": "10.10.1.1", "ownerEthernetMac": mac(n, 1)}))
                 .collect();
             for k in 0..extra_vips {
-                vips.push(json!({"ip": format!("10.10.{}.{}", 100 + k / 250, 1 + k % 250),
-                    "netmask": "255.255.0.0", "ownerEthernetMac": mac(n, 1)}));
+                vips.push(
+                    json!({"ip": format!("10.10.{}.{}", 100 + k / 250, 1 + k % 250),
+                    "netmask": "255.255.0.0", "ownerEthernetMac": mac(n, 1)}),
+                );
             }
             ok(r, "/createvip", json!({ "vips": vips }));
             ok(
@@ -448,6 +511,18 @@ impl Pair {
             assert_eq!(s[1 - master], "Backup", "{s:?}\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// True when router `i` runs its dnsmasq (the DNS forwarder of the SNAT guest nic).
+    fn dnsmasq_runs(&self, i: usize) -> bool {
+        std::fs::read_to_string(self.dnsmasq_dirs[i].path().join("dnsmasq/dnsmasq.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .is_some_and(|pid| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+                    && std::fs::read_to_string(format!("/proc/{pid}/status"))
+                        .is_ok_and(|st| !st.contains("State:\tZ"))
+            })
     }
 
     /// The IPv4 addresses of router `i`'s nic `dev`.
@@ -524,10 +599,26 @@ fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
 /// carries none of the HA addresses.
 fn assert_data_plane(p: &Pair, master: usize) {
     let backup = 1 - master;
-    for (dev, ip) in [("eth1", HA_PUBLIC), ("eth1", EIP_VIP), ("eth1", PF_VIP), ("eth2", GATEWAY)] {
-        assert!(p.has_addr(master, dev, ip), "master lacks {ip}: {}", p.addrs(master, dev));
-        assert!(!p.has_addr(backup, dev, ip), "backup has {ip}: {}", p.addrs(backup, dev));
+    for (dev, ip) in [
+        ("eth1", HA_PUBLIC),
+        ("eth1", EIP_VIP),
+        ("eth1", PF_VIP),
+        ("eth2", GATEWAY),
+    ] {
+        assert!(
+            p.has_addr(master, dev, ip),
+            "master lacks {ip}: {}",
+            p.addrs(master, dev)
+        );
+        assert!(
+            !p.has_addr(backup, dev, ip),
+            "backup has {ip}: {}",
+            p.addrs(backup, dev)
+        );
     }
+    wait_until(Duration::from_secs(5), "dnsmasq on the master only", || {
+        p.dnsmasq_runs(master) && !p.dnsmasq_runs(backup)
+    });
     let eip = connect(&p.public, &format!("{EIP_VIP}:80")).map(|c| c.1);
     assert_eq!(eip.as_deref(), Some("10.10.1.100 80"), "EIP");
     let pf = connect(&p.public, &format!("{PF_VIP}:2222")).map(|c| c.1);
@@ -538,7 +629,7 @@ fn assert_data_plane(p: &Pair, master: usize) {
 
 #[test]
 fn a_pair_has_one_master_fails_over_keeps_flows_and_never_has_two_masters() {
-    let p = Pair::new();
+    let mut p = Pair::new();
     let _guest_http = tcp_server(&p.guest, "0.0.0.0:80");
     let _public_http = tcp_server(&p.public, &format!("{PUBLIC}:80"));
     p.configure(0);
@@ -575,7 +666,29 @@ fn a_pair_has_one_master_fails_over_keeps_flows_and_never_has_two_masters() {
     assert_eq!(p.status(master), "Backup");
     assert_data_plane(&p, backup);
 
-    // 4. the flows opened before still carry data
+    // 4. conntrackd committed the flows to the new master's kernel before any of their
+    //    packets passed it (the connections are idle), and they still carry data
+    let flows = |args: &[&str]| {
+        let mut cmd = vec!["conntrack", "-L", "-p", "tcp"];
+        cmd.extend_from_slice(args);
+        String::from_utf8_lossy(&p.routers[backup].exec(&cmd).stdout).into_owned()
+    };
+    let snat_flows = flows(&["-s", GUEST2, "--dport", "80"]);
+    assert!(
+        snat_flows.contains("ESTABLISHED") && snat_flows.contains(&format!("dst={HA_PUBLIC}")),
+        "SNAT flow not committed on the new master: {snat_flows:?}\n{}",
+        p.logs()
+    );
+    let eip_flows = flows(&["-d", EIP_VIP, "--dport", "80"]);
+    assert!(
+        eip_flows.contains("ESTABLISHED") && eip_flows.contains(&format!("src={GUEST}")),
+        "EIP flow not committed on the new master: {eip_flows:?}"
+    );
+    let pf_flows = flows(&["-d", PF_VIP, "--dport", "2222"]);
+    assert!(
+        pf_flows.contains("ESTABLISHED"),
+        "port forward flow not committed on the new master: {pf_flows:?}"
+    );
     assert!(echoes(&mut via_snat, "after"), "SNAT connection lost");
     assert!(echoes(&mut via_eip, "after"), "EIP connection lost");
     assert!(echoes(&mut via_pf, "after"), "port forward connection lost");
@@ -650,4 +763,22 @@ fn a_pair_has_one_master_fails_over_keeps_flows_and_never_has_two_masters() {
         p.sw.ip(&["link", "set", &format!("r{}{port}", master + 1), "up"]);
     }
     p.assert_steady(backup, Duration::from_secs(5));
+
+    // 11. safe start: the master's agent crashes (its keepalived faults: the agent's liveness
+    //     is tracked) and comes back as backup, without its HA addresses; the peer is master
+    let master = backup;
+    let crashed = Instant::now();
+    let agent = &mut p.agents[master];
+    p.routers[master].enter(|| agent.crash_and_restart());
+    let peer = 1 - master;
+    p.wait_status(peer, "Master", Duration::from_secs(15));
+    eprintln!("peer master {:?} after the agent crash", crashed.elapsed());
+    assert_eq!(p.status(master), "Backup");
+    assert_data_plane(&p, peer);
+    p.assert_steady(peer, Duration::from_secs(3));
+    if std::env::var_os("VR_HA_LOGS").is_some() {
+        for a in &p.agents {
+            eprintln!("{}", a.log());
+        }
+    }
 }

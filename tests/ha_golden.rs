@@ -55,8 +55,14 @@ fn cases_in(dir: &str) -> Vec<(String, String, String)> {
 fn renderings_match_golden_files() {
     let mut diffs = Vec::new();
     for (case, k, c) in cases() {
-        diffs.extend(compare(&fixtures().join(format!("{case}.keepalived.conf")), &k));
-        diffs.extend(compare(&fixtures().join(format!("{case}.conntrackd.conf")), &c));
+        diffs.extend(compare(
+            &fixtures().join(format!("{case}.keepalived.conf")),
+            &k,
+        ));
+        diffs.extend(compare(
+            &fixtures().join(format!("{case}.conntrackd.conf")),
+            &c,
+        ));
     }
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
 }
@@ -64,10 +70,9 @@ fn renderings_match_golden_files() {
 #[test]
 fn a_vip_change_leaves_keepalived_conf_as_it_is() {
     // Reconfiguring the addresses only the master carries must not reload keepalived.
-    let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("pair.input.json")).unwrap(),
-    )
-    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("pair.input.json")).unwrap())
+            .unwrap();
     let mut requests = json["requests"].clone();
     let state = state_from_requests(&requests);
     requests[0][1]["vips"][0]["nicVip"] = "10.10.1.9".into();
@@ -88,7 +93,11 @@ fn a_vip_change_leaves_keepalived_conf_as_it_is() {
 fn keepalived_accepts_every_golden_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let paths = Paths::new(dir.path().to_path_buf());
-    std::fs::write(paths.alive_script(), render::alive_script(std::process::id())).unwrap();
+    std::fs::write(
+        paths.alive_script(),
+        render::alive_script(std::process::id()),
+    )
+    .unwrap();
     std::fs::set_permissions(
         paths.alive_script(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -96,8 +105,22 @@ fn keepalived_accepts_every_golden_configuration() {
     .unwrap();
     // keepalived checks that the heartbeat nic exists: a namespace with every case's nic
     let ns = Netns::new("vrhag");
-    veth(&ns, "eth0", "fa:7e:4b:ad:22:00", &ns, "peer0", "fa:7e:4b:00:22:00");
-    veth(&ns, "eth3", "fa:7e:4b:ad:22:03", &ns, "peer3", "fa:7e:4b:00:22:03");
+    veth(
+        &ns,
+        "eth0",
+        "fa:7e:4b:ad:22:00",
+        &ns,
+        "peer0",
+        "fa:7e:4b:00:22:00",
+    );
+    veth(
+        &ns,
+        "eth3",
+        "fa:7e:4b:ad:22:03",
+        &ns,
+        "peer3",
+        "fa:7e:4b:00:22:03",
+    );
     for (case, k, _) in cases_in(dir.path().to_str().unwrap()) {
         let path = dir.path().join(format!("{case}.conf"));
         std::fs::write(&path, &k).unwrap();

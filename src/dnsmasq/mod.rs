@@ -88,6 +88,8 @@ pub struct DnsmasqBackend {
     metrics: crate::metrics::Metrics,
     /// The node's HA role: a backup keeps the files but does not run dnsmasq.
     role: Role,
+    /// A dnsmasq left by an earlier agent was looked for (and stopped) when none is wanted.
+    stale_checked: bool,
 }
 
 /// Whether DNS is forwarded, and the SNAT guest nics it is forwarded on.
@@ -121,6 +123,7 @@ impl DnsmasqBackend {
             added: HashMap::new(),
             metrics: crate::metrics::Metrics::default(),
             role: Role::NoHa,
+            stale_checked: false,
         }
     }
 
@@ -369,10 +372,11 @@ impl DnsmasqBackend {
             write::check_reachable(&self.paths.dir).map_err(err)?;
         }
         if !wanted {
-            if self.running
-                && let Some(s) = &self.supervisor
-            {
-                s.stop().await;
+            if self.running || !self.stale_checked {
+                // also one left serving by an agent that crashed (an HA backup must not
+                // serve)
+                self.supervisor().stop().await;
+                self.stale_checked = true;
             }
             self.running = false;
         } else if conf_changed || !self.running {
@@ -508,7 +512,8 @@ impl Backend for DnsmasqBackend {
                 }
             }
             // A SNAT change: only a change of the guest nics the forwarder serves matters.
-            _ if !change.touches(Parts::DHCP_HOSTS | Parts::DNS_SERVERS | Parts::NICS | Parts::HA)
+            _ if !change
+                .touches(Parts::DHCP_HOSTS | Parts::DNS_SERVERS | Parts::NICS | Parts::HA)
                 && self.dns_guests.as_ref() == Some(&dns_guests(after)) =>
             {
                 return Ok(());

@@ -110,8 +110,7 @@ impl HaBackend {
         )?;
         // conntrackd's advice for flows taken over from the peer: their TCP windows were
         // not seen here, so do not call their packets invalid.
-        if let Err(e) =
-            std::fs::write("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal", "1\n")
+        if let Err(e) = std::fs::write("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal", "1\n")
         {
             tracing::warn!(error = %e, "cannot set nf_conntrack_tcp_be_liberal");
         }

@@ -130,7 +130,9 @@ pub fn keepalived(ha: &HaConfig, inputs: &Inputs, paths: &Paths) -> String {
 /// The agent's liveness script: fails once the agent with `pid` is gone (keepalived then
 /// faults and the peer takes over).
 pub fn alive_script(pid: u32) -> String {
-    format!("#!/bin/sh\n# Written by vr-agent: fails when the agent is gone.\nkill -0 {pid} 2>/dev/null\n")
+    format!(
+        "#!/bin/sh\n# Written by vr-agent: fails when the agent is gone.\nkill -0 {pid} 2>/dev/null\n"
+    )
 }
 
 /// conntrackd.conf for `ha`: FTFW over UDP between the heartbeat addresses; flows of the

@@ -8,9 +8,9 @@ use super::sync::{self, SyncError, SyncOptions};
 use crate::backend::{Backend, BackendError};
 use crate::bootstrap::info::BootstrapInfo;
 use crate::health::Health;
+use crate::state::ha::Role;
 use crate::state::model::{Nic, Vip};
 use crate::state::types::MacAddr;
-use crate::state::ha::Role;
 use crate::state::{Change, Command, DesiredState, Feature, Parts};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -84,37 +84,49 @@ impl LinksBackend {
         self.follow_role(after).await
     }
 
-    /// Removes the addresses a backup must not carry (when not carrying the data plane),
-    /// then syncs the nics to the role's plan (adding them, with gratuitous ARPs, as master).
+    /// Syncs the nics to the role's plan: a backup first loses the addresses only a master
+    /// carries (also on nics the state does not describe, which a sync does not prune); a
+    /// master gets them back, with gratuitous ARPs.
     async fn follow_role(&mut self, state: &DesiredState) -> Result<(), BackendError> {
-        self.load_bootstrap();
-        let nl = self.netlink()?;
-        let mut removed = 0;
-        if !self.role.carries_data_plane() {
-            let links = nl.links().await?;
-            for (mac, addrs) in plan::master_addresses(state) {
-                let Ok(link) = plan::find(&links, mac) else {
-                    continue;
-                };
-                let primary = self.primary(state, mac);
-                for (ip, prefix) in addrs {
-                    if primary == Some((ip, prefix)) {
-                        continue;
-                    }
-                    if nl.del_addr(link, ip, prefix).await? {
-                        removed += 1;
-                    }
-                }
-            }
-        }
         let report = self.resync(state, true).await?;
         tracing::info!(
             role = self.role.wire(),
             added = report.added,
-            removed,
+            removed = report.removed,
             "interfaces follow the HA role"
         );
         Ok(())
+    }
+
+    /// Removes from the kernel every address only a master carries (a backup's re-apply).
+    async fn drop_master_addresses(
+        &mut self,
+        nl: &Netlink,
+        state: &DesiredState,
+    ) -> Result<usize, BackendError> {
+        let links = nl.links().await?;
+        let mut removed = 0;
+        for (mac, addrs) in plan::master_addresses(state) {
+            let Ok(link) = plan::find(&links, mac) else {
+                continue;
+            };
+            let primary = self.primary(state, mac);
+            let current: BTreeSet<(Ipv4Addr, u8)> = nl
+                .addrs(link.index)
+                .await?
+                .into_iter()
+                .map(|a| (a.ip, a.prefix))
+                .collect();
+            for (ip, prefix) in addrs {
+                if primary == Some((ip, prefix)) || !current.contains(&(ip, prefix)) {
+                    continue;
+                }
+                if nl.del_addr(link, ip, prefix).await? {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     fn netlink(&mut self) -> Result<Netlink, BackendError> {
@@ -453,13 +465,19 @@ impl LinksBackend {
     ) -> Result<sync::SyncReport, BackendError> {
         self.load_bootstrap();
         let nl = self.netlink()?;
+        let dropped = if self.role.carries_data_plane() {
+            0
+        } else {
+            self.drop_master_addresses(&nl, state).await?
+        };
         let wanted = self.wanted(state);
         let opts = SyncOptions {
             prune,
             strict: false,
             scope: None,
         };
-        let report = sync::sync(&nl, &mut self.announcer, &wanted, &opts).await?;
+        let mut report = sync::sync(&nl, &mut self.announcer, &wanted, &opts).await?;
+        report.removed += dropped;
         self.missing = report.missing.iter().map(|p| p.to_string()).collect();
         if self.missing.is_empty() {
             self.health.clear(HEALTH_NICS);

@@ -143,13 +143,11 @@ fn write_tables(out: &mut String, rs: &Ruleset, contents: Contents) {
         postrouting.push(s("ip protocol vrrp accept comment \"ha: no nat for vrrp\""));
     }
     postrouting.extend([
-            s("ct status dnat ct original ip daddr @eip_masq masquerade"),
-            format!(
-                "ct status dnat ct mark & 0x{MARK_PF_MASQ:08x} == 0x{MARK_PF_MASQ:08x} masquerade"
-            ),
-            s("snat ip to ip saddr . oifname map @eip_snat"),
-            s("jump snat_subnets"),
-        ]);
+        s("ct status dnat ct original ip daddr @eip_masq masquerade"),
+        format!("ct status dnat ct mark & 0x{MARK_PF_MASQ:08x} == 0x{MARK_PF_MASQ:08x} masquerade"),
+        s("snat ip to ip saddr . oifname map @eip_snat"),
+        s("jump snat_subnets"),
+    ]);
     write_chain(
         out,
         "postrouting",

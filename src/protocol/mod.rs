@@ -443,7 +443,10 @@ mod tests {
         };
         assert_eq!(cfg.advert_secs, 2);
         assert_eq!(cfg.vips[0].prefix.len(), 24);
-        assert_eq!(cfg.monitors, vec!["10.10.1.100".parse::<std::net::Ipv4Addr>().unwrap()]);
+        assert_eq!(
+            cfg.monitors,
+            vec!["10.10.1.100".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
         let bad = |from: &str, to: &str| err(Endpoint::EnableVyosha, &good.replace(from, to));
         assert_eq!(
             bad(r#""keepalive":2"#, r#""keepalive":0"#),
@@ -467,7 +470,10 @@ mod tests {
             "peerIp: missing"
         );
         assert_eq!(
-            bad(r#""heartbeatNic":"fa:7e:4b:ad:22:03""#, r#""heartbeatNic":"x""#),
+            bad(
+                r#""heartbeatNic":"fa:7e:4b:ad:22:03""#,
+                r#""heartbeatNic":"x""#
+            ),
             r#"heartbeatNic: "x" is not a MAC address"#
         );
         assert_eq!(
@@ -479,7 +485,10 @@ mod tests {
             r#"vips[0].nicVip: "172.20.0.255" is the broadcast address of 172.20.0.0/24"#
         );
         assert_eq!(
-            bad(r#""callbackUrl":"http://192.168.100.10:8080/cb""#, r#""callbackUrl":"http://mn.example/cb""#),
+            bad(
+                r#""callbackUrl":"http://192.168.100.10:8080/cb""#,
+                r#""callbackUrl":"http://mn.example/cb""#
+            ),
             r#"callbackUrl: callbackurl "http://mn.example/cb": host names are not resolved; give the management node's IP address"#
         );
         assert_eq!(bad(r#""vips":[{"#, r#""vipz":[{"#), "vips: missing");

@@ -759,9 +759,7 @@ impl EnableHaCmd {
                 format!("\"{peer_ip}\" is localIp too: the peer must be another router"),
             ));
         }
-        let monitors = each("monitors", &self.monitors, |f, m| {
-            req_host_ipv4(f, m, None)
-        })?;
+        let monitors = each("monitors", &self.monitors, |f, m| req_host_ipv4(f, m, None))?;
         let vips = each_req("vips", &self.vips, |f, v| v.validate(f))?;
         for (i, v) in vips.iter().enumerate() {
             if let Some(j) = vips[..i].iter().position(|o| o.ip == v.ip) {
@@ -773,7 +771,10 @@ impl EnableHaCmd {
             if v.ip == local_ip || v.ip == peer_ip {
                 return Err(Invalid::new(
                     format!("vips[{i}].nicVip"),
-                    format!("\"{}\" is a heartbeat address, not one the master carries", v.ip),
+                    format!(
+                        "\"{}\" is a heartbeat address, not one the master carries",
+                        v.ip
+                    ),
                 ));
             }
         }
