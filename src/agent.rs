@@ -697,12 +697,23 @@ impl<B: Backend + 'static> Agent<B> {
             return;
         }
         let started = std::time::Instant::now();
-        let is_ha = |b: &B| b.features().contains(&Feature::Ha);
+        // Becoming master: conntrackd's commit, then the forward chain opened, then the
+        // addresses and the rest; becoming backup: the reverse of that.
+        let rank = |b: &B| {
+            let f = b.features();
+            if f.contains(&Feature::Ha) {
+                0
+            } else if f.contains(&Feature::Nat) {
+                1
+            } else {
+                2
+            }
+        };
         let mut order: Vec<usize> = (0..self.backends.len()).collect();
-        order.sort_by_key(|&i| {
-            let ha = is_ha(&self.backends[i]);
-            if role == Role::Master { !ha } else { ha }
-        });
+        order.sort_by_key(|&i| rank(&self.backends[i]));
+        if role != Role::Master {
+            order.reverse();
+        }
         for i in order {
             let backend = &mut self.backends[i];
             let name = backend.features()[0].name();

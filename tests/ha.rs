@@ -616,6 +616,11 @@ fn assert_data_plane(p: &Pair, master: usize) {
             p.addrs(backup, dev)
         );
     }
+    // a backup forwards nothing (hosts with a stale ARP entry must not be served by it)
+    let forward =
+        |i: usize| p.routers[i].exec_ok(&["nft", "list", "chain", "inet", "vr_filter", "forward"]);
+    assert!(forward(backup).contains("ha: a backup forwards nothing"));
+    assert!(!forward(master).contains("ha: a backup forwards nothing"));
     wait_until(Duration::from_secs(5), "dnsmasq on the master only", || {
         p.dnsmasq_runs(master) && !p.dnsmasq_runs(backup)
     });
@@ -783,6 +788,24 @@ fn a_pair_has_one_master_fails_over_keeps_flows_and_never_has_two_masters() {
     }
 }
 
+/// `text` without terminal colour sequences.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Unix time now, in seconds.
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
@@ -901,16 +924,18 @@ fn measure_failover() {
             (who == tell).then(|| t.parse().ok())?
         })
         .collect();
-    let survived = conns
-        .iter_mut()
-        .filter(|c| echoes(c, "after"))
-        .count();
+    let mut survived = 0;
+    for c in &mut conns {
+        if echoes(c, "after") {
+            survived += 1;
+        }
+    }
     drop(conns);
     let span = match (garps.first(), garps.last()) {
         (Some(a), Some(b)) => b - a,
         _ => 0.0,
     };
-    let log = p.agents[1 - master].log();
+    let log = strip_ansi(&p.agents[1 - master].log());
     let promote = log
         .lines()
         .rev()

@@ -648,3 +648,29 @@ fn a_failed_journal_append_rolls_back_every_backend_that_followed() {
         assert!(loaded.state.nics.is_empty());
     });
 }
+
+#[test]
+fn ha_reads_answer_no_ha_and_a_restart_without_ha_is_refused() {
+    runtime().block_on(async {
+        let agent = InProcess::start().await;
+        let mn = MgmtNode::start().await;
+        let reply = mn.call(agent.addr, "/syncVpcRouterHa", &json!({})).await;
+        assert_ok(&reply);
+        assert_eq!(reply["haStatus"], json!("NoHa"), "{reply}");
+        let ping = mn.call(agent.addr, "/ping", &json!({})).await;
+        assert_eq!(ping["haStatus"], json!("NoHa"), "{ping}");
+        let reply = mn.call(agent.addr, "/restartKeepalived", &json!({})).await;
+        assert_fails(&reply, "HA is not configured on this router");
+        // no HA engine among these backends: refused, nothing stored, still NoHa
+        let reply = mn
+            .call(agent.addr, "/enableVyosha", &fixture("enableVyosha"))
+            .await;
+        assert_fails(&reply, "ha is not supported");
+        assert!(agent.take_log().is_empty());
+        let reply = mn.call(agent.addr, "/syncVpcRouterHa", &json!({})).await;
+        assert_eq!(reply["haStatus"], json!("NoHa"), "{reply}");
+        let dir = agent.stop().await;
+        let (_store, loaded) = Store::open(dir.path());
+        assert!(loaded.state.ha.is_none());
+    });
+}

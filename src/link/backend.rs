@@ -289,7 +289,11 @@ impl LinksBackend {
             Ok(announce) => {
                 for (mac, ips) in announce {
                     let link = &links[&mac];
-                    if let Err(e) = self.announcer.announce(link.index, &link.name, mac, &ips) {
+                    if let Err(e) = self
+                        .announcer
+                        .announce_paced(link.index, &link.name, mac, &ips)
+                        .await
+                    {
                         tracing::warn!(error = %e, "gratuitous ARP not sent");
                     }
                 }

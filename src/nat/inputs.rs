@@ -22,6 +22,9 @@ pub struct Inputs {
     /// No nic is known to be the management nic ([`super::mgmt_guard`]): the filter table
     /// goes in without its drop policies and drop rules.
     pub mgmt_unknown: bool,
+    /// This router is the backup of an HA pair: it forwards nothing (hosts with a stale ARP
+    /// entry for a moved address must not be served by it).
+    pub ha_standby: bool,
     /// `addrs` indexed for longest-prefix lookups, built on first use (a cache: leave it at
     /// its default).
     #[serde(skip)]

@@ -20,6 +20,7 @@ pub mod sets;
 use crate::backend::{Backend, BackendError};
 use crate::config::Config;
 use crate::health::Health;
+use crate::state::ha::Role;
 use crate::state::model::Eip;
 use crate::state::types::MacAddr;
 use crate::state::{Change, Command, DesiredState, Feature, Parts};
@@ -61,6 +62,8 @@ pub struct NatBackend {
     guard: mgmt_guard::Guard,
     /// Counts nft transactions and nfnetlink batches.
     metrics: crate::metrics::Metrics,
+    /// The node's HA role: a backup's forward chain drops everything.
+    role: Role,
 }
 
 impl NatBackend {
@@ -95,6 +98,7 @@ impl NatBackend {
             conntrack_events: true,
             flows_retry_at: None,
             metrics: crate::metrics::Metrics::default(),
+            role: Role::NoHa,
         }
     }
 
@@ -166,8 +170,32 @@ impl NatBackend {
             mgmt_nic: self.mgmt_nic.clone(),
             agent_ports: self.agent_ports.clone(),
             mgmt_unknown: self.guard.open(),
+            ha_standby: state.ha.is_some() && !self.role.carries_data_plane(),
             ..Inputs::default()
         })
+    }
+
+    /// Rewrites the forward chain for this node's HA role (one small transaction: a backup
+    /// drops every forwarded packet, a master forwards as usual).
+    async fn follow_role(&mut self, state: &DesiredState) -> Result<(), NatError> {
+        let Some(ha) = &state.ha else {
+            return Ok(());
+        };
+        let names = crate::nics::by_mac()
+            .map_err(|e| NatError::System(format!("cannot list the nics: {e}")))?;
+        let rs = model::Ruleset {
+            mgmt_unknown: self.guard.open(),
+            ha: Some(model::HaPeer {
+                nic: crate::nics::name_of(&names, ha.heartbeat_mac)
+                    .unwrap_or_default()
+                    .to_string(),
+                peer: ha.peer_ip,
+                standby: !self.role.carries_data_plane(),
+            }),
+            ..model::Ruleset::default()
+        };
+        let text = render::chain_rewrite(model::FILTER, "forward", &render::forward_rules(&rs));
+        self.nft(&text).await
     }
 
     fn note_skipped(&mut self, plan: &Plan) {
@@ -461,6 +489,17 @@ impl Backend for NatBackend {
             );
             Ok(())
         }
+    }
+
+    fn note_role(&mut self, role: Role) {
+        self.role = role;
+    }
+
+    async fn set_role(&mut self, state: &DesiredState, role: Role) -> Result<(), BackendError> {
+        self.role = role;
+        self.follow_role(state)
+            .await
+            .map_err(|e| BackendError::new(e.to_string()))
     }
 
     async fn apply(&mut self, change: &Change<'_>) -> Result<(), BackendError> {

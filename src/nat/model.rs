@@ -456,6 +456,8 @@ pub struct HaPeer {
     pub nic: String,
     /// The peer's address on it.
     pub peer: std::net::Ipv4Addr,
+    /// This node is the backup: forwarded packets are dropped.
+    pub standby: bool,
 }
 
 /// UDP port conntrackd's sync channel uses on the heartbeat nic.
@@ -585,6 +587,7 @@ pub fn resolve(state: &DesiredState, inputs: &Inputs) -> (Ruleset, Vec<NatError>
                 rs.ha = Some(HaPeer {
                     nic: name,
                     peer: ha.peer_ip,
+                    standby: inputs.ha_standby,
                 });
             }
             Err(e) => skipped.push(e),

@@ -214,7 +214,28 @@ fn write_tables(out: &mut String, rs: &Ruleset, contents: Contents) {
         &input,
     );
     write_chain(out, "appliance", None, &rs.appliance);
-    let mut forward = vec![s("ct state established,related accept")];
+    let forward = forward_rules(rs);
+    write_chain(
+        out,
+        "forward",
+        Some(&format!(
+            "type filter hook forward priority filter; policy {policy};"
+        )),
+        &forward,
+    );
+    write_chain(out, "snat_fwd", None, &rs.snat_forward);
+    out.push_str("}\n");
+}
+
+/// The rules of the filter table's `forward` chain (a backup of an HA pair drops first).
+pub fn forward_rules(rs: &Ruleset) -> Vec<String> {
+    let s = |x: &str| x.to_string();
+    let enforcing = !rs.mgmt_unknown;
+    let mut forward = Vec::new();
+    if rs.ha.as_ref().is_some_and(|h| h.standby) {
+        forward.push(s("counter drop comment \"ha: a backup forwards nothing\""));
+    }
+    forward.push(s("ct state established,related accept"));
     if enforcing {
         forward.push(s("ct state invalid drop"));
     }
@@ -226,16 +247,7 @@ fn write_tables(out: &mut String, rs: &Ruleset, contents: Contents) {
         s("ip saddr . oifname @eip_out accept comment \"eip outbound\""),
         s("jump snat_fwd"),
     ]);
-    write_chain(
-        out,
-        "forward",
-        Some(&format!(
-            "type filter hook forward priority filter; policy {policy};"
-        )),
-        &forward,
-    );
-    write_chain(out, "snat_fwd", None, &rs.snat_forward);
-    out.push_str("}\n");
+    forward
 }
 
 /// Set flushes, element deletes, then adds, as one transaction's text (runs of one set on
