@@ -698,22 +698,21 @@ impl<B: Backend + 'static> Agent<B> {
         }
         let started = std::time::Instant::now();
         // Becoming master: conntrackd's commit, then the forward chain opened, then the
-        // addresses and the rest; becoming backup: the reverse of that.
+        // addresses and the rest. Becoming backup: the forward chain closed first (at once:
+        // removing thousands of addresses takes a while, and the node must not serve hosts
+        // that still send to it meanwhile), then the addresses and the rest, conntrackd last.
+        let promote = role == Role::Master;
         let rank = |b: &B| {
             let f = b.features();
-            if f.contains(&Feature::Ha) {
-                0
-            } else if f.contains(&Feature::Nat) {
-                1
-            } else {
-                2
+            match (f.contains(&Feature::Ha), f.contains(&Feature::Nat)) {
+                (true, _) if promote => 0,
+                (true, _) => 3,
+                (_, true) => 1,
+                _ => 2,
             }
         };
         let mut order: Vec<usize> = (0..self.backends.len()).collect();
         order.sort_by_key(|&i| rank(&self.backends[i]));
-        if role != Role::Master {
-            order.reverse();
-        }
         for i in order {
             let backend = &mut self.backends[i];
             let name = backend.features()[0].name();

@@ -868,6 +868,13 @@ fn measure_failover() {
     let _guest_http = tcp_server(&p.guest, "0.0.0.0:80");
     let _public_http = tcp_server(&p.public, &format!("{PUBLIC}:80"));
     p.configure(1000);
+    let demote_log = |i: usize| -> Vec<String> {
+        strip_ansi(&p.agents[i].log())
+            .lines()
+            .filter(|l| l.contains("ha: role changed") || l.contains("interfaces follow the HA role"))
+            .map(str::to_string)
+            .collect()
+    };
     let runs: usize = std::env::var("VR_HA_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -892,9 +899,9 @@ fn measure_failover() {
     let mut capture = p
         .public
         .command("tcpdump")
-        .args(["-i", "c0", "-nn", "-tt", "-l", "arp"])
+        .args(["-i", "c0", "-nn", "-tt", "-l", "-B", "16384", "arp"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("tcpdump");
     std::thread::sleep(Duration::from_millis(500));
@@ -912,7 +919,10 @@ fn measure_failover() {
         .unwrap()
         .read_to_string(&mut text)
         .unwrap();
+    let mut stats = String::new();
+    let _ = capture.stderr.take().unwrap().read_to_string(&mut stats);
     let _ = capture.wait();
+    eprintln!("tcpdump: {}", stats.replace('\n', "; "));
     let garps: Vec<f64> = text
         .lines()
         .filter_map(|l| {
@@ -974,6 +984,11 @@ fn measure_failover() {
         span * 1000.0
     );
     eprintln!("the new master's promotion: {promote}");
+    for i in 0..2 {
+        for l in demote_log(i).iter().rev().take(4) {
+            eprintln!("router {}: {l}", i + 1);
+        }
+    }
     assert_eq!(survived, 200, "connections lost in the failover");
     assert!(garps.len() >= 1000, "only {} gratuitous ARPs", garps.len());
     assert!(times[runs / 2] <= FAILOVER_BOUND.as_secs_f64());

@@ -118,6 +118,19 @@ pub fn read_fifo(paths: &Paths, events: Events) -> std::io::Result<tokio::task::
     let rx = tokio::net::unix::pipe::OpenOptions::new()
         .read_write(true)
         .open_receiver(&path)?;
+    // Lines buffered before this reader (a keepalived of a crashed agent wrote them) are
+    // history: the keepalived about to start decides anew.
+    let mut stale = [0u8; 4096];
+    let mut dropped = 0;
+    while let Ok(n) = rx.try_read(&mut stale) {
+        if n == 0 {
+            break;
+        }
+        dropped += n;
+    }
+    if dropped > 0 {
+        tracing::info!(bytes = dropped, "dropped old lines of keepalived's fifo");
+    }
     Ok(tokio::spawn(async move {
         let mut lines = BufReader::new(rx).lines();
         loop {

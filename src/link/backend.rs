@@ -117,7 +117,9 @@ impl LinksBackend {
                 .into_iter()
                 .map(|a| (a.ip, a.prefix))
                 .collect();
-            for (ip, prefix) in addrs {
+            // Newest first: a subnet's first address is its primary, and removing a primary
+            // makes the kernel promote (and re-route) the next one each time.
+            for (ip, prefix) in addrs.into_iter().rev() {
                 if primary == Some((ip, prefix)) || !current.contains(&(ip, prefix)) {
                     continue;
                 }
