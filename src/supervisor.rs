@@ -153,7 +153,7 @@ impl Supervisor {
 
 /// True while `pid` runs. A process left by an earlier agent is nobody's child of ours: once
 /// it exits it stays a zombie until init reaps it, which counts as gone.
-fn alive(pid: Pid) -> bool {
+pub fn alive(pid: Pid) -> bool {
     kill(pid, None).is_ok()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
             s.rsplit_once(") ")

@@ -871,7 +871,9 @@ fn measure_failover() {
     let demote_log = |i: usize| -> Vec<String> {
         strip_ansi(&p.agents[i].log())
             .lines()
-            .filter(|l| l.contains("ha: role changed") || l.contains("interfaces follow the HA role"))
+            .filter(|l| {
+                l.contains("ha: role changed") || l.contains("interfaces follow the HA role")
+            })
             .map(str::to_string)
             .collect()
     };
@@ -896,11 +898,18 @@ fn measure_failover() {
         conns.push(c);
     }
     std::thread::sleep(Duration::from_secs(1));
+    let pcap = tempfile::Builder::new()
+        .prefix("vrha-garp-")
+        .tempdir()
+        .unwrap();
+    let pcap_file = pcap.path().join("arp.pcap");
     let mut capture = p
         .public
         .command("tcpdump")
-        .args(["-i", "c0", "-nn", "-tt", "-l", "-B", "16384", "arp"])
-        .stdout(std::process::Stdio::piped())
+        .args(["-i", "c0", "-nn", "-U", "-B", "8192", "-w"])
+        .arg(&pcap_file)
+        .arg("arp")
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("tcpdump");
@@ -912,17 +921,16 @@ fn measure_failover() {
         nix::unistd::Pid::from_raw(capture.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
-    let mut text = String::new();
-    capture
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
     let mut stats = String::new();
     let _ = capture.stderr.take().unwrap().read_to_string(&mut stats);
     let _ = capture.wait();
     eprintln!("tcpdump: {}", stats.replace('\n', "; "));
+    let read = std::process::Command::new("tcpdump")
+        .args(["-nn", "-tt", "-r"])
+        .arg(&pcap_file)
+        .output()
+        .expect("tcpdump -r");
+    let text = String::from_utf8_lossy(&read.stdout).into_owned();
     let garps: Vec<f64> = text
         .lines()
         .filter_map(|l| {

@@ -55,6 +55,38 @@ impl crate::supervisor::Engine for Keepalived {
             .events
             .send((Role::Backup, "keepalived exited".to_string()));
     }
+
+    fn before_start(&mut self) {
+        // keepalived refuses to start ("daemon is already running") while a pid file names a
+        // live process, and a VRRP child of a killed keepalived stays a zombie until init
+        // reaps it. A VRRP child of ours still running alone is stopped: two would both
+        // advertise.
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let marker = self.marker();
+        for file in [self.paths.vrrp_pid(), self.paths.keepalived_pid()] {
+            let Some(pid) = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+                .filter(|p| *p > 0)
+            else {
+                continue;
+            };
+            let pid = Pid::from_raw(pid);
+            let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker));
+            if ours && crate::supervisor::alive(pid) {
+                let _ = kill(pid, Signal::SIGKILL);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                while crate::supervisor::alive(pid) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+            if !crate::supervisor::alive(pid) || !ours {
+                let _ = std::fs::remove_file(&file);
+            }
+        }
+    }
 }
 
 /// conntrackd in the foreground. It writes no pid file: the agent writes one once the
