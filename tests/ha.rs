@@ -966,7 +966,7 @@ fn measure_failover() {
     let mut lost = Vec::new();
     for _ in 0..runs {
         let (t, l) = measured_failover(&p);
-        eprintln!("failover: {:.3} s to the first answer, {l} pings lost", t);
+        eprintln!("failover: {t:.3} s to the first answer, {l} pings lost");
         times.push(t);
         lost.push(l);
     }

@@ -250,6 +250,57 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_backup_wants_neither_vips_nor_ha_addresses_and_a_master_wants_both() {
+        let mut state = DesiredState::default();
+        state.nics.insert(mac(1), nic(1, "10.0.0.2", true, None));
+        state.vips.insert(
+            "10.0.0.55".parse().unwrap(),
+            Vip {
+                ip: "10.0.0.55".parse().unwrap(),
+                prefix: PrefixLen::new(24).unwrap(),
+                gateway: None,
+                owner_mac: mac(1),
+            },
+        );
+        state.ha = Some(crate::state::ha::HaConfig {
+            advert_secs: 1,
+            heartbeat_mac: mac(3),
+            local_ip: "192.168.7.1".parse().unwrap(),
+            peer_ip: "192.168.7.2".parse().unwrap(),
+            monitors: vec![],
+            vips: vec![crate::state::ha::HaVip {
+                mac: mac(2),
+                ip: "172.20.0.1".parse().unwrap(),
+                prefix: PrefixLen::new(24).unwrap(),
+                category: None,
+            }],
+            callback_url: None,
+        });
+        let master = Wanted::for_role(&[], &state, true);
+        assert_eq!(
+            master.addrs(mac(1)),
+            vec![
+                ("10.0.0.2".parse().unwrap(), 24),
+                ("10.0.0.55".parse().unwrap(), 24)
+            ]
+        );
+        assert_eq!(
+            master.addrs(mac(2)),
+            vec![("172.20.0.1".parse().unwrap(), 24)]
+        );
+        let backup = Wanted::for_role(&[], &state, false);
+        assert_eq!(
+            backup.addrs(mac(1)),
+            vec![("10.0.0.2".parse().unwrap(), 24)]
+        );
+        assert!(backup.addrs(mac(2)).is_empty());
+        // the nic itself (address, default route) is the same in both roles
+        assert_eq!(master.nics, backup.nics);
+        assert_eq!(master.default_route, backup.default_route);
+        assert_eq!(master_addresses(&state).len(), 2);
+    }
+
     fn link(index: u32, name: &str, m: Option<u8>) -> Link {
         Link {
             index,
