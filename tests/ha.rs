@@ -637,6 +637,17 @@ fn a_pair_has_one_master_fails_over_keeps_flows_and_never_has_two_masters() {
     let mut p = Pair::new();
     let _guest_http = tcp_server(&p.guest, "0.0.0.0:80");
     let _public_http = tcp_server(&p.public, &format!("{PUBLIC}:80"));
+    // 0. a heartbeat nic the router does not have is refused, naming the field; no HA
+    let mut bad = p.ha_body(0, &[]);
+    bad["heartbeatNic"] = json!("fa:7e:4b:ad:09:09");
+    let reply = call(&p.routers[0], "/enableVyosha", &bad);
+    assert_eq!(reply["success"], json!(false), "{reply}");
+    let error = reply["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("heartbeatNic: ") && error.contains("fa:7e:4b:ad:09:09"),
+        "{reply}"
+    );
+    assert_eq!(p.status(0), "NoHa");
     p.configure(0);
 
     // 1. exactly one master; the data plane through it, nothing on the backup
