@@ -660,6 +660,15 @@ fn a_pair_has_one_master_fails_over_keeps_flows_and_never_has_two_masters() {
     });
     let ping = ok(&p.routers[backup], "/ping", json!({}));
     assert_eq!(ping["haStatus"], json!("Backup"), "{ping}");
+    // a change behind the backup's back makes its agent verify the interfaces: the repair
+    // follows the role and puts no HA address back
+    let verifies = |i: usize| p.agents[i].log().matches("interfaces re-applied").count();
+    let before = verifies(backup);
+    p.routers[backup].ip(&["addr", "add", "10.10.1.77/32", "dev", "eth1"]);
+    wait_until(Duration::from_secs(5), "a verify on the backup", || {
+        verifies(backup) > before
+    });
+    assert_data_plane(&p, master);
 
     // 2. connections opened before the failover: SNAT, EIP, port forward
     let (mut via_snat, seen) = connect(&p.guest2, &format!("{PUBLIC}:80")).expect("SNAT conn");
@@ -792,6 +801,21 @@ fn a_pair_has_one_master_fails_over_keeps_flows_and_never_has_two_masters() {
     assert_eq!(p.status(master), "Backup");
     assert_data_plane(&p, peer);
     p.assert_steady(peer, Duration::from_secs(3));
+
+    // 12. the master's agent stops (SIGTERM): it gives up its data plane and keepalived hands
+    //     over at once; nothing is left on the stopped node
+    let stopping = Instant::now();
+    let status = p.agents[peer].stop();
+    assert!(status.success(), "agent exited with {status}");
+    p.wait_status(master, "Master", Duration::from_secs(5));
+    eprintln!(
+        "master {:?} after the other agent's stop",
+        stopping.elapsed()
+    );
+    for (dev, ip) in [("eth1", HA_PUBLIC), ("eth1", EIP_VIP), ("eth2", GATEWAY)] {
+        assert!(!p.has_addr(peer, dev, ip), "stopped node kept {ip}");
+        assert!(p.has_addr(master, dev, ip), "new master lacks {ip}");
+    }
     if std::env::var_os("VR_HA_LOGS").is_some() {
         for a in &p.agents {
             eprintln!("{}", a.log());
