@@ -129,6 +129,15 @@ impl HaBackend {
             sup.restart().await.map_err(err)?;
             self.applied.conntrackd = Some(c_conf);
             tracing::info!("conntrackd (re)started");
+            // A fresh conntrackd holds no copy of the peer's table: a master sends its own
+            // (read from the kernel at start), a backup asks for the master's. The peer may
+            // not run yet: then it asks or sends itself when it starts.
+            let step = if self.role == Role::Master { "-B" } else { "-n" };
+            if let Err(e) =
+                process::conntrackd_ctl(&self.bins.conntrackd, &self.paths, &[step]).await
+            {
+                tracing::warn!(error = %e, "conntrackd resync after its start");
+            }
         }
         if self.fifo.as_ref().is_none_or(|t| t.is_finished()) {
             let task = process::read_fifo(&self.paths, self.events.clone())
