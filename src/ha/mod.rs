@@ -132,7 +132,11 @@ impl HaBackend {
             // A fresh conntrackd holds no copy of the peer's table: a master sends its own
             // (read from the kernel at start), a backup asks for the master's. The peer may
             // not run yet: then it asks or sends itself when it starts.
-            let step = if self.role == Role::Master { "-B" } else { "-n" };
+            let step = if self.role == Role::Master {
+                "-B"
+            } else {
+                "-n"
+            };
             if let Err(e) =
                 process::conntrackd_ctl(&self.bins.conntrackd, &self.paths, &[step]).await
             {
