@@ -11,9 +11,11 @@
 //! does. Run one at a time: `cargo test --test ha -- --test-threads=1`.
 
 mod common;
+mod nat_support;
 
 use common::agent::AgentProc;
 use common::netns::{Netns, veth};
+use nat_support::{echoes, read_line, tcp_connect, tcp_server};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -122,94 +124,11 @@ impl Drop for CallbackServer {
     }
 }
 
-/// A TCP peer answering each connection with `<source ip> <port>\n`, then echoing lines.
-struct Server {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-}
-
-fn tcp_server(ns: &Netns, addr: &str) -> Server {
-    let addr: SocketAddr = addr.parse().unwrap();
-    let listener = ns.enter(|| TcpListener::bind(addr).unwrap());
-    listener.set_nonblocking(true).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = Arc::clone(&stop);
-    let handle = std::thread::spawn(move || {
-        let mut conns = Vec::new();
-        while !s.load(Ordering::SeqCst) {
-            match listener.accept() {
-                Ok((mut stream, peer)) => {
-                    let s = Arc::clone(&s);
-                    conns.push(std::thread::spawn(move || {
-                        let _ = stream.set_nonblocking(false);
-                        let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
-                        let _ = writeln!(stream, "{} {}", peer.ip(), addr.port());
-                        let mut buf = [0u8; 4096];
-                        while !s.load(Ordering::SeqCst) {
-                            match stream.read(&mut buf) {
-                                Ok(0) => break,
-                                Ok(n) => {
-                                    if stream.write_all(&buf[..n]).is_err() {
-                                        break;
-                                    }
-                                }
-                                Err(e)
-                                    if matches!(
-                                        e.kind(),
-                                        std::io::ErrorKind::WouldBlock
-                                            | std::io::ErrorKind::TimedOut
-                                    ) => {}
-                                Err(_) => break,
-                            }
-                        }
-                    }));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-        for c in conns {
-            let _ = c.join();
-        }
-    });
-    Server {
-        stop,
-        handle: Some(handle),
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
 /// A connection from `ns` to `dst` and the first line the server sent (what source it saw).
 fn connect(ns: &Netns, dst: &str) -> Option<(TcpStream, String)> {
-    let dst: SocketAddr = dst.parse().unwrap();
-    let stream = ns.enter(|| TcpStream::connect_timeout(&dst, Duration::from_secs(2)).ok())?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let stream = tcp_connect(ns, dst, None)?;
     let line = read_line(&stream)?;
     Some((stream, line))
-}
-
-fn read_line(stream: &TcpStream) -> Option<String> {
-    let mut line = String::new();
-    let mut r = BufReader::new(stream);
-    match r.read_line(&mut line) {
-        Ok(n) if n > 0 && line.ends_with('\n') => Some(line.trim_end().to_string()),
-        _ => None,
-    }
-}
-
-/// Sends `line` and expects it echoed.
-fn echoes(stream: &mut TcpStream, line: &str) -> bool {
-    if writeln!(stream, "{line}").is_err() {
-        return false;
-    }
-    read_line(stream).as_deref() == Some(line)
 }
 
 /// A synchronous POST to the agent inside `ns` (127.0.0.1:7272); the reply body as JSON.

@@ -427,25 +427,34 @@ impl SnatInfo {
     }
 }
 
+/// The prefix of an address from `<at>.netmask`, else from a non-zero `<at>.<prefix_field>`
+/// (a later management node sends both; 0 means not set).
+fn netmask_or_prefix(
+    at: &str,
+    netmask: &Option<String>,
+    prefix: Option<i64>,
+    prefix_field: &str,
+) -> Result<crate::state::types::PrefixLen, Invalid> {
+    match (given(netmask), prefix) {
+        (Some(_), _) | (None, None | Some(0)) => req_netmask(&format!("{at}.netmask"), netmask),
+        (None, Some(n)) => u8::try_from(n)
+            .ok()
+            .and_then(crate::state::types::PrefixLen::new)
+            .ok_or_else(|| {
+                Invalid::new(
+                    format!("{at}.{prefix_field}"),
+                    format!("{n} is not a prefix length (0-32)"),
+                )
+            }),
+    }
+}
+
 impl VipTo {
     /// A VIP. The prefix comes from `netmask`, else from a non-zero `prefixLength`.
     pub fn validate(&self, at: &str) -> Result<Vip, Invalid> {
         let ip_field = format!("{at}.ip");
         let ip = req_ipv4(&ip_field, &self.ip)?;
-        let prefix = match (given(&self.netmask), self.prefix_length) {
-            (Some(_), _) | (None, None | Some(0)) => {
-                req_netmask(&format!("{at}.netmask"), &self.netmask)?
-            }
-            (None, Some(n)) => u8::try_from(n)
-                .ok()
-                .and_then(crate::state::types::PrefixLen::new)
-                .ok_or_else(|| {
-                    Invalid::new(
-                        format!("{at}.prefixLength"),
-                        format!("{n} is not a prefix length (0-32)"),
-                    )
-                })?,
-        };
+        let prefix = netmask_or_prefix(at, &self.netmask, self.prefix_length, "prefixLength")?;
         check_unicast(&ip_field, ip, Some(prefix))?;
         Ok(Vip {
             ip,
@@ -713,20 +722,7 @@ impl HaVipTo {
     pub fn validate(&self, at: &str) -> Result<HaVip, Invalid> {
         let ip_field = format!("{at}.nicVip");
         let ip = req_ipv4(&ip_field, &self.nic_vip)?;
-        let prefix = match (given(&self.netmask), self.prefix_len) {
-            (Some(_), _) | (None, None | Some(0)) => {
-                req_netmask(&format!("{at}.netmask"), &self.netmask)?
-            }
-            (None, Some(n)) => u8::try_from(n)
-                .ok()
-                .and_then(crate::state::types::PrefixLen::new)
-                .ok_or_else(|| {
-                    Invalid::new(
-                        format!("{at}.prefixLen"),
-                        format!("{n} is not a prefix length (0-32)"),
-                    )
-                })?,
-        };
+        let prefix = netmask_or_prefix(at, &self.netmask, self.prefix_len, "prefixLen")?;
         check_unicast(&ip_field, ip, Some(prefix))?;
         Ok(HaVip {
             mac: req_mac(&format!("{at}.nicMac"), &self.nic_mac)?,
