@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the virtual router appliance: a compressed, bootable qcow2 of a minimal Debian 12 with
-# vr-agent, its systemd units, dnsmasq-base, haproxy, nftables, conntrack and openssh-server.
+# vr-agent, its systemd units, dnsmasq-base, haproxy, keepalived, conntrackd, nftables, conntrack
+# and openssh-server.
 #
 #   image-build/build.sh [--agent PATH] [--mn-packages DIR] [--out FILE]
 #
@@ -58,7 +59,7 @@ mmdebstrap --mode=root --variant=minbase --quiet \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-  --include=linux-image-cloud-amd64,initramfs-tools,systemd,systemd-sysv,udev,dbus,iproute2,nftables,dnsmasq-base,haproxy,conntrack,openssh-server,netbase,procps,kmod,ifupdown- \
+  --include=linux-image-cloud-amd64,initramfs-tools,systemd,systemd-sysv,udev,dbus,iproute2,nftables,dnsmasq-base,haproxy,keepalived,conntrackd,iputils-ping,conntrack,openssh-server,netbase,procps,kmod,ifupdown- \
   --customize-hook='chroot "$1" update-initramfs -u -k all >/dev/null' \
   bookworm "$rootfs" "$mirror"
 
@@ -73,6 +74,8 @@ systemctl --root="$rootfs" enable vr-agent-bootstrap.service vr-agent.service vr
 # dnsmasq's own system service is not installed (dnsmasq-base); the agent runs its own.
 # haproxy's is: mask it, the agent runs its own haproxy (master-worker, its own directory).
 systemctl --root="$rootfs" mask haproxy.service >/dev/null
+# keepalived's and conntrackd's too: the agent runs both for router HA, with its own files.
+systemctl --root="$rootfs" mask keepalived.service conntrackd.service >/dev/null
 systemd-analyze verify --root="$rootfs" /etc/systemd/system/vr-agent.service /etc/systemd/system/vr-agent-bootstrap.service
 
 echo "== system settings"

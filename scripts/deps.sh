@@ -6,6 +6,8 @@ packages=(
   nftables        # nft: the NAT and firewall backend
   dnsmasq-base    # dnsmasq: DHCP and DNS
   haproxy         # load balancer listeners (2.6, master-worker)
+  keepalived      # router HA: VRRP (2.2)
+  conntrackd      # router HA: connection table sync (1.4, FTFW)
   iproute2        # ip: namespaces and veth pairs in tests
   conntrack       # conntrack: deleting stale NAT flows
   busybox         # udhcpc: the DHCP client of the tests

@@ -10,6 +10,7 @@ use crate::backend::{Backend, BackendError, Engine};
 use crate::facts::FactsSource;
 use crate::health::Health;
 use crate::state::facts::SystemFacts;
+use crate::state::ha::Role;
 use crate::state::store::{Store, StoreError};
 use crate::state::{Change, Command, DesiredState, Feature, Invalid};
 use std::sync::{Arc, RwLock};
@@ -25,6 +26,8 @@ pub const HEALTH_DRIFT: &str = "drift";
 pub const HEALTH_REAPPLY: &str = "startup";
 /// Health source set while the state directory refuses writes or a snapshot failed.
 pub const HEALTH_STORE: &str = "store";
+/// Health source prefix of a backend that could not follow an HA role change (`ha:<feature>`).
+pub const HEALTH_HA: &str = "ha";
 
 /// Why a command was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,8 @@ pub struct Snapshot {
     pub counts: crate::state::counts::EntryCounts,
     /// Bytes in the current journal, and compactions since the start.
     pub journal: (u64, u64),
+    /// This node's HA role (`/ping` `haStatus`, `/syncVpcRouterHa`).
+    pub ha_status: Option<Role>,
 }
 
 struct Job {
@@ -113,6 +118,10 @@ enum Upkeep {
 enum Work {
     Command(Job),
     Upkeep(Upkeep, oneshot::Sender<()>),
+    /// keepalived decided this node's role (or the agent saw it die: backup).
+    Vrrp(Role, String),
+    /// `/restartKeepalived`.
+    RestartKeepalived(oneshot::Sender<Result<(), ApplyError>>),
 }
 
 /// Sends commands to the writer. Cheap to clone.
@@ -163,6 +172,26 @@ impl AgentHandle {
         }
     }
 
+    /// Queues a role change keepalived decided (`why` for the log); the writer makes the
+    /// node follow it between commands, one change at a time.
+    pub fn vrrp(&self, role: Role, why: String) {
+        self.queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.tx.send(Work::Vrrp(role, why));
+    }
+
+    /// Restarts keepalived without ever making a second master: the node gives up its data
+    /// plane first (when it is master), then keepalived restarts as backup (`nopreempt`).
+    pub async fn restart_keepalived(&self) -> Result<(), ApplyError> {
+        let (reply, rx) = oneshot::channel();
+        self.queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.tx
+            .send(Work::RestartKeepalived(reply))
+            .map_err(|_| ApplyError::ShuttingDown)?;
+        rx.await.unwrap_or(Err(ApplyError::ShuttingDown))
+    }
+
     /// Queues a repair of what `feature`'s backend owns and waits until it is done.
     pub async fn repair(&self, feature: Feature, what: String) -> Result<(), ApplyError> {
         self.upkeep(Upkeep::Repair { feature, what }).await
@@ -208,6 +237,10 @@ pub struct Agent<B: Backend = Engine> {
     /// The stored state was not read whole: re-applies keep whatever the system has beyond
     /// `desired` ([`Backend::reconcile_keeping`]) until `/init` resends everything.
     preserve: bool,
+    /// keepalived's last decision (`None`: none since the start).
+    vrrp: Option<Role>,
+    /// The role the backends render for: [`Role::of`] the state's HA and `vrrp`.
+    role: Role,
 }
 
 impl<B: Backend + 'static> Agent<B> {
@@ -220,10 +253,17 @@ impl<B: Backend + 'static> Agent<B> {
         health: Arc<Health>,
         preserve: bool,
     ) -> Agent<B> {
+        // A node comes up as backup: its HA addresses stay absent until VRRP decides.
+        let role = Role::of(desired.ha.as_ref(), None);
+        let mut backends = backends;
+        for b in &mut backends {
+            b.note_role(role);
+        }
         let snapshot = Arc::new(RwLock::new(Arc::new(Snapshot {
             uuid: desired.uuid.clone(),
             counts: crate::state::counts::EntryCounts::of(&desired),
             journal: (store.journal_bytes(), store.compactions()),
+            ha_status: desired.ha.as_ref().map(|_| role),
         })));
         Agent {
             desired,
@@ -233,6 +273,8 @@ impl<B: Backend + 'static> Agent<B> {
             snapshot,
             facts: None,
             preserve,
+            vrrp: None,
+            role,
         }
     }
 
@@ -346,6 +388,17 @@ impl<B: Backend + 'static> Agent<B> {
                     let _ = done.send(());
                     continue;
                 }
+                Work::Vrrp(role, why) => {
+                    let span = tracing::info_span!("ha", vrrp = role.wire(), %why);
+                    self.transition(role).instrument(span).await;
+                    continue;
+                }
+                Work::RestartKeepalived(reply) => {
+                    let span = tracing::info_span!("apply", path = "/restartKeepalived");
+                    let r = self.restart_keepalived().instrument(span).await;
+                    let _ = reply.send(r);
+                    continue;
+                }
             };
             let span = tracing::info_span!(parent: &job.span, "apply", path = job.path);
             let result = self
@@ -372,6 +425,10 @@ impl<B: Backend + 'static> Agent<B> {
                     }
                 }
             }
+        }
+        if self.role == Role::Master {
+            // keepalived stops with the agent and the peer takes over: leave nothing behind.
+            self.transition(Role::Backup).await;
         }
         for backend in &mut self.backends {
             backend.shutdown().await;
@@ -419,6 +476,14 @@ impl<B: Backend + 'static> Agent<B> {
         let computed = started.elapsed();
         let mut change = Change::new(&self.desired, &after, cmd, parts);
         change.preserve = self.preserve;
+        // Configuring HA makes a node without a VRRP decision a backup (and the reverse).
+        let role = Role::of(after.ha.as_ref(), self.vrrp);
+        let role_before = self.role;
+        if role != role_before {
+            for b in &mut self.backends {
+                b.note_role(role);
+            }
+        }
         // Every backend the command concerns follows, in order; on a failure those that
         // already did go back to the state before.
         let mut followed: Vec<usize> = Vec::new();
@@ -440,6 +505,11 @@ impl<B: Backend + 'static> Agent<B> {
             }
         }
         if let Some(source) = failure {
+            if role != role_before {
+                for b in &mut self.backends {
+                    b.note_role(role_before);
+                }
+            }
             let rollback = self.roll_back(&followed).await;
             return Err(ApplyError::Backend { source, rollback });
         }
@@ -460,6 +530,11 @@ impl<B: Backend + 'static> Agent<B> {
                     format!("{e}; the last command was refused and rolled back"),
                 );
             }
+            if role != role_before {
+                for b in &mut self.backends {
+                    b.note_role(role_before);
+                }
+            }
             if let Some(undo) = self.roll_back(&followed).await {
                 tracing::error!(%undo, "rollback after a failed persist failed");
             }
@@ -468,6 +543,7 @@ impl<B: Backend + 'static> Agent<B> {
         self.health.clear(HEALTH_STORE);
         let persist = persist_started.elapsed();
         self.desired = after;
+        self.role = role;
         let backends: Vec<String> = spent
             .iter()
             .map(|(name, d)| format!("{name}={}us", d.as_micros()))
@@ -609,11 +685,88 @@ impl<B: Backend + 'static> Agent<B> {
         }
     }
 
+    /// keepalived decided `vrrp`: every backend follows the node's new role, one change at a
+    /// time and idempotently. Becoming master, the HA engine goes first (conntrackd commits
+    /// the peer's flows before the addresses answer); becoming backup, it goes last (the
+    /// addresses are gone before anything else).
+    async fn transition(&mut self, vrrp: Role) {
+        self.vrrp = Some(vrrp);
+        let role = Role::of(self.desired.ha.as_ref(), self.vrrp);
+        if role == self.role {
+            tracing::debug!(role = role.wire(), "ha: role unchanged");
+            return;
+        }
+        let started = std::time::Instant::now();
+        // Becoming master: conntrackd's commit, then the forward chain opened, then the
+        // addresses and the rest. Becoming backup: the forward chain closed first (at once:
+        // removing thousands of addresses takes a while, and the node must not serve hosts
+        // that still send to it meanwhile), then the addresses and the rest, conntrackd last.
+        let promote = role == Role::Master;
+        let rank = |b: &B| {
+            let f = b.features();
+            match (f.contains(&Feature::Ha), f.contains(&Feature::Nat)) {
+                (true, _) if promote => 0,
+                (true, _) => 3,
+                (_, true) => 1,
+                _ => 2,
+            }
+        };
+        let mut order: Vec<usize> = (0..self.backends.len()).collect();
+        order.sort_by_key(|&i| rank(&self.backends[i]));
+        for i in order {
+            let backend = &mut self.backends[i];
+            let name = backend.features()[0].name();
+            let source = format!("{HEALTH_HA}:{name}");
+            match backend.set_role(&self.desired, role).await {
+                Ok(()) => self.health.clear(&source),
+                Err(e) => {
+                    tracing::error!(backend = name, error = %e, "ha: role change failed");
+                    self.health
+                        .set(source, format!("becoming {}: {e}", role.wire()));
+                }
+            }
+        }
+        tracing::info!(
+            from = self.role.wire(),
+            to = role.wire(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "ha: role changed"
+        );
+        self.role = role;
+        self.publish();
+    }
+
+    /// `/restartKeepalived`: gives up the data plane first when master, then restarts
+    /// keepalived (which comes back as backup and, `nopreempt`, stays so).
+    async fn restart_keepalived(&mut self) -> Result<(), ApplyError> {
+        if self.desired.ha.is_none() {
+            return Err(Invalid::new(
+                "/restartKeepalived",
+                "HA is not configured on this router (no /enableVyosha yet); nothing was changed",
+            )
+            .into());
+        }
+        if self.role == Role::Master {
+            self.transition(Role::Backup).await;
+        }
+        for backend in &mut self.backends {
+            backend
+                .restart_ha(&self.desired)
+                .await
+                .map_err(|source| ApplyError::Backend {
+                    source,
+                    rollback: None,
+                })?;
+        }
+        Ok(())
+    }
+
     fn publish(&self) {
         let snap = Arc::new(Snapshot {
             uuid: self.desired.uuid.clone(),
             counts: crate::state::counts::EntryCounts::of(&self.desired),
             journal: (self.store.journal_bytes(), self.store.compactions()),
+            ha_status: self.desired.ha.as_ref().map(|_| self.role),
         });
         match self.snapshot.write() {
             Ok(mut s) => *s = snap,

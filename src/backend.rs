@@ -2,6 +2,7 @@
 //! line with the desired state. The agent computes each command's [`Change`] once and hands it
 //! to every backend whose parts it touches; no backend re-applies a command.
 
+use crate::state::ha::Role;
 use crate::state::{Change, DesiredState, Feature, Parts};
 use std::future::Future;
 
@@ -64,6 +65,31 @@ pub trait Backend: Send {
     fn shutdown(&mut self) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// The node's HA role that the next `apply`/`reconcile` renders for (part of what the
+    /// desired kernel state means: a backup carries no HA address and serves no DHCP). Only
+    /// noted, nothing is done. Default: the backend does not depend on the role.
+    fn note_role(&mut self, _role: Role) {}
+
+    /// The node became `role` (keepalived decided, or the agent demotes itself): make the
+    /// system follow, idempotently. Called by the writer, between commands. Default: nothing
+    /// beyond noting it.
+    fn set_role(
+        &mut self,
+        _state: &DesiredState,
+        role: Role,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        self.note_role(role);
+        async { Ok(()) }
+    }
+
+    /// Restarts the HA engine (keepalived) as `/restartKeepalived` asks. Default: nothing.
+    fn restart_ha(
+        &mut self,
+        _state: &DesiredState,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// The engines of this agent, in the order a change reaches them (interfaces first: the
@@ -81,6 +107,8 @@ pub enum Engine {
     Dnsmasq(crate::dnsmasq::DnsmasqBackend),
     /// Load balancers (haproxy).
     Lb(crate::lb::LbBackend),
+    /// Router HA (keepalived, conntrackd).
+    Ha(crate::ha::HaBackend),
 }
 
 macro_rules! each_engine {
@@ -90,6 +118,7 @@ macro_rules! each_engine {
             Engine::Nat($b) => $e,
             Engine::Dnsmasq($b) => $e,
             Engine::Lb($b) => $e,
+            Engine::Ha($b) => $e,
         }
     };
 }
@@ -124,5 +153,17 @@ impl Backend for Engine {
 
     async fn shutdown(&mut self) {
         each_engine!(self, b => b.shutdown().await);
+    }
+
+    fn note_role(&mut self, role: Role) {
+        each_engine!(self, b => b.note_role(role));
+    }
+
+    async fn set_role(&mut self, state: &DesiredState, role: Role) -> Result<(), BackendError> {
+        each_engine!(self, b => b.set_role(state, role).await)
+    }
+
+    async fn restart_ha(&mut self, state: &DesiredState) -> Result<(), BackendError> {
+        each_engine!(self, b => b.restart_ha(state).await)
     }
 }

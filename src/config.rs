@@ -71,6 +71,19 @@ pub struct Config {
     /// The haproxy binary (Debian's haproxy, 2.6).
     #[arg(long, default_value = "haproxy")]
     pub haproxy_bin: PathBuf,
+    /// keepalived's and conntrackd's files (configurations, pid files, notify fifo, control
+    /// socket); default: `<run-dir>/keepalived`.
+    #[arg(long)]
+    pub keepalived_dir: Option<PathBuf>,
+    /// The keepalived binary (Debian's keepalived, 2.2).
+    #[arg(long, default_value = "keepalived")]
+    pub keepalived_bin: PathBuf,
+    /// The conntrackd binary (Debian's conntrackd, 1.4).
+    #[arg(long, default_value = "conntrackd")]
+    pub conntrackd_bin: PathBuf,
+    /// The ping keepalived runs for the HA monitors (an absolute path).
+    #[arg(long, default_value = "/usr/bin/ping")]
+    pub ping_bin: PathBuf,
     /// Seconds between full verifies of the system against the desired state (a safety net
     /// under the netlink notifications that catch drift at once); 0 disables them.
     #[arg(long, default_value_t = 10)]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dnsmasq;
 pub mod drift;
 pub mod facts;
+pub mod ha;
 pub mod health;
 pub mod lb;
 pub mod link;

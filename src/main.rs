@@ -24,6 +24,10 @@ enum LogFormat {
 }
 
 #[derive(Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once; serve's settings are the large one"
+)]
 enum Cmd {
     /// Serve the management node's HTTP protocol (a flag given twice: the last one wins).
     #[command(args_override_self = true)]

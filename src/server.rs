@@ -41,8 +41,14 @@ pub enum ServeError {
     },
 }
 
-/// The backends of every feature built into this agent.
-pub fn backends(config: &Config, health: &Arc<Health>, metrics: &Metrics) -> Vec<Engine> {
+/// The backends of every feature built into this agent; HA role events (keepalived's
+/// transitions) go to `ha_events`.
+pub fn backends(
+    config: &Config,
+    health: &Arc<Health>,
+    metrics: &Metrics,
+    ha_events: crate::ha::process::Events,
+) -> Vec<Engine> {
     vec![
         // Interfaces first: the others render from nic names and addresses.
         Engine::Links(crate::link::LinksBackend::new(
@@ -70,6 +76,20 @@ pub fn backends(config: &Config, health: &Arc<Health>, metrics: &Metrics) -> Vec
                 .unwrap_or_else(|| config.run_dir.join("haproxy")),
             config.haproxy_bin.clone(),
             Arc::clone(health),
+        )),
+        // Last: it follows the data plane the others set up.
+        Engine::Ha(crate::ha::HaBackend::new(
+            config
+                .keepalived_dir
+                .clone()
+                .unwrap_or_else(|| config.run_dir.join("keepalived")),
+            crate::ha::Binaries {
+                keepalived: config.keepalived_bin.clone(),
+                conntrackd: config.conntrackd_bin.clone(),
+                ping: config.ping_bin.clone(),
+            },
+            Arc::clone(health),
+            ha_events,
         )),
     ]
 }
@@ -145,7 +165,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         String::new()
     });
     let metrics = Metrics::new(env!("CARGO_PKG_VERSION"), &md5);
-    let backends = backends(&config, &health, &metrics);
+    let (ha_tx, ha_rx) = tokio::sync::mpsc::unbounded_channel();
+    let backends = backends(&config, &health, &metrics, ha_tx);
     let agent = Agent::new(
         loaded.state,
         store,
@@ -174,6 +195,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         md5,
         metrics,
         watch_drift: true,
+        ha_events: Some(ha_rx),
     };
     run(listeners, agent, &config, around, shutdown).await;
     Ok(())
@@ -190,6 +212,8 @@ pub struct Around {
     /// Follow netlink notifications and verify periodically ([`crate::drift`]); off for
     /// backends that do not touch the kernel.
     pub watch_drift: bool,
+    /// keepalived's transitions (from the HA backend), handed to the writer in order.
+    pub ha_events: Option<tokio::sync::mpsc::UnboundedReceiver<(crate::state::ha::Role, String)>>,
 }
 
 /// Serves `listeners` with `agent` (which first re-applies its state) until `shutdown`
@@ -207,6 +231,7 @@ pub async fn run<B: Backend + 'static>(
         md5,
         metrics,
         watch_drift,
+        ha_events,
     } = around;
     let (vr_addr, appliance_addr) = match listeners.addrs() {
         Ok(a) => a,
@@ -216,6 +241,14 @@ pub async fn run<B: Backend + 'static>(
         }
     };
     let (handle, writer) = agent.spawn_reapplying();
+    let ha_forward = ha_events.map(|mut rx| {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            while let Some((role, why)) = rx.recv().await {
+                handle.vrrp(role, why);
+            }
+        })
+    });
     let verify_every = match config.verify_secs {
         0 => std::time::Duration::from_secs(365 * 24 * 3600),
         n => std::time::Duration::from_secs(n),
@@ -291,6 +324,9 @@ pub async fn run<B: Backend + 'static>(
     drop(state);
     if let Some(w) = drift_watch {
         w.abort();
+    }
+    if let Some(f) = ha_forward {
+        f.abort();
     }
     let drain = async {
         conns.closed().await;

@@ -43,6 +43,8 @@ pub trait Engine: Send + Sync + 'static {
     fn marker(&self) -> String;
     /// Called before every start, the restarts after a death included.
     fn before_start(&mut self) {}
+    /// Called when the child died without being asked to stop (before it is restarted).
+    fn exited(&self) {}
     /// True once the child with `pid` serves. Default: its pid file holds `pid`.
     fn ready(&self, pid: u32) -> bool {
         std::fs::read_to_string(self.pid_file())
@@ -149,6 +151,16 @@ impl Supervisor {
     }
 }
 
+/// True while `pid` runs. A process left by an earlier agent is nobody's child of ours: once
+/// it exits it stays a zombie until init reaps it, which counts as gone.
+pub fn alive(pid: Pid) -> bool {
+    kill(pid, None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+}
+
 struct Task<E: Engine> {
     engine: E,
     health: Arc<Health>,
@@ -217,6 +229,7 @@ impl<E: Engine> Task<E> {
                     self.pid.store(0, Ordering::SeqCst);
                     let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                     tracing::warn!(engine = name, %status, tail = %self.tail_text(), "engine exited; restarting");
+                    self.engine.exited();
                     if self.wanted {
                         self.health.set(name, format!("{name} exited ({status}); restarting it"));
                         self.retry_at = Some(Instant::now());
@@ -294,11 +307,11 @@ impl<E: Engine> Task<E> {
         let pid = Pid::from_raw(pid);
         let _ = kill(pid, Signal::SIGTERM);
         let deadline = Instant::now() + STOP_TIMEOUT;
-        while kill(pid, None).is_ok() && Instant::now() < deadline {
+        while alive(pid) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let _ = kill(pid, Signal::SIGKILL);
-        while kill(pid, None).is_ok() && Instant::now() < deadline + STOP_TIMEOUT {
+        while alive(pid) && Instant::now() < deadline + STOP_TIMEOUT {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

@@ -26,6 +26,10 @@ fn every_request_fixture_is_accepted_on_its_path() {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         if name == "ping" {
             assert_eq!(parsed, Request::Ping);
+        } else if name == "syncVpcRouterHa" {
+            assert_eq!(parsed, Request::HaStatus);
+        } else if name == "restartKeepalived" {
+            assert_eq!(parsed, Request::RestartKeepalived);
         } else {
             assert!(matches!(parsed, Request::Change(_)), "{name}");
         }

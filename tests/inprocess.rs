@@ -648,3 +648,114 @@ fn a_failed_journal_append_rolls_back_every_backend_that_followed() {
         assert!(loaded.state.nics.is_empty());
     });
 }
+
+#[test]
+fn ha_reads_answer_no_ha_and_a_restart_without_ha_is_refused() {
+    runtime().block_on(async {
+        let agent = InProcess::start().await;
+        let mn = MgmtNode::start().await;
+        let reply = mn.call(agent.addr, "/syncVpcRouterHa", &json!({})).await;
+        assert_ok(&reply);
+        assert_eq!(reply["haStatus"], json!("NoHa"), "{reply}");
+        let ping = mn.call(agent.addr, "/ping", &json!({})).await;
+        assert_eq!(ping["haStatus"], json!("NoHa"), "{ping}");
+        let reply = mn.call(agent.addr, "/restartKeepalived", &json!({})).await;
+        assert_fails(&reply, "HA is not configured on this router");
+        // no HA engine among these backends: refused, nothing stored, still NoHa
+        let reply = mn
+            .call(agent.addr, "/enableVyosha", &fixture("enableVyosha"))
+            .await;
+        assert_fails(&reply, "ha is not supported");
+        assert!(agent.take_log().is_empty());
+        let reply = mn.call(agent.addr, "/syncVpcRouterHa", &json!({})).await;
+        assert_eq!(reply["haStatus"], json!("NoHa"), "{reply}");
+        let dir = agent.stop().await;
+        let (_store, loaded) = Store::open(dir.path());
+        assert!(loaded.state.ha.is_none());
+    });
+}
+
+#[test]
+fn ha_role_changes_reach_every_backend_in_order_between_commands() {
+    use vr_agent::state::ha::Role;
+    runtime().block_on(async {
+        let mut agent = InProcess::start_with(Options {
+            ha: true,
+            ..Options::default()
+        })
+        .await;
+        let mn = MgmtNode::start().await;
+        let events = agent.ha_events.clone().expect("ha events");
+        let status = |reply: serde_json::Value| reply["haStatus"].as_str().unwrap().to_string();
+        assert_ok(
+            &mn.call(agent.addr, "/enableVyosha", &fixture("enableVyosha"))
+                .await,
+        );
+        assert_eq!(
+            agent.take_log(),
+            [
+                "links apply enable_ha eips 0->0",
+                "nat apply enable_ha eips 0->0",
+                "ha apply enable_ha eips 0->0"
+            ]
+        );
+        // configured, no VRRP decision yet: backup
+        assert_eq!(
+            status(mn.call(agent.addr, "/syncVpcRouterHa", &json!({})).await),
+            "Backup"
+        );
+        // becoming master: conntrackd (ha) first, then the forward chain (nat), then addresses
+        events.send((Role::Master, "test".into())).unwrap();
+        agent.wait_log(3).await;
+        assert_eq!(
+            agent.take_log(),
+            ["ha role Master", "nat role Master", "links role Master"]
+        );
+        assert_eq!(
+            status(mn.call(agent.addr, "/syncVpcRouterHa", &json!({})).await),
+            "Master"
+        );
+        assert_eq!(
+            status(mn.call(agent.addr, "/ping", &json!({})).await),
+            "Master"
+        );
+        // the same decision again changes nothing
+        events.send((Role::Master, "again".into())).unwrap();
+        let _ = mn.call(agent.addr, "/syncVpcRouterHa", &json!({})).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(agent.take_log().is_empty());
+        // becoming backup: forward chain closed first, addresses, conntrackd last
+        events.send((Role::Backup, "test".into())).unwrap();
+        agent.wait_log(3).await;
+        assert_eq!(
+            agent.take_log(),
+            ["nat role Backup", "links role Backup", "ha role Backup"]
+        );
+        // /restartKeepalived on a master: it gives up its data plane before the restart
+        events.send((Role::Master, "test".into())).unwrap();
+        agent.wait_log(3).await;
+        agent.take_log();
+        assert_ok(&mn.call(agent.addr, "/restartKeepalived", &json!({})).await);
+        assert_eq!(
+            agent.take_log(),
+            [
+                "nat role Backup",
+                "links role Backup",
+                "ha role Backup",
+                "links restart_ha",
+                "nat restart_ha",
+                "ha restart_ha"
+            ]
+        );
+        // a master that shuts down demotes itself first
+        events.send((Role::Master, "test".into())).unwrap();
+        agent.wait_log(3).await;
+        agent.take_log();
+        agent.begin_stop();
+        agent.stopped().await;
+        assert_eq!(
+            agent.take_log(),
+            ["nat role Backup", "links role Backup", "ha role Backup"]
+        );
+    });
+}

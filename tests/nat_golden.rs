@@ -34,7 +34,7 @@ fn state_of(case: &str) -> DesiredState {
     s
 }
 
-const STATES: &[&str] = &["empty", "full", "skipped"];
+const STATES: &[&str] = &["empty", "full", "skipped", "ha"];
 
 fn plan_cases() -> Vec<(String, Command)> {
     let mut out: Vec<(String, Command)> = std::fs::read_dir(dir().join("plans"))

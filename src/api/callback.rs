@@ -329,8 +329,9 @@ pub async fn post(
 ) -> Delivery {
     let deadline = Instant::now() + retry_for;
     let body = Bytes::from(body);
+    let headers = [("taskuuid", task_uuid)];
     loop {
-        match try_once(target, task_uuid, body.clone()).await {
+        match try_once(target, &headers, body.clone()).await {
             Ok(status) => return Delivery::Answered(status),
             Err(e) => {
                 if Instant::now() + Duration::from_secs(1) > deadline {
@@ -344,7 +345,39 @@ pub async fn post(
     }
 }
 
-async fn try_once(target: &CallbackTarget, task_uuid: &str, body: Bytes) -> Result<u16, String> {
+/// Posts `body` with `headers` once a second until an HTTP answer, while `still_wanted()`
+/// says so and for at most `retry_for` (a notification the agent sends on its own, such as an
+/// HA transition).
+pub async fn post_with(
+    target: &CallbackTarget,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+    retry_for: Duration,
+    still_wanted: impl Fn() -> bool,
+) -> Delivery {
+    let deadline = Instant::now() + retry_for;
+    let body = Bytes::from(body);
+    loop {
+        if !still_wanted() {
+            return Delivery::GaveUp("superseded".into());
+        }
+        match try_once(target, headers, body.clone()).await {
+            Ok(status) => return Delivery::Answered(status),
+            Err(e) => {
+                if Instant::now() + Duration::from_secs(1) > deadline {
+                    return Delivery::GaveUp(e);
+                }
+                sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn try_once(
+    target: &CallbackTarget,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<u16, String> {
     let stream = timeout(
         Duration::from_secs(10),
         TcpStream::connect(std::net::SocketAddr::new(target.ip, target.port)),
@@ -363,12 +396,15 @@ async fn try_once(target: &CallbackTarget, task_uuid: &str, body: Bytes) -> Resu
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let req = Request::post(path)
+    let mut req = Request::post(path)
         .header(hyper::header::HOST, &target.authority)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(hyper::header::CONTENT_LENGTH, body.len())
-        .header(hyper::header::CONNECTION, "close")
-        .header("taskuuid", task_uuid)
+        .header(hyper::header::CONNECTION, "close");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req
         .body(Full::new(body))
         .map_err(|e| format!("request: {e}"))?;
     let result = timeout(Duration::from_secs(120), sender.send_request(req)).await;

@@ -311,6 +311,19 @@ fn run(
             let state = Arc::clone(state);
             Box::pin(async move { (ping_reply(&state), Outcome::Ok) })
         }
+        Ok((ApiRequest::HaStatus, _)) => {
+            let status = ha_status(state);
+            Box::pin(async move { (Reply::ok().with("haStatus", status), Outcome::Ok) })
+        }
+        Ok((ApiRequest::RestartKeepalived, _)) => {
+            let state = Arc::clone(state);
+            Box::pin(async move {
+                match state.agent.restart_keepalived().await {
+                    Ok(()) => (Reply::ok().with("haStatus", ha_status(&state)), Outcome::Ok),
+                    Err(e) => (error_reply(&e), outcome_of(&e)),
+                }
+            })
+        }
         Ok((ApiRequest::Change(cmd), notes)) => {
             for note in &notes {
                 tracing::warn!(%note, "accepted with a change");
@@ -414,6 +427,15 @@ fn status_response(state: &ApiState) -> Resp {
     }
 }
 
+/// This node's HA role as the management node reads it (`NoHa` without HA).
+fn ha_status(state: &ApiState) -> &'static str {
+    state
+        .agent
+        .snapshot()
+        .ha_status
+        .map_or("NoHa", crate::state::ha::Role::wire)
+}
+
 fn ping_reply(state: &ApiState) -> Reply {
     let snap = state.agent.snapshot();
     let (healthy, detail) = state.health.report();
@@ -427,7 +449,8 @@ fn ping_reply(state: &ApiState) -> Reply {
         .with("md5", state.md5.clone())
         .with("healthy", healthy)
         .with("healthDetail", detail)
-        .with("driftRepairs", drift.repairs);
+        .with("driftRepairs", drift.repairs)
+        .with("haStatus", ha_status(state));
     if let Some((at, what)) = drift.last {
         reply = reply.with("lastDrift", format!("{what} (at {at})"));
     }

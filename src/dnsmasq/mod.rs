@@ -22,6 +22,7 @@ pub mod write;
 
 use crate::backend::{Backend, BackendError};
 use crate::health::Health;
+use crate::state::ha::Role;
 use crate::state::model::DhcpHost;
 use crate::state::types::{Cidr, MacAddr};
 use crate::state::{Change, Command, DesiredState, Feature, Parts};
@@ -85,6 +86,10 @@ pub struct DnsmasqBackend {
     added: HashMap<PathBuf, [u8; 32]>,
     /// Counts dnsmasq's restarts and reloads, and its leases.
     metrics: crate::metrics::Metrics,
+    /// The node's HA role: a backup keeps the files but does not run dnsmasq.
+    role: Role,
+    /// A dnsmasq left by an earlier agent was looked for (and stopped) when none is wanted.
+    stale_checked: bool,
 }
 
 /// Whether DNS is forwarded, and the SNAT guest nics it is forwarded on.
@@ -117,6 +122,8 @@ impl DnsmasqBackend {
             written: Vec::new(),
             added: HashMap::new(),
             metrics: crate::metrics::Metrics::default(),
+            role: Role::NoHa,
+            stale_checked: false,
         }
     }
 
@@ -359,15 +366,17 @@ impl DnsmasqBackend {
         .map(|(p, c)| (p, Sha256::digest(c.as_bytes()).into()))
         .collect();
         let written_us = started.elapsed().as_micros() as u64;
-        let wanted = r.placed > 0 || r.listening > 0;
+        // Only the node carrying the data plane serves (an HA backup keeps its files ready).
+        let wanted = (r.placed > 0 || r.listening > 0) && self.role.carries_data_plane();
         if wanted {
             write::check_reachable(&self.paths.dir).map_err(err)?;
         }
         if !wanted {
-            if self.running
-                && let Some(s) = &self.supervisor
-            {
-                s.stop().await;
+            if self.running || !self.stale_checked {
+                // also one left serving by an agent that crashed (an HA backup must not
+                // serve)
+                self.supervisor().stop().await;
+                self.stale_checked = true;
             }
             self.running = false;
         } else if conf_changed || !self.running {
@@ -460,7 +469,21 @@ impl Backend for DnsmasqBackend {
 
     fn concerns(&self, parts: Parts) -> bool {
         // nics: listen addresses and subnets; SNAT: the guest nics the forwarder serves
-        parts.intersects(Parts::DHCP_HOSTS | Parts::DNS_SERVERS | Parts::NICS | Parts::SNATS)
+        parts.intersects(
+            Parts::DHCP_HOSTS | Parts::DNS_SERVERS | Parts::NICS | Parts::SNATS | Parts::HA,
+        )
+    }
+
+    fn note_role(&mut self, role: Role) {
+        self.role = role;
+    }
+
+    async fn set_role(&mut self, state: &DesiredState, role: Role) -> Result<(), BackendError> {
+        if self.role == role && self.applied.is_some() {
+            return Ok(());
+        }
+        self.role = role;
+        self.sync(state).await
     }
 
     async fn apply(&mut self, change: &Change<'_>) -> Result<(), BackendError> {
@@ -489,7 +512,8 @@ impl Backend for DnsmasqBackend {
                 }
             }
             // A SNAT change: only a change of the guest nics the forwarder serves matters.
-            _ if !change.touches(Parts::DHCP_HOSTS | Parts::DNS_SERVERS | Parts::NICS)
+            _ if !change
+                .touches(Parts::DHCP_HOSTS | Parts::DNS_SERVERS | Parts::NICS | Parts::HA)
                 && self.dns_guests.as_ref() == Some(&dns_guests(after)) =>
             {
                 return Ok(());

@@ -8,6 +8,7 @@ use super::sync::{self, SyncError, SyncOptions};
 use crate::backend::{Backend, BackendError};
 use crate::bootstrap::info::BootstrapInfo;
 use crate::health::Health;
+use crate::state::ha::Role;
 use crate::state::model::{Nic, Vip};
 use crate::state::types::MacAddr;
 use crate::state::{Change, Command, DesiredState, Feature, Parts};
@@ -42,6 +43,8 @@ pub struct LinksBackend {
     announcer: garp::Announcer,
     /// Nics of the state the last sync could not find.
     missing: Vec<String>,
+    /// The node's HA role: a backup carries neither VIPs nor HA addresses.
+    role: Role,
 }
 
 impl LinksBackend {
@@ -54,7 +57,78 @@ impl LinksBackend {
             nl: None,
             announcer: garp::Announcer::default(),
             missing: Vec::new(),
+            role: Role::NoHa,
         }
+    }
+
+    /// What the interfaces should be for `state` in this node's role.
+    fn wanted(&self, state: &DesiredState) -> Wanted {
+        Wanted::for_role(&self.bootstrap, state, self.role.carries_data_plane())
+    }
+
+    /// `/enableVyosha`: every MAC it names must be one nic (before anything changes), then
+    /// the addresses follow the role.
+    async fn enable_ha(&mut self, after: &DesiredState) -> Result<(), BackendError> {
+        let Some(ha) = &after.ha else {
+            return Ok(());
+        };
+        let nl = self.netlink()?;
+        let links = nl.links().await?;
+        plan::find(&links, ha.heartbeat_mac)
+            .map_err(|e| BackendError::new(format!("heartbeatNic: {e}; nothing was changed")))?;
+        for (i, v) in ha.vips.iter().enumerate() {
+            plan::find(&links, v.mac).map_err(|e| {
+                BackendError::new(format!("vips[{i}].nicMac: {e}; nothing was changed"))
+            })?;
+        }
+        self.follow_role(after).await
+    }
+
+    /// Syncs the nics to the role's plan: a backup first loses the addresses only a master
+    /// carries (also on nics the state does not describe, which a sync does not prune); a
+    /// master gets them back, with gratuitous ARPs.
+    async fn follow_role(&mut self, state: &DesiredState) -> Result<(), BackendError> {
+        let report = self.resync(state, true).await?;
+        tracing::info!(
+            role = self.role.wire(),
+            added = report.added,
+            removed = report.removed,
+            "interfaces follow the HA role"
+        );
+        Ok(())
+    }
+
+    /// Removes from the kernel every address only a master carries (a backup's re-apply).
+    async fn drop_master_addresses(
+        &mut self,
+        nl: &Netlink,
+        state: &DesiredState,
+    ) -> Result<usize, BackendError> {
+        let links = nl.links().await?;
+        let mut removed = 0;
+        for (mac, addrs) in plan::master_addresses(state) {
+            let Ok(link) = plan::find(&links, mac) else {
+                continue;
+            };
+            let primary = self.primary(state, mac);
+            let current: BTreeSet<(Ipv4Addr, u8)> = nl
+                .addrs(link.index)
+                .await?
+                .into_iter()
+                .map(|a| (a.ip, a.prefix))
+                .collect();
+            // Newest first: a subnet's first address is its primary, and removing a primary
+            // makes the kernel promote (and re-route) the next one each time.
+            for (ip, prefix) in addrs.into_iter().rev() {
+                if primary == Some((ip, prefix)) || !current.contains(&(ip, prefix)) {
+                    continue;
+                }
+                if nl.del_addr(link, ip, prefix).await? {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     fn netlink(&mut self) -> Result<Netlink, BackendError> {
@@ -104,13 +178,8 @@ impl LinksBackend {
             strict: true,
             scope: Some(scope),
         };
-        let result = sync::sync(
-            &nl,
-            &mut self.announcer,
-            &Wanted::new(&self.bootstrap, after),
-            &opts,
-        )
-        .await;
+        let wanted = self.wanted(after);
+        let result = sync::sync(&nl, &mut self.announcer, &wanted, &opts).await;
         if let Err(e) = result {
             self.undo(&nl, before, opts.scope).await;
             return Err(e.into());
@@ -126,7 +195,7 @@ impl LinksBackend {
     ) -> Result<(), BackendError> {
         let nl = self.netlink()?;
         let links = nl.links().await?;
-        let wanted = Wanted::new(&self.bootstrap, after);
+        let wanted = self.wanted(after);
         let mut keep = BTreeSet::new();
         let mut removed: Vec<Undo> = Vec::new();
         let mut result: Result<(), BackendError> = Ok(());
@@ -179,6 +248,10 @@ impl LinksBackend {
             .into_iter()
             .map(|(m, l)| (m, l.clone()))
             .collect();
+        if !self.role.carries_data_plane() {
+            // A backup holds the VIP in its state only; it goes up when this node is master.
+            return Ok(());
+        }
         // VIPs that move to another nic or prefix leave their old place first.
         let moved: Vec<&Vip> = vips
             .iter()
@@ -218,7 +291,11 @@ impl LinksBackend {
             Ok(announce) => {
                 for (mac, ips) in announce {
                     let link = &links[&mac];
-                    if let Err(e) = self.announcer.announce(link.index, &link.name, mac, &ips) {
+                    if let Err(e) = self
+                        .announcer
+                        .announce_paced(link.index, &link.name, mac, &ips)
+                        .await
+                    {
                         tracing::warn!(error = %e, "gratuitous ARP not sent");
                     }
                 }
@@ -285,7 +362,7 @@ impl LinksBackend {
             strict: false,
             scope,
         };
-        let wanted = Wanted::new(&self.bootstrap, before);
+        let wanted = self.wanted(before);
         if let Err(e) = sync::sync(nl, &mut self.announcer, &wanted, &opts).await {
             tracing::error!(error = %e, "could not restore the nics after a failed change");
         }
@@ -315,7 +392,16 @@ impl Backend for LinksBackend {
     }
 
     fn concerns(&self, parts: Parts) -> bool {
-        parts.intersects(Parts::NICS | Parts::VIPS)
+        parts.intersects(Parts::NICS | Parts::VIPS | Parts::HA)
+    }
+
+    fn note_role(&mut self, role: Role) {
+        self.role = role;
+    }
+
+    async fn set_role(&mut self, state: &DesiredState, role: Role) -> Result<(), BackendError> {
+        self.role = role;
+        self.follow_role(state).await
     }
 
     async fn apply(&mut self, change: &Change<'_>) -> Result<(), BackendError> {
@@ -325,6 +411,8 @@ impl Backend for LinksBackend {
             Command::RemoveNics(macs) => self.remove_nics(before, change.after, macs).await,
             Command::CreateVips(vips) => self.create_vips(before, vips).await,
             Command::RemoveVips(vips) => self.remove_vips(before, vips).await,
+            // Every MAC is checked before the first change; the agent rolls back the rest.
+            Command::EnableHa(_) => self.enable_ha(change.after).await,
             other => Err(BackendError::new(format!(
                 "the interfaces backend got a {} command",
                 other.feature().name()
@@ -383,13 +471,19 @@ impl LinksBackend {
     ) -> Result<sync::SyncReport, BackendError> {
         self.load_bootstrap();
         let nl = self.netlink()?;
-        let wanted = Wanted::new(&self.bootstrap, state);
+        let dropped = if self.role.carries_data_plane() {
+            0
+        } else {
+            self.drop_master_addresses(&nl, state).await?
+        };
+        let wanted = self.wanted(state);
         let opts = SyncOptions {
             prune,
             strict: false,
             scope: None,
         };
-        let report = sync::sync(&nl, &mut self.announcer, &wanted, &opts).await?;
+        let mut report = sync::sync(&nl, &mut self.announcer, &wanted, &opts).await?;
+        report.removed += dropped;
         self.missing = report.missing.iter().map(|p| p.to_string()).collect();
         if self.missing.is_empty() {
             self.health.clear(HEALTH_NICS);

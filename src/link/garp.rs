@@ -10,6 +10,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Length of an Ethernet frame without FCS, padded to the minimum.
 const FRAME_LEN: usize = 60;
+/// Announcements sent back to back before a pause: a failover moving 1,000 addresses must not
+/// overrun a receiver's backlog (1,000 frames per CPU by default) or a switch's queue.
+pub const BURST: usize = 100;
+/// The pause between bursts.
+pub const PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// The frame of a gratuitous ARP request for `ip` from `mac`.
 pub fn frame(mac: MacAddr, ip: Ipv4Addr) -> [u8; FRAME_LEN] {
@@ -114,6 +119,24 @@ impl Announcer {
                 self.links.remove(&index);
                 return Err(err("sendto")(e));
             }
+        }
+        Ok(())
+    }
+
+    /// [`Announcer::announce`], rate-limited: [`BURST`] frames, then a [`PAUSE`] (a
+    /// failover announces every address a master carries at once).
+    pub async fn announce_paced(
+        &mut self,
+        index: u32,
+        ifname: &str,
+        mac: MacAddr,
+        ips: &[Ipv4Addr],
+    ) -> Result<(), GarpError> {
+        for (i, chunk) in ips.chunks(BURST).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(PAUSE).await;
+            }
+            self.announce(index, ifname, mac, chunk)?;
         }
         Ok(())
     }

@@ -25,6 +25,12 @@ impl Wanted {
     /// the bootstrap `deviceName` of its MAC. The default route follows a `/configurenic` nic
     /// that asks for it, else the bootstrap one.
     pub fn new(bootstrap: &[Nic], state: &DesiredState) -> Wanted {
+        Self::for_role(bootstrap, state, true)
+    }
+
+    /// [`Wanted::new`] for a node of an HA pair: with `data_plane` (master, or no HA) the
+    /// VIPs and the HA addresses are wanted, without (backup) none of them.
+    pub fn for_role(bootstrap: &[Nic], state: &DesiredState, data_plane: bool) -> Wanted {
         let mut nics: BTreeMap<MacAddr, Nic> =
             bootstrap.iter().map(|n| (n.mac, n.clone())).collect();
         for (mac, nic) in &state.nics {
@@ -44,12 +50,11 @@ impl Wanted {
             .values()
             .find_map(default_of)
             .or_else(|| bootstrap.iter().find_map(default_of));
-        let mut vips: BTreeMap<MacAddr, BTreeSet<(Ipv4Addr, u8)>> = BTreeMap::new();
-        for vip in state.vips.values() {
-            vips.entry(vip.owner_mac)
-                .or_default()
-                .insert((vip.ip, vip.prefix.len()));
-        }
+        let vips = if data_plane {
+            master_addresses(state)
+        } else {
+            BTreeMap::new()
+        };
         Wanted {
             nics,
             vips,
@@ -82,6 +87,23 @@ impl Wanted {
             )
             .collect()
     }
+}
+
+/// The addresses a node carries only as master (or without HA), by nic MAC: every VIP of
+/// `state` and the HA addresses of `/enableVyosha`.
+pub fn master_addresses(state: &DesiredState) -> BTreeMap<MacAddr, BTreeSet<(Ipv4Addr, u8)>> {
+    let mut vips: BTreeMap<MacAddr, BTreeSet<(Ipv4Addr, u8)>> = BTreeMap::new();
+    for vip in state.vips.values() {
+        vips.entry(vip.owner_mac)
+            .or_default()
+            .insert((vip.ip, vip.prefix.len()));
+    }
+    for vip in state.ha.iter().flat_map(|h| &h.vips) {
+        vips.entry(vip.mac)
+            .or_default()
+            .insert((vip.ip, vip.prefix.len()));
+    }
+    vips
 }
 
 /// Why a nic cannot be used.
@@ -226,6 +248,57 @@ mod tests {
             mtu: None,
             device_name: name.map(String::from),
         }
+    }
+
+    #[test]
+    fn a_backup_wants_neither_vips_nor_ha_addresses_and_a_master_wants_both() {
+        let mut state = DesiredState::default();
+        state.nics.insert(mac(1), nic(1, "10.0.0.2", true, None));
+        state.vips.insert(
+            "10.0.0.55".parse().unwrap(),
+            Vip {
+                ip: "10.0.0.55".parse().unwrap(),
+                prefix: PrefixLen::new(24).unwrap(),
+                gateway: None,
+                owner_mac: mac(1),
+            },
+        );
+        state.ha = Some(crate::state::ha::HaConfig {
+            advert_secs: 1,
+            heartbeat_mac: mac(3),
+            local_ip: "192.168.7.1".parse().unwrap(),
+            peer_ip: "192.168.7.2".parse().unwrap(),
+            monitors: vec![],
+            vips: vec![crate::state::ha::HaVip {
+                mac: mac(2),
+                ip: "172.20.0.1".parse().unwrap(),
+                prefix: PrefixLen::new(24).unwrap(),
+                category: None,
+            }],
+            callback_url: None,
+        });
+        let master = Wanted::for_role(&[], &state, true);
+        assert_eq!(
+            master.addrs(mac(1)),
+            vec![
+                ("10.0.0.2".parse().unwrap(), 24),
+                ("10.0.0.55".parse().unwrap(), 24)
+            ]
+        );
+        assert_eq!(
+            master.addrs(mac(2)),
+            vec![("172.20.0.1".parse().unwrap(), 24)]
+        );
+        let backup = Wanted::for_role(&[], &state, false);
+        assert_eq!(
+            backup.addrs(mac(1)),
+            vec![("10.0.0.2".parse().unwrap(), 24)]
+        );
+        assert!(backup.addrs(mac(2)).is_empty());
+        // the nic itself (address, default route) is the same in both roles
+        assert_eq!(master.nics, backup.nics);
+        assert_eq!(master.default_route, backup.default_route);
+        assert_eq!(master_addresses(&state).len(), 2);
     }
 
     fn link(index: u32, name: &str, m: Option<u8>) -> Link {

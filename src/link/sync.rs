@@ -152,7 +152,10 @@ async fn sync_link(
         make_primary(nl, link, primary, &want, keep_unknown).await?;
     }
     let ips: Vec<Ipv4Addr> = add.iter().map(|(ip, _)| *ip).collect();
-    if let Err(e) = announcer.announce(link.index, &link.name, mac, &ips) {
+    if let Err(e) = announcer
+        .announce_paced(link.index, &link.name, mac, &ips)
+        .await
+    {
         tracing::warn!(error = %e, "gratuitous ARP not sent");
     }
     Ok(())

@@ -26,6 +26,9 @@ pub struct Inputs {
     /// them and nothing else changed them since): a sync then sends the difference between
     /// the two states instead of dumping the sets to compare them with the new one.
     pub sets_hold_before: bool,
+    /// This router is the backup of an HA pair: it forwards nothing (hosts with a stale ARP
+    /// entry for a moved address must not be served by it).
+    pub ha_standby: bool,
     /// `addrs` indexed for longest-prefix lookups, built on first use (a cache: leave it at
     /// its default).
     #[serde(skip)]

@@ -20,6 +20,7 @@ pub mod sets;
 use crate::backend::{Backend, BackendError};
 use crate::config::Config;
 use crate::health::Health;
+use crate::state::ha::Role;
 use crate::state::model::Eip;
 use crate::state::types::MacAddr;
 use crate::state::{Change, Command, DesiredState, Feature, Parts};
@@ -66,6 +67,8 @@ pub struct NatBackend {
     guard: mgmt_guard::Guard,
     /// Counts nft transactions and nfnetlink batches.
     metrics: crate::metrics::Metrics,
+    /// The node's HA role: a backup's forward chain drops everything.
+    role: Role,
 }
 
 impl NatBackend {
@@ -101,6 +104,7 @@ impl NatBackend {
             conntrack_events: true,
             flows_retry_at: None,
             metrics: crate::metrics::Metrics::default(),
+            role: Role::NoHa,
         }
     }
 
@@ -155,7 +159,7 @@ impl NatBackend {
 
     /// What the renderer needs from the system: nic names and the view of the addresses
     /// (kept current by notifications: no dump per command, whatever the number of VIPs).
-    fn inputs(&self) -> Result<Inputs, NatError> {
+    fn inputs(&self, state: &DesiredState) -> Result<Inputs, NatError> {
         let system = crate::link::view::current()
             .map_err(|e| NatError::System(format!("cannot list the nics: {e}")))?;
         Ok(Inputs {
@@ -164,8 +168,33 @@ impl NatBackend {
             mgmt_nic: self.mgmt_nic.clone(),
             agent_ports: self.agent_ports.clone(),
             mgmt_unknown: self.guard.open(),
+            ha_standby: state.ha.is_some() && !self.role.carries_data_plane(),
             ..Inputs::default()
         })
+    }
+
+    /// Rewrites the forward chain for this node's HA role (one small transaction: a backup
+    /// drops every forwarded packet, a master forwards as usual).
+    async fn follow_role(&mut self, state: &DesiredState) -> Result<(), NatError> {
+        let Some(ha) = &state.ha else {
+            return Ok(());
+        };
+        let names = crate::link::view::current()
+            .map_err(|e| NatError::System(format!("cannot list the nics: {e}")))?
+            .names();
+        let rs = model::Ruleset {
+            mgmt_unknown: self.guard.open(),
+            ha: Some(model::HaPeer {
+                nic: crate::link::system::name_of(&names, ha.heartbeat_mac)
+                    .unwrap_or_default()
+                    .to_string(),
+                peer: ha.peer_ip,
+                standby: !self.role.carries_data_plane(),
+            }),
+            ..model::Ruleset::default()
+        };
+        let text = render::chain_rewrite(model::FILTER, "forward", &render::forward_rules(&rs));
+        self.nft(&text).await
     }
 
     fn note_skipped(&mut self, plan: &Plan) {
@@ -259,7 +288,7 @@ impl NatBackend {
             (Some(t), false) => t.watch_also(&cmd_vips),
             _ => self.watch_flows(before, &cmd_vips),
         }
-        let mut inputs = self.inputs()?;
+        let mut inputs = self.inputs(before)?;
         inputs.sets_hold_before = known;
         let mut p = plan::plan(before, after, cmd, &inputs)?;
         if self.degraded && !p.full && p.has_work() {
@@ -413,7 +442,8 @@ impl Backend for NatBackend {
                 | Parts::EIPS
                 | Parts::PORT_FORWARDS
                 | Parts::FIREWALL
-                | Parts::DHCP_HOSTS,
+                | Parts::DHCP_HOSTS
+                | Parts::HA,
         )
     }
 
@@ -429,7 +459,7 @@ impl Backend for NatBackend {
             }
             let started = std::time::Instant::now();
             let inputs = self
-                .inputs()
+                .inputs(state)
                 .map_err(|e| BackendError::new(e.to_string()))?;
             let (rs, skipped) = model::resolve(state, &inputs);
             let adds: Vec<model::Elem> = rs.elements.into_iter().collect();
@@ -475,9 +505,21 @@ impl Backend for NatBackend {
         }
     }
 
+    fn note_role(&mut self, role: Role) {
+        self.role = role;
+    }
+
+    async fn set_role(&mut self, state: &DesiredState, role: Role) -> Result<(), BackendError> {
+        self.role = role;
+        self.follow_role(state)
+            .await
+            .map_err(|e| BackendError::new(e.to_string()))
+    }
+
     async fn apply(&mut self, change: &Change<'_>) -> Result<(), BackendError> {
-        if change.touches(Parts::NICS) {
-            // Names and addresses may have moved: every entry binds anew.
+        if change.touches(Parts::NICS | Parts::HA) {
+            // Names and addresses may have moved (or the HA peer's accepts): every entry
+            // binds anew.
             return if change.preserve {
                 self.reconcile_keeping(change.after).await
             } else {
@@ -532,7 +574,7 @@ impl Backend for NatBackend {
             self.known_at = None;
             self.guard.refresh();
             let inputs = self
-                .inputs()
+                .inputs(state)
                 .map_err(|e| BackendError::new(e.to_string()))?;
             self.watch_flows(state, &[]);
             let started = std::time::Instant::now();

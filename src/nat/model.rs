@@ -448,7 +448,24 @@ pub struct Ruleset {
     pub agent_ports: Vec<u16>,
     /// No management nic known: input and forward accept by default, no drop rules.
     pub mgmt_unknown: bool,
+    /// Router HA: the heartbeat nic and the peer's address there (VRRP and conntrackd are
+    /// accepted from it, on that nic only).
+    pub ha: Option<HaPeer>,
 }
+
+/// The HA peer as the firewall sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HaPeer {
+    /// Name of the heartbeat nic.
+    pub nic: String,
+    /// The peer's address on it.
+    pub peer: std::net::Ipv4Addr,
+    /// This node is the backup: forwarded packets are dropped.
+    pub standby: bool,
+}
+
+/// UDP port conntrackd's sync channel uses on the heartbeat nic.
+pub const CONNTRACKD_PORT: u16 = 3780;
 
 impl Ruleset {
     /// The guest nic names as elements of the `guest_ifs` set.
@@ -567,5 +584,17 @@ pub fn resolve(state: &DesiredState, inputs: &Inputs) -> (Ruleset, Vec<NatError>
         }
     }
     rs.guest_ifs = guest_ifs(&state.nics, state.snats.values(), &state.dhcp_hosts, inputs);
+    if let Some(ha) = &state.ha {
+        match nic(inputs, ha.heartbeat_mac, "ha.heartbeatNic") {
+            Ok(name) => {
+                rs.ha = Some(HaPeer {
+                    nic: name,
+                    peer: ha.peer_ip,
+                    standby: inputs.ha_standby,
+                });
+            }
+            Err(e) => skipped.push(e),
+        }
+    }
     (rs, skipped)
 }

@@ -137,18 +137,22 @@ fn write_tables(out: &mut String, rs: &Ruleset, contents: Contents) {
             s("meta l4proto udp dnat ip to ip daddr . udp dport map @pf_udp_range"),
         ],
     );
+    let mut postrouting = Vec::new();
+    if rs.ha.is_some() {
+        // VRRP adverts leave with the heartbeat address, never a NAT address.
+        postrouting.push(s("ip protocol vrrp accept comment \"ha: no nat for vrrp\""));
+    }
+    postrouting.extend([
+        s("ct status dnat ct original ip daddr @eip_masq masquerade"),
+        format!("ct status dnat ct mark & 0x{MARK_PF_MASQ:08x} == 0x{MARK_PF_MASQ:08x} masquerade"),
+        s("snat ip to ip saddr . oifname map @eip_snat"),
+        s("jump snat_subnets"),
+    ]);
     write_chain(
         out,
         "postrouting",
         Some("type nat hook postrouting priority srcnat; policy accept;"),
-        &[
-            s("ct status dnat ct original ip daddr @eip_masq masquerade"),
-            format!(
-                "ct status dnat ct mark & 0x{MARK_PF_MASQ:08x} == 0x{MARK_PF_MASQ:08x} masquerade"
-            ),
-            s("snat ip to ip saddr . oifname map @eip_snat"),
-            s("jump snat_subnets"),
-        ],
+        &postrouting,
     );
     write_chain(out, "snat_subnets", None, &rs.snat_rules);
     out.push_str("}\n");
@@ -182,6 +186,19 @@ fn write_tables(out: &mut String, rs: &Ruleset, contents: Contents) {
     if enforcing {
         input.push(format!("tcp dport {{ {ports} }} drop"));
     }
+    if let Some(ha) = &rs.ha {
+        // The pair's VRRP and conntrackd sync: from the peer, on the heartbeat nic only.
+        input.push(format!(
+            "iifname \"{}\" ip saddr {} ip protocol vrrp accept comment \"ha: vrrp\"",
+            ha.nic, ha.peer
+        ));
+        input.push(format!(
+            "iifname \"{}\" ip saddr {} udp dport {} accept comment \"ha: conntrackd\"",
+            ha.nic,
+            ha.peer,
+            super::model::CONNTRACKD_PORT
+        ));
+    }
     input.push(s("iifname @guest_ifs udp dport { 53, 67 } accept"));
     input.push(s("iifname @guest_ifs tcp dport 53 accept"));
     input.push(s(
@@ -197,7 +214,28 @@ fn write_tables(out: &mut String, rs: &Ruleset, contents: Contents) {
         &input,
     );
     write_chain(out, "appliance", None, &rs.appliance);
-    let mut forward = vec![s("ct state established,related accept")];
+    let forward = forward_rules(rs);
+    write_chain(
+        out,
+        "forward",
+        Some(&format!(
+            "type filter hook forward priority filter; policy {policy};"
+        )),
+        &forward,
+    );
+    write_chain(out, "snat_fwd", None, &rs.snat_forward);
+    out.push_str("}\n");
+}
+
+/// The rules of the filter table's `forward` chain (a backup of an HA pair drops first).
+pub fn forward_rules(rs: &Ruleset) -> Vec<String> {
+    let s = |x: &str| x.to_string();
+    let enforcing = !rs.mgmt_unknown;
+    let mut forward = Vec::new();
+    if rs.ha.as_ref().is_some_and(|h| h.standby) {
+        forward.push(s("counter drop comment \"ha: a backup forwards nothing\""));
+    }
+    forward.push(s("ct state established,related accept"));
     if enforcing {
         forward.push(s("ct state invalid drop"));
     }
@@ -209,16 +247,7 @@ fn write_tables(out: &mut String, rs: &Ruleset, contents: Contents) {
         s("ip saddr . oifname @eip_out accept comment \"eip outbound\""),
         s("jump snat_fwd"),
     ]);
-    write_chain(
-        out,
-        "forward",
-        Some(&format!(
-            "type filter hook forward priority filter; policy {policy};"
-        )),
-        &forward,
-    );
-    write_chain(out, "snat_fwd", None, &rs.snat_forward);
-    out.push_str("}\n");
+    forward
 }
 
 /// Set flushes, element deletes, then adds, as one transaction's text (runs of one set on

@@ -58,6 +58,12 @@ pub enum Endpoint {
     ApplianceInit,
     /// `/appliancevm/refreshfirewall`
     RefreshFirewall,
+    /// `/enableVyosha`: configure (or reconfigure) router HA.
+    EnableVyosha,
+    /// `/syncVpcRouterHa`: this node's HA role, answered without waiting for the writer.
+    SyncVpcRouterHa,
+    /// `/restartKeepalived`: the management node's remedy for a split brain.
+    RestartKeepalived,
 }
 
 const ROUTES: &[(&str, Endpoint)] = &[
@@ -86,6 +92,9 @@ const ROUTES: &[(&str, Endpoint)] = &[
     ("/appliancevm/echo", Endpoint::Echo),
     ("/appliancevm/init", Endpoint::ApplianceInit),
     ("/appliancevm/refreshfirewall", Endpoint::RefreshFirewall),
+    ("/enableVyosha", Endpoint::EnableVyosha),
+    ("/syncVpcRouterHa", Endpoint::SyncVpcRouterHa),
+    ("/restartKeepalived", Endpoint::RestartKeepalived),
 ];
 
 impl Endpoint {
@@ -111,6 +120,10 @@ pub enum Request {
     Ping,
     /// A command that goes through the writer.
     Change(Command),
+    /// `/syncVpcRouterHa`: the HA role, a read.
+    HaStatus,
+    /// `/restartKeepalived`: an action of the writer that changes no state.
+    RestartKeepalived,
 }
 
 /// Why a request body was refused.
@@ -231,6 +244,18 @@ impl Endpoint {
             Endpoint::ApplianceInit => {
                 let _: PingCmd = decode(body, true)?;
                 Command::ApplianceInit
+            }
+            Endpoint::SyncVpcRouterHa => {
+                let _: PingCmd = decode(body, true)?;
+                return Ok((Request::HaStatus, notes));
+            }
+            Endpoint::RestartKeepalived => {
+                let _: PingCmd = decode(body, true)?;
+                return Ok((Request::RestartKeepalived, notes));
+            }
+            Endpoint::EnableVyosha => {
+                let w: EnableHaCmd = decode(body, false)?;
+                Command::EnableHa(w.validate()?)
             }
             Endpoint::ConfigureNic => {
                 let w: NicsCmd = decode(body, false)?;
@@ -406,6 +431,67 @@ mod tests {
         assert!(err(Endpoint::Init, r#"{"uuid": "#).starts_with("malformed JSON body: EOF"));
         assert!(err(Endpoint::Init, "[]").contains("not a JSON object"));
         assert!(err(Endpoint::AddDhcp, r#"{"dhcpEntries":[{"ip":"1.2.3.4","mac":"fa:3c:91:5e:22:07","netmask":"255.255.255.0","hostname":"a,b"}]}"#).starts_with("dhcpEntries[0].hostname:"));
+    }
+
+    #[test]
+    fn ha_settings_are_refused_naming_the_field() {
+        let good = r#"{"keepalive":2,"heartbeatNic":"fa:7e:4b:ad:22:03","localIp":"192.168.77.11","localIpV6":"fe80::1","peerIp":"192.168.77.12","monitors":["10.10.1.100"],"vips":[{"nicMac":"fa:7e:4b:ad:22:02","nicVip":"172.20.0.1","netmask":"255.255.255.0","category":"Private","prefixLen":24}],"callbackUrl":"http://192.168.100.10:8080/cb"}"#;
+        let Request::Change(Command::EnableHa(cfg)) =
+            Endpoint::EnableVyosha.parse(good.as_bytes()).unwrap()
+        else {
+            panic!("not an HA command");
+        };
+        assert_eq!(cfg.advert_secs, 2);
+        assert_eq!(cfg.vips[0].prefix.len(), 24);
+        assert_eq!(
+            cfg.monitors,
+            vec!["10.10.1.100".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+        let bad = |from: &str, to: &str| err(Endpoint::EnableVyosha, &good.replace(from, to));
+        assert_eq!(
+            bad(r#""keepalive":2"#, r#""keepalive":0"#),
+            "keepalive: 0 is not an advert interval (1-60 s)"
+        );
+        assert_eq!(
+            bad(r#""keepalive":2"#, r#""keepalive":86400"#),
+            "keepalive: 86400 is not an advert interval (1-60 s)"
+        );
+        assert_eq!(bad(r#""keepalive":2,"#, ""), "keepalive: missing");
+        assert_eq!(
+            bad(r#""peerIp":"192.168.77.12""#, r#""peerIp":"192.168.77.11""#),
+            r#"peerIp: "192.168.77.11" is localIp too: the peer must be another router"#
+        );
+        assert_eq!(
+            bad(r#""localIp":"192.168.77.11""#, r#""localIp":"127.0.0.1""#),
+            r#"localIp: "127.0.0.1" is a loopback address"#
+        );
+        assert_eq!(
+            bad(r#""peerIp":"192.168.77.12""#, r#""peerIp":null"#),
+            "peerIp: missing"
+        );
+        assert_eq!(
+            bad(
+                r#""heartbeatNic":"fa:7e:4b:ad:22:03""#,
+                r#""heartbeatNic":"x""#
+            ),
+            r#"heartbeatNic: "x" is not a MAC address"#
+        );
+        assert_eq!(
+            bad(r#"["10.10.1.100"]"#, r#"["224.0.0.18"]"#),
+            r#"monitors[0]: "224.0.0.18" is a multicast address"#
+        );
+        assert_eq!(
+            bad(r#""nicVip":"172.20.0.1""#, r#""nicVip":"172.20.0.255""#),
+            r#"vips[0].nicVip: "172.20.0.255" is the broadcast address of 172.20.0.0/24"#
+        );
+        assert_eq!(
+            bad(
+                r#""callbackUrl":"http://192.168.100.10:8080/cb""#,
+                r#""callbackUrl":"http://mn.example/cb""#
+            ),
+            r#"callbackUrl: callbackurl "http://mn.example/cb": host names are not resolved; give the management node's IP address"#
+        );
+        assert_eq!(bad(r#""vips":[{"#, r#""vipz":[{"#), "vips: missing");
     }
 
     #[test]

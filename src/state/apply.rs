@@ -162,6 +162,7 @@ impl DesiredState {
             }
             Command::RefreshLb(lbs) => self.apply_lb_refresh(lbs),
             Command::DeleteLb(names) => self.apply_lb_delete(names),
+            Command::EnableHa(cfg) => self.ha = Some(cfg.clone()),
         }
         cmd.parts()
     }

@@ -30,6 +30,8 @@ impl Parts {
     pub const DNS_SERVERS: Parts = Parts(1 << 8);
     /// Load-balancer listeners.
     pub const LISTENERS: Parts = Parts(1 << 9);
+    /// Router HA settings.
+    pub const HA: Parts = Parts(1 << 10);
 
     /// Both sets.
     pub const fn union(self, other: Parts) -> Parts {

@@ -66,6 +66,8 @@ pub enum Command {
     RefreshLb(Vec<LbListener>),
     /// `/lb/delete`
     DeleteLb(Vec<LbDelete>),
+    /// `/enableVyosha`: configure (or reconfigure) router HA.
+    EnableHa(super::ha::HaConfig),
 }
 
 /// The part of the router a command changes; each is applied by its own backend.
@@ -85,6 +87,8 @@ pub enum Feature {
     Dns,
     /// Load balancers (haproxy).
     LoadBalancer,
+    /// Router HA (keepalived, conntrackd).
+    Ha,
 }
 
 impl Feature {
@@ -98,6 +102,7 @@ impl Feature {
             Feature::Dhcp => "dhcp",
             Feature::Dns => "dns",
             Feature::LoadBalancer => "load balancer",
+            Feature::Ha => "ha",
         }
     }
 }
@@ -119,6 +124,7 @@ impl Command {
             | Command::SyncPortForwards(_) => Parts::PORT_FORWARDS,
             Command::RefreshFirewall(_) => Parts::FIREWALL,
             Command::RefreshLb(_) | Command::DeleteLb(_) => Parts::LISTENERS,
+            Command::EnableHa(_) => Parts::HA,
         }
     }
 
@@ -143,6 +149,7 @@ impl Command {
             | Command::SyncPortForwards(_) => Feature::Nat,
             Command::RefreshFirewall(_) => Feature::Firewall,
             Command::RefreshLb(_) | Command::DeleteLb(_) => Feature::LoadBalancer,
+            Command::EnableHa(_) => Feature::Ha,
         }
     }
 }

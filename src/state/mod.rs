@@ -7,6 +7,7 @@ pub mod command;
 pub mod counts;
 pub mod eips;
 pub mod facts;
+pub mod ha;
 pub mod lb;
 pub mod model;
 pub mod store;
@@ -78,6 +79,8 @@ pub struct DesiredState {
     /// Load balancer listeners by (load balancer, listener) uuid.
     #[serde(with = "lb::listener_list")]
     pub lb_listeners: Table<lb::LbKey, lb::LbListener>,
+    /// Router HA (`/enableVyosha`), when configured.
+    pub ha: Option<ha::HaConfig>,
 }
 
 mod port_forward_list {
@@ -103,7 +106,7 @@ impl DesiredState {
     /// Counts of entries, for logs and `/ping`-side reporting.
     pub fn summary(&self) -> String {
         format!(
-            "nics={} vips={} snats={} eips={} port_forwards={} firewall_rules={} dhcp_hosts={} dns_servers={} lb_listeners={}",
+            "nics={} vips={} snats={} eips={} port_forwards={} firewall_rules={} dhcp_hosts={} dns_servers={} lb_listeners={} ha={}",
             self.nics.len(),
             self.vips.len(),
             self.snats.len(),
@@ -112,7 +115,8 @@ impl DesiredState {
             self.firewall.len(),
             self.dhcp_hosts.len(),
             self.dns_servers.len(),
-            self.lb_listeners.len()
+            self.lb_listeners.len(),
+            if self.ha.is_some() { "on" } else { "off" }
         )
     }
 }

@@ -14,6 +14,7 @@ use vr_agent::backend::{Backend, BackendError};
 use vr_agent::config::Config;
 use vr_agent::health::Health;
 use vr_agent::server::{Around, Listeners, run};
+use vr_agent::state::ha::Role;
 use vr_agent::state::store::Store;
 use vr_agent::state::{Change, DesiredState, Feature, Parts};
 
@@ -79,6 +80,22 @@ impl Backend for Recording {
         Ok(())
     }
 
+    async fn set_role(&mut self, _state: &DesiredState, role: Role) -> Result<(), BackendError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{} role {}", self.name, role.wire()));
+        Ok(())
+    }
+
+    async fn restart_ha(&mut self, _state: &DesiredState) -> Result<(), BackendError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{} restart_ha", self.name));
+        Ok(())
+    }
+
     async fn reconcile(&mut self, state: &DesiredState) -> Result<(), BackendError> {
         self.log.lock().unwrap().push(format!(
             "{} reconcile nics {} eips {}",
@@ -107,6 +124,8 @@ pub struct InProcess {
     pub fail: Fail,
     /// The commands the backends applied.
     pub commands: Commands,
+    /// keepalived's side, with [`Options::ha`]: role events as the fifo reader sends them.
+    pub ha_events: Option<mpsc::UnboundedSender<(Role, String)>>,
     hold: Hold,
     state_dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -126,6 +145,9 @@ pub struct Options<'a> {
     pub args: &'a [&'a str],
     /// Called with the state directory before the store opens it.
     pub prepare: Option<&'a dyn Fn(&Path)>,
+    /// Also a recording "ha" backend (last, like the agent's engines), links and nat
+    /// concerned by HA settings, and a channel of role events.
+    pub ha: bool,
 }
 
 impl InProcess {
@@ -174,14 +196,27 @@ impl InProcess {
             hold: Arc::clone(&hold),
             commands: Arc::clone(&commands),
         };
-        let backends = vec![
-            backend("links", &[Feature::Links], Parts::NICS | Parts::VIPS),
+        let ha_parts = if options.ha { Parts::HA } else { Parts::NONE };
+        let mut backends = vec![
+            backend(
+                "links",
+                &[Feature::Links],
+                Parts::NICS | Parts::VIPS | ha_parts,
+            ),
             backend(
                 "nat",
                 &[Feature::Nat, Feature::Firewall],
-                Parts::NICS | Parts::EIPS | Parts::PORT_FORWARDS,
+                Parts::NICS | Parts::EIPS | Parts::PORT_FORWARDS | ha_parts,
             ),
         ];
+        let (ha_events, ha_rx) = if options.ha {
+            backends.push(backend("ha", &[Feature::Ha], Parts::HA | Parts::NICS));
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let count = backends.len();
         let health = Arc::new(Health::default());
         let (store, loaded) = Store::open(&config.state_dir);
         let agent = Agent::new(loaded.state, store, backends, Arc::clone(&health), false);
@@ -194,6 +229,7 @@ impl InProcess {
                 md5: "0123456789abcdef0123456789abcdef".into(),
                 metrics: vr_agent::metrics::Metrics::default(),
                 watch_drift: false,
+                ha_events: ha_rx,
             };
             run(listeners, agent, &config, around, async {
                 let _ = stopped.await;
@@ -206,13 +242,14 @@ impl InProcess {
             log,
             fail,
             commands,
+            ha_events,
             hold,
             state_dir,
             stop: Some(stop),
             served: Some(served),
         };
         // the start-up re-apply reconciles every backend once
-        me.wait_log(2).await;
+        me.wait_log(count).await;
         me.log.lock().unwrap().clear();
         me
     }
