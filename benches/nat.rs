@@ -72,6 +72,22 @@ fn eips_moved(n: usize, moved: bool) -> Value {
     json!({ "eips": v })
 }
 
+/// `n` port forwards, 1,000 ports per VIP (198.18.x.y), to guests in 10.0.0.0/12; with
+/// `moved`, every forward goes to another guest.
+fn forwards(n: usize, moved: bool) -> Value {
+    let rules: Vec<Value> = (0..n)
+        .map(|i| {
+            let port = 1000 + (i % 1000) as u16;
+            let g = i + if moved { 1 } else { 0 };
+            json!({"vipPortStart": port, "vipPortEnd": port, "privatePortStart": 80,
+                   "privatePortEnd": 80, "protocolType": "TCP", "vipIp": filler_vip(i / 1000),
+                   "privateIp": format!("10.{}.{}.{}", 1 + g / 62500, (g / 250) % 250, g % 250 + 1),
+                   "privateMac": G1_MAC})
+        })
+        .collect();
+    json!({ "rules": rules })
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -196,7 +212,8 @@ fn main() {
     // knobs: VR_BENCH_SIZES=10000,100000 (EIPs present), VR_BENCH_VIPS=N (the first N filler
     // VIPs are made addresses on the public nic through /createvip, as the management node
     // does), VR_BENCH_DATAPLANE=0 (skip the connection and throughput part),
-    // VR_BENCH_SYNC_MOVED=1 (also syncs that move every EIP to another guest)
+    // VR_BENCH_SYNC_MOVED=1 (also syncs that move every EIP to another guest),
+    // VR_BENCH_PF_SIZES=1000,10000,100000 (/syncportforwarding of as many forwards)
     let mut p = p;
     if let Ok(list) = std::env::var("VR_BENCH_SIZES") {
         p.sizes = list
@@ -297,6 +314,27 @@ fn main() {
             eprintln!("{}", lines.last().unwrap());
         }
         let biggest = p.sizes.last().unwrap();
+        // VR_BENCH_PF_SIZES=1000,10000,100000: /syncportforwarding of as many forwards
+        if let Ok(list) = std::env::var("VR_BENCH_PF_SIZES") {
+            for size in list.split(',').filter_map(|s| s.trim().parse::<usize>().ok()) {
+                let mut same = Vec::new();
+                let mut moved = Vec::new();
+                call("/syncportforwarding", forwards(size, false)).await;
+                for run in 0..p.sync_runs.max(1) {
+                    same.push(call("/syncportforwarding", forwards(size, false)).await);
+                    moved.push(call("/syncportforwarding", forwards(size, run % 2 == 0)).await);
+                }
+                call("/syncportforwarding", forwards(size, false)).await;
+                let line = format!(
+                    "/syncportforwarding of {size}: median {:.1} ms (same forwards), {:.1} ms (every guest moved)",
+                    median(same),
+                    median(moved)
+                );
+                eprintln!("{line}");
+                lines.push(line);
+            }
+            call("/syncportforwarding", json!({ "rules": [] })).await;
+        }
         let (rss, hwm) = common::rss_kib(n.agent.pid());
         let sync_line = format!(
             "/synceip of {biggest} EIPs (replacing {biggest}): median {:.1} ms over {} runs\n\

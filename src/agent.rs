@@ -378,6 +378,7 @@ impl<B: Backend + 'static> Agent<B> {
     ) {
         if reapply {
             self.reapply_at_start().await;
+            crate::memory::trim();
         }
         while let Some(work) = rx.recv().await {
             queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -401,6 +402,7 @@ impl<B: Backend + 'static> Agent<B> {
                 }
             };
             let span = tracing::info_span!(parent: &job.span, "apply", path = job.path);
+            let started = std::time::Instant::now();
             let result = self
                 .handle(&job.cmd, job.path, job.origin)
                 .instrument(span.clone())
@@ -410,6 +412,10 @@ impl<B: Backend + 'static> Agent<B> {
                 Err(e) => tracing::warn!(error = %e, "refused"),
             });
             let _ = job.reply.send(result);
+            if started.elapsed() >= crate::memory::TRIM_AFTER {
+                // a large command freed its body, model and batch: give the heap back
+                crate::memory::trim();
+            }
             if self.store.wants_compaction() {
                 match self.store.compact(&self.desired) {
                     Ok(()) => {

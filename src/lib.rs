@@ -15,6 +15,7 @@ pub mod lb;
 pub mod link;
 pub mod logging;
 pub mod md5sum;
+pub mod memory;
 pub mod metrics;
 pub mod nat;
 pub mod notify;

@@ -138,6 +138,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Serve { config, log_format } => {
+            vr_agent::memory::configure();
             init_logging(log_format);
             let Some(rt) = runtime() else {
                 return ExitCode::FAILURE;
