@@ -402,9 +402,13 @@ fn removed_host_is_no_longer_served_and_its_lease_released() {
         let removal = json!({"dhcpEntries": [default_entry()]});
         assert_ok(&mn.call(agent.vr, "/removedhcp", &removal).await);
         // Within one second dnsmasq forgets the host and releases its lease.
-        std::thread::sleep(Duration::from_secs(1));
+        let released = common::eventually(Duration::from_secs(1), || {
+            !std::fs::read_to_string(&leases)
+                .unwrap_or_default()
+                .contains(GUEST_MAC)
+        });
         let text = std::fs::read_to_string(&leases).unwrap();
-        assert!(!text.contains(GUEST_MAC), "lease kept: {text}");
+        assert!(released, "lease kept: {text}");
         assert_eq!(
             lab.dhcp("g0"),
             None,
@@ -427,8 +431,13 @@ fn removed_host_is_no_longer_served_and_its_lease_released() {
             entry("172.20.9.99", "fa:3c:91:5e:22:99", "172.20.9.1", "fa:7e:4b:ad:11:04", false),
         ]});
         assert_ok(&mn.call(agent.vr, "/removedhcp", &removal).await);
-        std::thread::sleep(Duration::from_secs(1));
-        assert_ne!(dnsmasq_pid(&lab.dnsmasq_dir()), Some(pid));
+        // the restarted dnsmasq has written its pid file
+        assert!(
+            common::eventually(Duration::from_secs(2), || {
+                dnsmasq_pid(&lab.dnsmasq_dir()).is_some_and(|p| p != pid)
+            }),
+            "dnsmasq not restarted"
+        );
         assert!(!agent.log().contains("dnsmasq exited"), "dnsmasq died");
         let ping = mn.call(agent.vr, "/ping", &json!({})).await;
         assert_eq!(ping["healthy"], json!(true), "{ping}");
@@ -457,8 +466,15 @@ fn rebuild_serves_only_the_new_list() {
             entry("172.20.0.50", "fa:3c:91:5e:22:50", "172.20.0.1", "fa:7e:4b:ad:11:02", true),
         ], "rebuild": true});
         assert_ok(&mn.call(agent.vr, "/adddhcp", &rebuild).await);
-        std::thread::sleep(Duration::from_secs(1));
-        assert_eq!(lab.dhcp("g0").expect("new address")["ip"], "172.20.0.99");
+        // dnsmasq has re-read its hosts when it answers with the new address
+        let mut got = None;
+        assert!(
+            common::eventually(Duration::from_secs(5), || {
+                got = lab.dhcp("g0");
+                got.as_ref().is_some_and(|l| l["ip"] == "172.20.0.99")
+            }),
+            "new address not given: {got:?}"
+        );
         assert_eq!(
             lab.dhcp("g1"),
             None,
@@ -509,9 +525,13 @@ fn dns_is_forwarded_upstream_until_removedns() {
         assert_eq!(resolv, "nameserver 10.99.0.2\n");
 
         assert_ok(&mn.call(agent.vr, "/removedns", &setdns).await);
-        std::thread::sleep(Duration::from_millis(300));
-        // A name the router never saw: it can only come from the upstream.
-        let got = query_from(&lab.guest, "172.20.0.1:53", "other.test");
+        // A name the router never saw: it can only come from the upstream (dnsmasq re-reads
+        // its resolv file when it sees it changed)
+        let mut got = query_from(&lab.guest, "172.20.0.1:53", "other.test");
+        common::eventually(Duration::from_secs(2), || {
+            got = query_from(&lab.guest, "172.20.0.1:53", "other.test");
+            !matches!(&got, Ok((_, a)) if !a.is_empty())
+        });
         assert!(
             !matches!(&got, Ok((_, a)) if !a.is_empty()),
             "still forwarded after /removedns: {got:?}"
@@ -756,9 +776,35 @@ fn a_hand_edited_dnsmasq_file_is_noticed_and_rewritten() {
             )
             .await,
         );
-        std::thread::sleep(Duration::from_millis(500));
-        let ping = mn.call(agent.vr, "/ping", &json!({})).await;
-        assert_eq!(ping["driftRepairs"].as_u64().unwrap_or(0), quiet, "{ping}");
+        // a barrier: a hand edit of another file, repaired after the notifications of our
+        // own writes; the repair names only that file (had our own writes counted, they
+        // would be named too, or repaired on their own)
+        std::fs::write(&hosts, "# by hand\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let ping = loop {
+            let ping = mn.call(agent.vr, "/ping", &json!({})).await;
+            if ping["driftRepairs"].as_u64().unwrap_or(0) > quiet {
+                break ping;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hand edit not repaired:\n{}",
+                agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            ping["driftRepairs"].as_u64().unwrap_or(0),
+            quiet + 1,
+            "{ping}"
+        );
+        assert!(
+            ping["lastDrift"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("dnsmasq files changed outside the agent (hosts.dhcp);"),
+            "{ping}"
+        );
     });
 }
 

@@ -240,6 +240,13 @@ impl NatBackend {
         self.nft(&p.nft()).await
     }
 
+    /// The guest nic set (DHCP and DNS accepted there) `after` calls for, when it differs from
+    /// the one installed.
+    fn guest_ifs_changed(&self, after: &DesiredState, inputs: &Inputs) -> Option<BTreeSet<String>> {
+        let now = model::guest_ifs(&after.nics, after.snats.values(), &after.dhcp_hosts, inputs);
+        (self.guest_ifs.as_ref() != Some(&now)).then_some(now)
+    }
+
     /// True while our sets are known to hold exactly the state the agent last applied.
     fn sets_known(&self) -> bool {
         !self.degraded
@@ -294,20 +301,14 @@ impl NatBackend {
         if self.degraded && !p.full && p.has_work() {
             p = replace_plan(before, after, cmd, &inputs)?;
         }
-        if p.guest_ifs.is_none() {
-            let now = model::guest_ifs(
-                &after.nics,
-                after.snats.values(),
-                &after.dhcp_hosts,
-                &inputs,
-            );
-            if self.guest_ifs.as_ref() != Some(&now) {
-                // the set rewrite is not an element change: this one goes through nft
-                p.text = p.nft();
-                p.elements = None;
-                p.text.push_str(&render::guest_ifs_rewrite(&now));
-                p.guest_ifs = Some(now);
-            }
+        if p.guest_ifs.is_none()
+            && let Some(now) = self.guest_ifs_changed(after, &inputs)
+        {
+            // the set rewrite is not an element change: this one goes through nft
+            p.text = p.nft();
+            p.elements = None;
+            p.text.push_str(&render::guest_ifs_rewrite(&now));
+            p.guest_ifs = Some(now);
         }
         if p.has_work() {
             let elements = p
@@ -639,14 +640,8 @@ impl NatBackend {
             names,
             ..Inputs::default()
         };
-        let now = model::guest_ifs(
-            &after.nics,
-            after.snats.values(),
-            &after.dhcp_hosts,
-            &inputs,
-        );
-        if self.guest_ifs.as_ref() != Some(&now) {
-            nft::apply(&render::guest_ifs_rewrite(&now))
+        if let Some(now) = self.guest_ifs_changed(after, &inputs) {
+            self.nft(&render::guest_ifs_rewrite(&now))
                 .await
                 .map_err(|e| BackendError::new(format!("guest nic set not updated: {e}")))?;
             tracing::info!(guest_nics = ?now, "guest nics updated");

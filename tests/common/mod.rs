@@ -10,6 +10,21 @@ pub mod netns;
 
 use std::path::PathBuf;
 
+/// Polls `check` every 20 ms until it holds or `within` has passed; true if it held (waits
+/// on something observable instead of a fixed sleep).
+pub fn eventually(within: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Resident and peak resident memory of a process, in KiB (`VmRSS`, `VmHWM`; 0 if unknown).
 pub fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
