@@ -3,6 +3,8 @@
 //! go through the real protocol parser and state transitions, and every rendered file must equal
 //! `<case>.golden`. Rewrite the goldens with `UPDATE_GOLDEN=1 cargo test --test dnsmasq_golden`.
 
+mod common;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use vr_agent::dnsmasq::render::{self, Iface, Paths};
@@ -64,15 +66,7 @@ fn renderings_match_golden_files() {
     let paths = Paths::new("/run/vr-agent/dnsmasq");
     let mut cases = 0;
     let mut failures = Vec::new();
-    for entry in std::fs::read_dir(fixtures()).unwrap() {
-        let input = entry.unwrap().path();
-        let Some(case) = input
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".input.json"))
-        else {
-            continue;
-        };
+    for (case, input) in common::golden::input_cases(&fixtures()) {
         cases += 1;
         let (ifaces, state) = load(&input);
         let text = show(&render::render(&paths, &state, &ifaces));

@@ -22,17 +22,8 @@ fn cases() -> Vec<(String, String, String)> {
 
 fn cases_in(dir: &str) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(fixtures()).unwrap() {
-        let input = entry.unwrap().path();
-        let Some(case) = input
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".input.json"))
-        else {
-            continue;
-        };
-        let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&input).unwrap()).unwrap();
+    for (case, input) in common::golden::input_cases(&fixtures()) {
+        let json = common::golden::read_json(&input);
         let state = state_from_requests(&json["requests"]);
         let ha = state.ha.as_ref().expect("the case configures HA");
         let inputs = Inputs {
@@ -41,7 +32,7 @@ fn cases_in(dir: &str) -> Vec<(String, String, String)> {
         };
         let paths = Paths::new(dir.into());
         out.push((
-            case.to_string(),
+            case,
             render::keepalived(ha, &inputs, &paths),
             render::conntrackd(ha, &inputs, &paths),
         ));

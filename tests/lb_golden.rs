@@ -15,24 +15,15 @@ fn fixtures() -> PathBuf {
 
 fn cases() -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(fixtures()).unwrap() {
-        let input = entry.unwrap().path();
-        let Some(case) = input
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".input.json"))
-        else {
-            continue;
-        };
-        let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&input).unwrap()).unwrap();
+    for (case, input) in common::golden::input_cases(&fixtures()) {
+        let json = common::golden::read_json(&input);
         let state = state_from_requests(&json["requests"]);
         let text = render(
             &Paths::new("/run/vr-agent/haproxy"),
             1 << 20,
             state.lb_listeners.values(),
         );
-        out.push((case.to_string(), text));
+        out.push((case, text));
     }
     out.sort();
     out

@@ -24,6 +24,31 @@ pub fn state_from_requests(requests: &serde_json::Value) -> DesiredState {
     state
 }
 
+/// The golden cases of a fixture directory: each `<case>.input.json` as (case, path), sorted
+/// by case.
+pub fn input_cases(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut out: Vec<(String, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter_map(|input| {
+            let case = input
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".input.json")?
+                .to_string();
+            Some((case, input))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// An input file's JSON.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// `None` when `actual` equals the file at `golden` (or `UPDATE_GOLDEN` is set, and the file
 /// was rewritten); else the difference, to collect over all cases.
 pub fn compare(golden: &Path, actual: &str) -> Option<String> {
