@@ -246,6 +246,8 @@ struct Inner {
     snap: Option<Snapshot>,
     /// Dumps made (the first, and one after each overflow).
     dumps: u64,
+    /// The last try to subscribe failed (said once in the log, not at every read).
+    unsubscribed: bool,
 }
 
 impl View {
@@ -283,10 +285,16 @@ impl Inner {
     fn catch_up(&mut self) -> std::io::Result<()> {
         if self.events.is_none() {
             match subscribe(self.buffer) {
-                Ok(s) => self.events = Some(s),
+                Ok(s) => {
+                    self.events = Some(s);
+                    self.unsubscribed = false;
+                }
                 // without notifications every read is a dump
                 Err(e) => {
-                    tracing::warn!(error = %e, "no link notifications; reading the interfaces by dumps");
+                    if !self.unsubscribed {
+                        tracing::warn!(error = %e, "no link notifications; reading the interfaces by dumps");
+                    }
+                    self.unsubscribed = true;
                     self.snap = None;
                 }
             }
