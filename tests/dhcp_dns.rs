@@ -678,6 +678,23 @@ fn dns_is_forwarded_on_a_snat_guest_network_without_dhcp_hosts() {
     });
 }
 
+/// The first `/ping` that counts more than `repairs` drift repairs (within 2 s).
+async fn ping_after_repairs(mn: &MgmtNode, agent: &AgentProc, repairs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let ping = mn.call(agent.vr, "/ping", &json!({})).await;
+        if ping["driftRepairs"].as_u64().unwrap_or(0) > repairs {
+            return ping;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no drift repair past {repairs} within 2 s: {ping}\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[test]
 fn a_hand_edited_dnsmasq_file_is_noticed_and_rewritten() {
     let lab = Lab::new();
@@ -703,8 +720,8 @@ fn a_hand_edited_dnsmasq_file_is_noticed_and_rewritten() {
             std::thread::sleep(Duration::from_millis(20));
         }
         eprintln!("hand edit repaired in {:?}", edited.elapsed());
-        let ping = mn.call(agent.vr, "/ping", &json!({})).await;
-        assert!(ping["driftRepairs"].as_u64().unwrap_or(0) >= 1, "{ping}");
+        // the file is back a moment before the repair is counted: wait for the count
+        let ping = ping_after_repairs(&mn, &agent, 0).await;
         let last = ping["lastDrift"].as_str().unwrap_or_default();
         assert!(
             last.contains("dnsmasq files changed outside the agent (hosts.dhcp)"),
@@ -746,11 +763,7 @@ fn a_hand_edited_dnsmasq_file_is_noticed_and_rewritten() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let ping = mn.call(agent.vr, "/ping", &json!({})).await;
-        assert!(
-            ping["driftRepairs"].as_u64().unwrap_or(0) > before,
-            "{ping}"
-        );
+        let ping = ping_after_repairs(&mn, &agent, before).await;
         // the agent's own writes are no drift
         let quiet = ping["driftRepairs"].as_u64().unwrap_or(0);
         let third = entry(
@@ -780,19 +793,7 @@ fn a_hand_edited_dnsmasq_file_is_noticed_and_rewritten() {
         // own writes; the repair names only that file (had our own writes counted, they
         // would be named too, or repaired on their own)
         std::fs::write(&hosts, "# by hand\n").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let ping = loop {
-            let ping = mn.call(agent.vr, "/ping", &json!({})).await;
-            if ping["driftRepairs"].as_u64().unwrap_or(0) > quiet {
-                break ping;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hand edit not repaired:\n{}",
-                agent.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let ping = ping_after_repairs(&mn, &agent, quiet).await;
         assert_eq!(
             ping["driftRepairs"].as_u64().unwrap_or(0),
             quiet + 1,
