@@ -40,9 +40,39 @@ pub const HEALTH_DNS_GUESTS: &str = "dns";
 /// Health source for hosts no nic of the router serves.
 pub const HEALTH_UNPLACED: &str = "dhcp";
 
-/// The interfaces of the current network namespace with their MACs and IPv4 addresses.
-pub fn read_ifaces() -> std::io::Result<Vec<Iface>> {
-    Ok(crate::link::view::current()?.interfaces())
+/// The interfaces of the current network namespace that may serve `state`'s guests, with their
+/// MACs and IPv4 addresses: the nics DHCP hosts and SNAT entries name, the nics holding a host's
+/// gateway (or address), and the configured nics whose subnet holds one. The public nic and
+/// its VIPs (up to 100,000 addresses) are read only if a host is placed there, so a sync costs
+/// O(hosts), not O(VIPs). [`render::nic_for`] finds in this list what it finds among all.
+pub fn read_ifaces(state: &DesiredState) -> std::io::Result<Vec<Iface>> {
+    let system = crate::link::view::current()?;
+    let mut macs: BTreeSet<MacAddr> = state
+        .dhcp_hosts
+        .values()
+        .filter_map(|h| h.vr_nic_mac)
+        .chain(state.snats.values().map(|s| s.private_nic_mac))
+        .collect();
+    let targets: BTreeSet<std::net::Ipv4Addr> = state
+        .dhcp_hosts
+        .values()
+        .map(|h| h.gateway.unwrap_or(h.ip))
+        .collect();
+    let mut names: BTreeSet<&str> = BTreeSet::new();
+    for t in &targets {
+        if let Some(name) = system.nic_holding(*t) {
+            names.insert(name);
+        }
+    }
+    for nic in state.nics.values() {
+        let net = Cidr::new(nic.ip, nic.prefix);
+        if targets.iter().any(|t| net.contains(*t)) {
+            macs.insert(nic.mac);
+        }
+    }
+    let macs: Vec<MacAddr> = macs.into_iter().collect();
+    let names: Vec<&str> = names.into_iter().collect();
+    Ok(system.interfaces_of(&macs, &names))
 }
 
 /// What dnsmasq holds now (valid after a successful apply or reconcile).
@@ -312,7 +342,7 @@ impl DnsmasqBackend {
         self.applied = None;
         self.dns_guests = Some(dns_guests(state));
         self.ensure_dirs()?;
-        let ifaces = read_ifaces().map_err(|e| err(format!("reading interfaces: {e}")))?;
+        let ifaces = read_ifaces(state).map_err(|e| err(format!("reading interfaces: {e}")))?;
         let r = render::render_with(&self.paths, state, &ifaces, &mut self.memo);
         let rendered_us = started.elapsed().as_micros() as u64;
         if r.unplaced.is_empty() {

@@ -132,7 +132,7 @@ async fn sync_link(
         nl.set_up(link).await?;
         report.fixed += 1;
     }
-    let current = nl.addrs(link.index).await?;
+    let current = addrs_now(nl, link.index).await?;
     let want = wanted.addrs(mac);
     // Not pruning: addresses the state does not know stay, even around a primary fix.
     let keep_unknown = !prune;
@@ -171,7 +171,7 @@ async fn make_primary(
     want: &[(Ipv4Addr, u8)],
     keep_unknown: bool,
 ) -> Result<(), SyncError> {
-    let current = nl.addrs(link.index).await?;
+    let current = addrs_now(nl, link.index).await?;
     let is_secondary = current
         .iter()
         .any(|a| (a.ip, a.prefix) == primary && a.secondary);
@@ -197,6 +197,16 @@ async fn make_primary(
     }
     tracing::info!(address = %format!("{ip}/{prefix}"), dev = %link.name, "made the nic's own address primary");
     Ok(())
+}
+
+/// The IPv4 addresses of link `index` now: from the process's interface view (kept by
+/// notifications: O(the link's addresses), where a filtered dump walks every address of the
+/// namespace), or by a dump when the view cannot be read.
+async fn addrs_now(nl: &Netlink, index: u32) -> Result<Vec<Addr>, NetlinkError> {
+    match super::view::current() {
+        Ok(snap) => Ok(snap.addrs_of(index)),
+        Err(_) => nl.addrs(index).await,
+    }
 }
 
 /// Finds the link of every MAC, or names the first missing or shared one.

@@ -176,6 +176,18 @@ impl Snapshot {
         }
     }
 
+    /// The IPv4 addresses of interface `index` (O(its addresses × log n)), in address order.
+    pub fn addrs_of(&self, index: u32) -> Vec<super::netlink::Addr> {
+        self.addrs
+            .range((index, Cidr::MIN)..=(index, Cidr::MAX))
+            .map(|((_, c), m)| super::netlink::Addr {
+                ip: c.addr,
+                prefix: c.prefix.len(),
+                secondary: m.secondary,
+            })
+            .collect()
+    }
+
     /// The interface whose address or subnet holds `ip` (longest prefix wins; between
     /// interfaces with the same network, the lowest index).
     pub fn nic_holding(&self, ip: Ipv4Addr) -> Option<&str> {
