@@ -1,0 +1,104 @@
+//! `/configurenic`, `/removenic` and the VIPs (`/createvip`, `/removevip`).
+
+use super::bounded;
+use super::netmask_or_prefix;
+use crate::protocol::fields::*;
+use crate::state::Invalid;
+use crate::state::model::{Nic, Vip};
+use serde::Deserialize;
+
+/// `NicInfo` of `/configurenic` and `/removenic`, and `ApplianceVmNicTO` of the bootstrap info.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NicInfo {
+    #[serde(default, deserialize_with = "bounded::text")]
+    pub ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
+    pub mac: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
+    pub gateway: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
+    pub netmask: Option<String>,
+    pub is_default_route: Option<bool>,
+    pub mtu: Option<i64>,
+    #[serde(default, deserialize_with = "bounded::text")]
+    pub device_name: Option<String>,
+}
+
+/// `/configurenic`, `/removenic`
+#[derive(Debug, Default, Deserialize)]
+pub struct NicsCmd {
+    #[serde(default, deserialize_with = "bounded::list")]
+    pub nics: Option<Vec<NicInfo>>,
+}
+
+/// `VipTO`
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VipTo {
+    #[serde(default, deserialize_with = "bounded::text")]
+    pub ip: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
+    pub netmask: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
+    pub gateway: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
+    pub owner_ethernet_mac: Option<String>,
+    pub prefix_length: Option<i64>,
+}
+
+/// `/createvip`, `/removevip`
+#[derive(Debug, Default, Deserialize)]
+pub struct VipsCmd {
+    #[serde(default, deserialize_with = "bounded::list")]
+    pub vips: Option<Vec<VipTo>>,
+}
+
+impl NicInfo {
+    /// A nic as `/configurenic` or the bootstrap info gives it.
+    pub fn validate(&self, at: &str) -> Result<Nic, Invalid> {
+        let device_name = match given(&self.device_name) {
+            None => None,
+            Some(n)
+                if n.len() < 16
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+            {
+                Some(n.to_string())
+            }
+            Some(n) => {
+                return Err(Invalid::new(
+                    format!("{at}.deviceName"),
+                    format!("{} is not an interface name", quote(n)),
+                ));
+            }
+        };
+        let mac = req_mac(&format!("{at}.mac"), &self.mac)?;
+        let prefix = req_netmask(&format!("{at}.netmask"), &self.netmask)?;
+        Ok(Nic {
+            mac,
+            ip: req_host_ipv4(&format!("{at}.ip"), &self.ip, Some(prefix))?,
+            prefix,
+            gateway: opt_host_ipv4(&format!("{at}.gateway"), &self.gateway, None)?,
+            is_default_route: self.is_default_route.unwrap_or(false),
+            mtu: opt_mtu(&format!("{at}.mtu"), &self.mtu)?,
+            device_name,
+        })
+    }
+}
+
+impl VipTo {
+    /// A VIP. The prefix comes from `netmask`, else from a non-zero `prefixLength`.
+    pub fn validate(&self, at: &str) -> Result<Vip, Invalid> {
+        let ip_field = format!("{at}.ip");
+        let ip = req_ipv4(&ip_field, &self.ip)?;
+        let prefix = netmask_or_prefix(at, &self.netmask, self.prefix_length, "prefixLength")?;
+        check_unicast(&ip_field, ip, Some(prefix))?;
+        Ok(Vip {
+            ip,
+            prefix,
+            gateway: opt_host_ipv4(&format!("{at}.gateway"), &self.gateway, None)?,
+            owner_mac: req_mac(&format!("{at}.ownerEthernetMac"), &self.owner_ethernet_mac)?,
+        })
+    }
+}
