@@ -1,11 +1,20 @@
 //! DHCP hosts (`/adddhcp`, `/removedhcp`) and the DNS forwarder's servers (`/setdns`,
 //! `/removedns`).
 
-use super::{bounded, each};
+use super::{bounded, each, each_req};
 use crate::protocol::fields::*;
-use crate::state::Invalid;
+use crate::protocol::{Request, RequestError, Route, decode};
 use crate::state::model::DhcpHost;
+use crate::state::{Command, Invalid};
 use serde::Deserialize;
+
+/// The paths of this module.
+pub const ROUTES: &[Route] = &[
+    Route::new("/adddhcp", add_dhcp),
+    Route::new("/removedhcp", remove_dhcp),
+    Route::new("/setdns", set_dns),
+    Route::new("/removedns", remove_dns),
+];
 
 /// `DhcpInfo`
 #[derive(Debug, Default, Deserialize)]
@@ -29,32 +38,6 @@ pub struct DhcpInfo {
     pub dns_domain: Option<String>,
     pub is_default_l3_network: Option<bool>,
     pub mtu: Option<i64>,
-}
-
-/// `/adddhcp`, `/removedhcp`
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DhcpCmd {
-    #[serde(default, deserialize_with = "bounded::list")]
-    pub dhcp_entries: Option<Vec<DhcpInfo>>,
-    pub rebuild: Option<bool>,
-}
-
-/// `DnsInfo`
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DnsInfo {
-    #[serde(default, deserialize_with = "bounded::text")]
-    pub dns_address: Option<String>,
-    #[serde(default, deserialize_with = "bounded::text")]
-    pub nic_mac: Option<String>,
-}
-
-/// `/setdns`, `/removedns`
-#[derive(Debug, Default, Deserialize)]
-pub struct DnsCmd {
-    #[serde(default, deserialize_with = "bounded::list")]
-    pub dns: Option<Vec<DnsInfo>>,
 }
 
 impl DhcpInfo {
@@ -111,4 +94,75 @@ impl DhcpInfo {
         };
         Ok((host, note))
     }
+}
+
+/// `/adddhcp`, `/removedhcp`
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DhcpCmd {
+    #[serde(default, deserialize_with = "bounded::list")]
+    pub dhcp_entries: Option<Vec<DhcpInfo>>,
+    pub rebuild: Option<bool>,
+}
+
+/// `/adddhcp`: a hostname dnsmasq would misread is dropped, with a note.
+fn add_dhcp(body: &[u8], notes: &mut Vec<String>) -> Result<Request, RequestError> {
+    let w: DhcpCmd = decode(body, false)?;
+    let hosts = each_req("dhcpEntries", &w.dhcp_entries, |f, d| {
+        let (host, note) = d.validate_noted(f)?;
+        notes.extend(note);
+        Ok(host)
+    })?;
+    Ok(Request::Change(Command::AddDhcp {
+        hosts,
+        rebuild: w.rebuild.unwrap_or(false),
+    }))
+}
+
+fn remove_dhcp(body: &[u8], _: &mut Vec<String>) -> Result<Request, RequestError> {
+    let w: DhcpCmd = decode(body, false)?;
+    let hosts = each_req("dhcpEntries", &w.dhcp_entries, |f, d| d.validate(f))?;
+    Ok(Request::Change(Command::RemoveDhcp(hosts)))
+}
+
+/// `DnsInfo`
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsInfo {
+    #[serde(default, deserialize_with = "bounded::text")]
+    pub dns_address: Option<String>,
+    #[serde(default, deserialize_with = "bounded::text")]
+    pub nic_mac: Option<String>,
+}
+
+/// `/setdns`, `/removedns`
+#[derive(Debug, Default, Deserialize)]
+pub struct DnsCmd {
+    #[serde(default, deserialize_with = "bounded::list")]
+    pub dns: Option<Vec<DnsInfo>>,
+}
+
+impl DnsCmd {
+    /// The servers' addresses; `usable` also refuses those dnsmasq cannot forward to
+    /// (removing keeps working for whatever was stored before).
+    fn servers(&self, usable: bool) -> Result<Vec<std::net::Ipv4Addr>, Invalid> {
+        each_req("dns", &self.dns, |f, d| {
+            let field = format!("{f}.dnsAddress");
+            let ip = req_ipv4(&field, &d.dns_address)?;
+            if usable {
+                dns_server(&field, &ip.to_string())?;
+            }
+            Ok(ip)
+        })
+    }
+}
+
+fn set_dns(body: &[u8], _: &mut Vec<String>) -> Result<Request, RequestError> {
+    let w: DnsCmd = decode(body, false)?;
+    Ok(Request::Change(Command::SetDns(w.servers(true)?)))
+}
+
+fn remove_dns(body: &[u8], _: &mut Vec<String>) -> Result<Request, RequestError> {
+    let w: DnsCmd = decode(body, false)?;
+    Ok(Request::Change(Command::RemoveDns(w.servers(false)?)))
 }

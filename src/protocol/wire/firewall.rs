@@ -1,10 +1,14 @@
 //! The appliance firewall: `/appliancevm/refreshfirewall`.
 
-use super::bounded;
+use super::{bounded, each_req};
 use crate::protocol::fields::*;
-use crate::state::Invalid;
+use crate::protocol::{Request, RequestError, Route, decode};
 use crate::state::model::{FirewallProto, FirewallRule};
+use crate::state::{Command, Invalid};
 use serde::Deserialize;
+
+/// The paths of this module.
+pub const ROUTES: &[Route] = &[Route::new("/appliancevm/refreshfirewall", refresh_firewall)];
 
 /// `ApplianceVmFirewallRuleTO`
 #[derive(Debug, Default, Deserialize)]
@@ -22,13 +26,6 @@ pub struct FirewallRuleTo {
     pub dest_ip: Option<String>,
     #[serde(default, deserialize_with = "bounded::text")]
     pub nic_mac: Option<String>,
-}
-
-/// `/appliancevm/refreshfirewall`
-#[derive(Debug, Default, Deserialize)]
-pub struct RefreshFirewallCmd {
-    #[serde(default, deserialize_with = "bounded::list")]
-    pub rules: Option<Vec<FirewallRuleTo>>,
 }
 
 impl FirewallRuleTo {
@@ -60,4 +57,17 @@ impl FirewallRuleTo {
             allow_cidr: opt_cidr(&format!("{at}.allowCidr"), &self.allow_cidr)?,
         })
     }
+}
+
+/// `/appliancevm/refreshfirewall`
+#[derive(Debug, Default, Deserialize)]
+pub struct RefreshFirewallCmd {
+    #[serde(default, deserialize_with = "bounded::list")]
+    pub rules: Option<Vec<FirewallRuleTo>>,
+}
+
+fn refresh_firewall(body: &[u8], _: &mut Vec<String>) -> Result<Request, RequestError> {
+    let w: RefreshFirewallCmd = decode(body, false)?;
+    let rules = each_req("rules", &w.rules, |f, r| r.validate(f))?;
+    Ok(Request::Change(Command::RefreshFirewall(rules)))
 }

@@ -1,10 +1,19 @@
-//! Router HA: `/enableVyosha`.
+//! Router HA: `/enableVyosha`, `/syncVpcRouterHa`, `/restartKeepalived`.
 
+use super::core::PingCmd;
 use super::{bounded, each, each_req, netmask_or_prefix};
 use crate::protocol::fields::*;
-use crate::state::Invalid;
+use crate::protocol::{Request, RequestError, Route, decode};
 use crate::state::ha::{HaConfig, HaVip, MAX_ADVERT_SECS};
+use crate::state::{Command, Invalid};
 use serde::Deserialize;
+
+/// The paths of this module.
+pub const ROUTES: &[Route] = &[
+    Route::new("/enableVyosha", enable_ha),
+    Route::new("/syncVpcRouterHa", ha_status),
+    Route::new("/restartKeepalived", restart_keepalived),
+];
 
 /// `vips[]` of `/enableVyosha`
 #[derive(Debug, Default, Deserialize)]
@@ -19,6 +28,23 @@ pub struct HaVipTo {
     #[serde(default, deserialize_with = "bounded::text")]
     pub category: Option<String>,
     pub prefix_len: Option<i64>,
+}
+
+impl HaVipTo {
+    /// One address only the master carries. The prefix comes from `netmask`, else from a
+    /// non-zero `prefixLen`.
+    pub fn validate(&self, at: &str) -> Result<HaVip, Invalid> {
+        let ip_field = format!("{at}.nicVip");
+        let ip = req_ipv4(&ip_field, &self.nic_vip)?;
+        let prefix = netmask_or_prefix(at, &self.netmask, self.prefix_len, "prefixLen")?;
+        check_unicast(&ip_field, ip, Some(prefix))?;
+        Ok(HaVip {
+            mac: req_mac(&format!("{at}.nicMac"), &self.nic_mac)?,
+            ip,
+            prefix,
+            category: opt_token(&format!("{at}.category"), &self.category)?,
+        })
+    }
 }
 
 /// `/enableVyosha` (IPv6 fields are read and ignored)
@@ -38,23 +64,6 @@ pub struct EnableHaCmd {
     pub vips: Option<Vec<HaVipTo>>,
     #[serde(default, deserialize_with = "bounded::text")]
     pub callback_url: Option<String>,
-}
-
-impl HaVipTo {
-    /// One address only the master carries. The prefix comes from `netmask`, else from a
-    /// non-zero `prefixLen`.
-    pub fn validate(&self, at: &str) -> Result<HaVip, Invalid> {
-        let ip_field = format!("{at}.nicVip");
-        let ip = req_ipv4(&ip_field, &self.nic_vip)?;
-        let prefix = netmask_or_prefix(at, &self.netmask, self.prefix_len, "prefixLen")?;
-        check_unicast(&ip_field, ip, Some(prefix))?;
-        Ok(HaVip {
-            mac: req_mac(&format!("{at}.nicMac"), &self.nic_mac)?,
-            ip,
-            prefix,
-            category: opt_token(&format!("{at}.category"), &self.category)?,
-        })
-    }
 }
 
 impl EnableHaCmd {
@@ -115,5 +124,92 @@ impl EnableHaCmd {
             vips,
             callback_url,
         })
+    }
+}
+
+fn enable_ha(body: &[u8], _: &mut Vec<String>) -> Result<Request, RequestError> {
+    let w: EnableHaCmd = decode(body, false)?;
+    Ok(Request::Change(Command::EnableHa(w.validate()?)))
+}
+
+/// `/syncVpcRouterHa`: this node's HA role, a read answered without waiting for the writer.
+fn ha_status(body: &[u8], _: &mut Vec<String>) -> Result<Request, RequestError> {
+    let _: PingCmd = decode(body, true)?;
+    Ok(Request::HaStatus)
+}
+
+/// `/restartKeepalived`: the management node's remedy for a split brain.
+fn restart_keepalived(body: &[u8], _: &mut Vec<String>) -> Result<Request, RequestError> {
+    let _: PingCmd = decode(body, true)?;
+    Ok(Request::RestartKeepalived)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ha_settings_are_refused_naming_the_field() {
+        let good = r#"{"keepalive":2,"heartbeatNic":"fa:7e:4b:ad:22:03","localIp":"192.168.77.11","localIpV6":"fe80::1","peerIp":"192.168.77.12","monitors":["10.10.1.100"],"vips":[{"nicMac":"fa:7e:4b:ad:22:02","nicVip":"172.20.0.1","netmask":"255.255.255.0","category":"Private","prefixLen":24}],"callbackUrl":"http://192.168.100.10:8080/cb"}"#;
+        let Request::Change(Command::EnableHa(cfg)) =
+            enable_ha(good.as_bytes(), &mut Vec::new()).unwrap()
+        else {
+            panic!("not an HA command");
+        };
+        assert_eq!(cfg.advert_secs, 2);
+        assert_eq!(cfg.vips[0].prefix.len(), 24);
+        assert_eq!(
+            cfg.monitors,
+            vec!["10.10.1.100".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+        let bad = |from: &str, to: &str| {
+            enable_ha(good.replace(from, to).as_bytes(), &mut Vec::new())
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            bad(r#""keepalive":2"#, r#""keepalive":0"#),
+            "keepalive: 0 is not an advert interval (1-60 s)"
+        );
+        assert_eq!(
+            bad(r#""keepalive":2"#, r#""keepalive":86400"#),
+            "keepalive: 86400 is not an advert interval (1-60 s)"
+        );
+        assert_eq!(bad(r#""keepalive":2,"#, ""), "keepalive: missing");
+        assert_eq!(
+            bad(r#""peerIp":"192.168.77.12""#, r#""peerIp":"192.168.77.11""#),
+            r#"peerIp: "192.168.77.11" is localIp too: the peer must be another router"#
+        );
+        assert_eq!(
+            bad(r#""localIp":"192.168.77.11""#, r#""localIp":"127.0.0.1""#),
+            r#"localIp: "127.0.0.1" is a loopback address"#
+        );
+        assert_eq!(
+            bad(r#""peerIp":"192.168.77.12""#, r#""peerIp":null"#),
+            "peerIp: missing"
+        );
+        assert_eq!(
+            bad(
+                r#""heartbeatNic":"fa:7e:4b:ad:22:03""#,
+                r#""heartbeatNic":"x""#
+            ),
+            r#"heartbeatNic: "x" is not a MAC address"#
+        );
+        assert_eq!(
+            bad(r#"["10.10.1.100"]"#, r#"["224.0.0.18"]"#),
+            r#"monitors[0]: "224.0.0.18" is a multicast address"#
+        );
+        assert_eq!(
+            bad(r#""nicVip":"172.20.0.1""#, r#""nicVip":"172.20.0.255""#),
+            r#"vips[0].nicVip: "172.20.0.255" is the broadcast address of 172.20.0.0/24"#
+        );
+        assert_eq!(
+            bad(
+                r#""callbackUrl":"http://192.168.100.10:8080/cb""#,
+                r#""callbackUrl":"http://mn.example/cb""#
+            ),
+            r#"callbackUrl: callbackurl "http://mn.example/cb": host names are not resolved; give the management node's IP address"#
+        );
+        assert_eq!(bad(r#""vips":[{"#, r#""vipz":[{"#), "vips: missing");
     }
 }

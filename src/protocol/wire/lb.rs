@@ -1,14 +1,21 @@
 //! Load balancer listeners: `/lb/refresh`, `/lb/delete`.
 
-use super::{bounded, each};
+use super::{bounded, each, each_req};
 use crate::protocol::fields::*;
-use crate::state::Invalid;
+use crate::protocol::{Request, RequestError, Route, decode};
 use crate::state::lb::{
     BackendServer, DEFAULT_WEIGHT, LbDelete, MAX_WEIGHT, Mode, parse_parameters,
 };
 use crate::state::model::LbListener;
+use crate::state::{Command, Invalid};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+
+/// The paths of this module.
+pub const ROUTES: &[Route] = &[
+    Route::new("/lb/refresh", refresh_lbs),
+    Route::new("/lb/delete", delete_lbs),
+];
 
 /// `LbTO`
 #[derive(Debug, Default, Deserialize)]
@@ -31,48 +38,6 @@ pub struct LbTo {
     /// Later management nodes: backends in server groups (with weights).
     #[serde(default, deserialize_with = "bounded::list")]
     pub server_groups: Option<Vec<LbServerGroup>>,
-}
-
-/// A server group of a later `LbTO` (its name, uuid and default flag are not used).
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LbServerGroup {
-    #[serde(default, deserialize_with = "bounded::list")]
-    pub backend_servers: Option<Vec<LbBackendServer>>,
-}
-
-/// One backend of a server group.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LbBackendServer {
-    #[serde(default, deserialize_with = "bounded::text")]
-    pub ip: Option<String>,
-    pub weight: Option<i64>,
-}
-
-/// `/lb/refresh`, `/lb/delete`
-#[derive(Debug, Default, Deserialize)]
-pub struct LbCmd {
-    #[serde(default, deserialize_with = "bounded::list")]
-    pub lbs: Option<Vec<LbTo>>,
-}
-
-/// A load balancer or listener uuid: it names haproxy sections, so letters, digits, `-`,
-/// `_` and `.` only.
-fn lb_uuid(field: &str, v: &Option<String>) -> Result<Option<String>, Invalid> {
-    let Some(s) = opt_token(field, v)? else {
-        return Ok(None);
-    };
-    if s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-    {
-        Ok(Some(s))
-    } else {
-        Err(Invalid::new(
-            field,
-            format!("{} is not a uuid (letters, digits, -, _, .)", quote(&s)),
-        ))
-    }
 }
 
 impl LbTo {
@@ -165,6 +130,60 @@ impl LbTo {
                 .ok_or_else(|| Invalid::new(format!("{at}.lbUuid"), "missing"))?,
             listener_uuid: lb_uuid(&format!("{at}.listenerUuid"), &self.listener_uuid)?,
         })
+    }
+}
+
+/// A server group of a later `LbTO` (its name, uuid and default flag are not used).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LbServerGroup {
+    #[serde(default, deserialize_with = "bounded::list")]
+    pub backend_servers: Option<Vec<LbBackendServer>>,
+}
+
+/// One backend of a server group.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LbBackendServer {
+    #[serde(default, deserialize_with = "bounded::text")]
+    pub ip: Option<String>,
+    pub weight: Option<i64>,
+}
+
+/// `/lb/refresh`, `/lb/delete`
+#[derive(Debug, Default, Deserialize)]
+pub struct LbCmd {
+    #[serde(default, deserialize_with = "bounded::list")]
+    pub lbs: Option<Vec<LbTo>>,
+}
+
+fn refresh_lbs(body: &[u8], _: &mut Vec<String>) -> Result<Request, RequestError> {
+    let w: LbCmd = decode(body, false)?;
+    let listeners = each_req("lbs", &w.lbs, |f, l| l.validate(f))?;
+    Ok(Request::Change(Command::RefreshLb(listeners)))
+}
+
+fn delete_lbs(body: &[u8], _: &mut Vec<String>) -> Result<Request, RequestError> {
+    let w: LbCmd = decode(body, false)?;
+    let deletes = each_req("lbs", &w.lbs, |f, l| l.validate_delete(f))?;
+    Ok(Request::Change(Command::DeleteLb(deletes)))
+}
+
+/// A load balancer or listener uuid: it names haproxy sections, so letters, digits, `-`,
+/// `_` and `.` only.
+fn lb_uuid(field: &str, v: &Option<String>) -> Result<Option<String>, Invalid> {
+    let Some(s) = opt_token(field, v)? else {
+        return Ok(None);
+    };
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        Ok(Some(s))
+    } else {
+        Err(Invalid::new(
+            field,
+            format!("{} is not a uuid (letters, digits, -, _, .)", quote(&s)),
+        ))
     }
 }
 

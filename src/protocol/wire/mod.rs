@@ -1,6 +1,9 @@
 //! The management node's request bodies, field for field as section 3 of the protocol spells
 //! them. Every field is optional here (missing keys mean absent, unknown keys are ignored);
 //! `validate` turns them into typed commands, naming any field it refuses.
+//!
+//! One module per concern; each declares its paths in a `ROUTES` table, and the parser of a
+//! path sits next to the struct its body is decoded into. This module holds what they share.
 
 pub mod bounded;
 pub mod core;
@@ -10,14 +13,6 @@ pub mod ha;
 pub mod lb;
 pub mod nat;
 pub mod nics;
-
-pub use self::core::*;
-pub use dhcp::*;
-pub use firewall::*;
-pub use ha::*;
-pub use lb::*;
-pub use nat::*;
-pub use nics::*;
 
 use super::fields::*;
 use crate::state::Invalid;
