@@ -10,8 +10,8 @@ pub mod wire;
 use crate::state::{Command, Invalid};
 use serde::de::DeserializeOwned;
 
-/// Turns a request body into a [`Request`], adding notes on what was accepted but not taken
-/// as sent (a DHCP hostname dnsmasq would misread is dropped): the reply and the log carry them.
+/// Decodes and validates a request body into a [`Request`]; what was accepted but not taken as
+/// sent is noted in the `Vec` (see [`Route::parse_noted`]).
 pub type Parser = fn(&[u8], &mut Vec<String>) -> Result<Request, RequestError>;
 
 /// What the HTTP side does with a path before it reads the body.
@@ -253,7 +253,7 @@ mod tests {
             "/restartKeepalived",
         ];
         expected.sort_unstable();
-        // Also: no path is in two tables, and none ends with `/`.
+        // Sorted: a path in two tables would show twice.
         assert_eq!(paths, expected);
         assert!(paths.iter().all(|p| p.len() > 1 && !p.ends_with('/')));
         let kinds = |k: Kind| {

@@ -21,11 +21,6 @@ pub const ROUTES: &[Route] = &[
     Route::new("/syncportforwarding", sync_port_forwards),
 ];
 
-/// A required object: absent or null is `field: missing`.
-fn one<T>(field: &str, v: &Option<T>) -> Result<(), Invalid> {
-    required(field, v).map(|_| ())
-}
-
 /// `SNATInfo`
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -69,10 +64,8 @@ pub struct SetSnatCmd {
 
 fn set_snat(body: &[u8], _: &mut Vec<String>) -> Result<Request, RequestError> {
     let w: SetSnatCmd = decode(body, false)?;
-    one("snat", &w.snat)?;
-    Ok(Request::Change(Command::SetSnat(
-        w.snat.unwrap_or_default().validate("snat")?,
-    )))
+    let snat = required("snat", &w.snat)?.validate("snat")?;
+    Ok(Request::Change(Command::SetSnat(snat)))
 }
 
 /// `/syncsnat`
@@ -140,9 +133,8 @@ pub struct EipCmd {
 
 impl EipCmd {
     /// The one EIP, required.
-    fn eip(self) -> Result<Eip, Invalid> {
-        one("eip", &self.eip)?;
-        self.eip.unwrap_or_default().validate("eip")
+    fn eip(&self) -> Result<Eip, Invalid> {
+        required("eip", &self.eip)?.validate("eip")
     }
 }
 
@@ -257,19 +249,16 @@ fn port_forwards(body: &[u8]) -> Result<Vec<PortForward>, RequestError> {
 }
 
 fn create_port_forwards(body: &[u8], _: &mut Vec<String>) -> Result<Request, RequestError> {
-    Ok(Request::Change(Command::CreatePortForwards(port_forwards(
-        body,
-    )?)))
+    let rules = port_forwards(body)?;
+    Ok(Request::Change(Command::CreatePortForwards(rules)))
 }
 
 fn revoke_port_forwards(body: &[u8], _: &mut Vec<String>) -> Result<Request, RequestError> {
-    Ok(Request::Change(Command::RevokePortForwards(port_forwards(
-        body,
-    )?)))
+    let rules = port_forwards(body)?;
+    Ok(Request::Change(Command::RevokePortForwards(rules)))
 }
 
 fn sync_port_forwards(body: &[u8], _: &mut Vec<String>) -> Result<Request, RequestError> {
-    Ok(Request::Change(Command::SyncPortForwards(port_forwards(
-        body,
-    )?)))
+    let rules = port_forwards(body)?;
+    Ok(Request::Change(Command::SyncPortForwards(rules)))
 }
