@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
-use vr_agent::protocol::{Endpoint, Request};
+use vr_agent::protocol::{Request, route};
 use vr_agent::state::DesiredState;
 use vr_agent::state::store::Store;
 
@@ -35,8 +35,8 @@ fn size(var: &str, default: usize) -> usize {
 }
 
 fn apply(state: &mut DesiredState, path: &str, body: Value) {
-    let endpoint = Endpoint::from_path(path).expect("path");
-    let Ok(Request::Change(cmd)) = endpoint.parse(body.to_string().as_bytes()) else {
+    let route = route(path).expect("path");
+    let Ok(Request::Change(cmd)) = route.parse(body.to_string().as_bytes()) else {
         panic!("{path} refused");
     };
     state.apply(&cmd).expect("applies");

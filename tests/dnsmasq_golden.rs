@@ -8,7 +8,7 @@ mod common;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use vr_agent::dnsmasq::render::{self, Iface, Paths};
-use vr_agent::protocol::{Endpoint, Request};
+use vr_agent::protocol::{Request, route};
 use vr_agent::state::DesiredState;
 
 fn fixtures() -> PathBuf {
@@ -36,7 +36,7 @@ fn load(path: &Path) -> (Vec<Iface>, DesiredState) {
     for req in input["requests"].as_array().unwrap() {
         let path = req[0].as_str().unwrap();
         let body = serde_json::to_vec(&req[1]).unwrap();
-        let Request::Change(cmd) = Endpoint::from_path(path).unwrap().parse(&body).unwrap() else {
+        let Request::Change(cmd) = route(path).unwrap().parse(&body).unwrap() else {
             panic!("{path} is not a change");
         };
         state.apply(&cmd).unwrap();

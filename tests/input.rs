@@ -3,12 +3,12 @@
 //! that keep the agent reachable. Pure: no root, no namespace.
 
 use std::collections::BTreeMap;
-use vr_agent::protocol::{Endpoint, Request};
+use vr_agent::protocol::{Request, Route, route};
 use vr_agent::state::facts::SystemFacts;
 use vr_agent::state::{Command, DesiredState};
 
-fn ep(path: &str) -> Endpoint {
-    Endpoint::from_path(path).unwrap_or_else(|| panic!("no route {path}"))
+fn ep(path: &str) -> &'static Route {
+    route(path).unwrap_or_else(|| panic!("no route {path}"))
 }
 
 fn err(path: &str, body: &str) -> String {

@@ -2,7 +2,7 @@
 //! listeners; every bad value is refused naming the listener and the field. Needs no root.
 
 use std::path::PathBuf;
-use vr_agent::protocol::{Endpoint, Request};
+use vr_agent::protocol::{Request, Route, route};
 use vr_agent::state::Command;
 use vr_agent::state::lb::{
     Algorithm, BackendServer, HealthTarget, LbDelete, LbListener, ListenerConfig, Mode,
@@ -17,15 +17,19 @@ fn fixture(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
+fn lb(path: &str) -> &'static Route {
+    route(path).unwrap_or_else(|| panic!("no route {path}"))
+}
+
 fn refresh(body: &[u8]) -> Vec<LbListener> {
-    match Endpoint::LbRefresh.parse(body).unwrap() {
+    match lb("/lb/refresh").parse(body).unwrap() {
         Request::Change(Command::RefreshLb(lbs)) => lbs,
         other => panic!("{other:?}"),
     }
 }
 
 fn refused(body: &str) -> String {
-    Endpoint::LbRefresh
+    lb("/lb/refresh")
         .parse(body.as_bytes())
         .unwrap_err()
         .to_string()
@@ -93,7 +97,7 @@ fn the_later_shape_parses_and_ignores_what_is_not_implemented() {
 
 #[test]
 fn delete_names_listeners_and_ignores_the_rest() {
-    let r = Endpoint::LbDelete
+    let r = lb("/lb/delete")
         .parse(br#"{"lbs":[{"lbUuid":"a1","listenerUuid":"b2","parameters":["healthCheckInterval::x"]},{"lbUuid":"a2"}]}"#)
         .unwrap();
     assert_eq!(
@@ -110,7 +114,7 @@ fn delete_names_listeners_and_ignores_the_rest() {
         ]))
     );
     assert_eq!(
-        Endpoint::LbDelete
+        lb("/lb/delete")
             .parse(br#"{"lbs":[{"listenerUuid":"b2"}]}"#)
             .unwrap_err()
             .to_string(),

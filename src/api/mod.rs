@@ -1,6 +1,6 @@
 //! The HTTP side: listeners, routing, the sync and async call styles, body limits.
 //!
-//! A request flows: path -> [`Endpoint`] -> headers decide the style -> body read under a limit
+//! A request flows: path -> [`Route`] -> headers decide the style -> body read under a limit
 //! -> parsed and validated -> queued to the writer (fixing its order) -> answered in the
 //! response (sync) or acked at once and posted to `callbackurl` (async).
 
@@ -12,7 +12,7 @@ pub mod reply;
 use crate::agent::{AgentHandle, ApplyError};
 use crate::health::Health;
 use crate::metrics::{Metrics, Outcome, WriterView};
-use crate::protocol::{Endpoint, Request as ApiRequest};
+use crate::protocol::{Kind, Request as ApiRequest, Route};
 use crate::status::recent::RecentCommands;
 use bytes::Bytes;
 use callback::{CallbackPolicy, CallbackTarget, Delivery};
@@ -89,8 +89,10 @@ pub async fn handle_overflow(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Resp, Infallible> {
-    match Endpoint::from_path(req.uri().path()) {
-        Some(Endpoint::Ping | Endpoint::Echo) => handle(state, peer, req).await,
+    match crate::protocol::route(req.uri().path()) {
+        Some(route) if matches!(route.kind, Kind::Ping | Kind::Echo) => {
+            handle(state, peer, req).await
+        }
         _ => Ok(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many connections: only /ping and /echo are served until some close".into(),
@@ -112,13 +114,13 @@ pub async fn handle(
             _ => {}
         }
     }
-    let Some(endpoint) = Endpoint::from_path(&path) else {
+    let Some(route) = crate::protocol::route(&path) else {
         return Ok(refuse(
             StatusCode::NOT_FOUND,
             format!("{path}: no such path on this agent"),
         ));
     };
-    if endpoint == Endpoint::Echo {
+    if route.kind == Kind::Echo {
         return Ok(respond(StatusCode::OK, Vec::new(), false));
     }
     let task_uuid = header(&req, "taskuuid").map(str::to_string);
@@ -150,7 +152,7 @@ pub async fn handle(
         path = %path,
         taskuuid = task_uuid.as_deref().unwrap_or("-")
     );
-    handle_command(state, req, endpoint, path, task_uuid, target, peer)
+    handle_command(state, req, route, task_uuid, target, peer)
         .instrument(span)
         .await
 }
@@ -158,18 +160,14 @@ pub async fn handle(
 async fn handle_command(
     state: Arc<ApiState>,
     req: Request<Incoming>,
-    endpoint: Endpoint,
-    path: String,
+    route: &'static Route,
     task_uuid: Option<String>,
     target: Option<CallbackTarget>,
     peer: SocketAddr,
 ) -> Result<Resp, Infallible> {
     let started = Instant::now();
-    let path_static: &'static str = Endpoint::paths()
-        .find(|p| path.trim_end_matches('/') == *p)
-        .unwrap_or("?");
     let refused = |status: StatusCode, msg: String| {
-        done(&state, path_static, started, Outcome::Refused, &msg);
+        done(&state, route.path, started, Outcome::Refused, &msg);
         refuse(status, msg)
     };
     let guard = state.inflight.enter();
@@ -232,7 +230,7 @@ async fn handle_command(
         }
     }
     // Parse and queue now, before answering, so commands keep their arrival order.
-    let outcome = run(&state, endpoint, path_static, &body, peer);
+    let outcome = run(&state, route, &body, peer);
     match (task_uuid, target) {
         (Some(uuid), Some(target)) => {
             let span = tracing::Span::current();
@@ -241,7 +239,7 @@ async fn handle_command(
                 async move {
                     let _guard = guard;
                     let (reply, result) = outcome.await;
-                    done(&state2, path_static, started, result, reply.error());
+                    done(&state2, route.path, started, result, reply.error());
                     let delivery = callback::post(
                         &target,
                         &uuid,
@@ -276,7 +274,7 @@ async fn handle_command(
         }
         _ => {
             let (reply, result) = outcome.await;
-            done(&state, path_static, started, result, reply.error());
+            done(&state, route.path, started, result, reply.error());
             drop(guard);
             Ok(respond(StatusCode::OK, reply.to_bytes(), true))
         }
@@ -296,12 +294,11 @@ fn done(state: &ApiState, path: &'static str, started: Instant, outcome: Outcome
 /// how the command ended.
 fn run(
     state: &Arc<ApiState>,
-    endpoint: Endpoint,
-    path_static: &'static str,
+    route: &'static Route,
     body: &[u8],
     peer: SocketAddr,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = (Reply, Outcome)> + Send>> {
-    match endpoint.parse_noted(body) {
+    match route.parse_noted(body) {
         Err(e) => {
             tracing::warn!(error = %e, "refused");
             let reply = Reply::fail(e.to_string());
@@ -334,7 +331,7 @@ fn run(
                 std::net::IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_unspecified() => Some(ip),
                 _ => None,
             };
-            let pending = state.agent.submit_from(cmd, path_static, origin);
+            let pending = state.agent.submit_from(cmd, route.path, origin);
             let state = Arc::clone(state);
             Box::pin(async move {
                 let (reply, outcome) = match pending.await {

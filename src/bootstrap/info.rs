@@ -1,7 +1,7 @@
 //! The bootstrap information the management node hands the router through the virtio-serial
 //! port (protocol section 6): `managementNic`, `additionalNics`, `publicKey`.
 
-use crate::protocol::wire::NicInfo;
+use crate::protocol::wire::nics::NicInfo;
 use crate::state::Invalid;
 use crate::state::model::Nic;
 use serde::Deserialize;

@@ -1261,8 +1261,8 @@ mod tests {
                 env!("CARGO_MANIFEST_DIR")
             ))
             .unwrap();
-            let endpoint = crate::protocol::Endpoint::from_path(path).unwrap();
-            let crate::protocol::Request::Change(cmd) = endpoint.parse(&body).unwrap() else {
+            let route = crate::protocol::route(path).unwrap();
+            let crate::protocol::Request::Change(cmd) = route.parse(&body).unwrap() else {
                 panic!("{path}");
             };
             s.apply(&cmd).unwrap();

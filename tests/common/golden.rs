@@ -2,7 +2,7 @@
 //! sends them, and the comparison with a file that `UPDATE_GOLDEN=1` rewrites.
 
 use std::path::Path;
-use vr_agent::protocol::{Endpoint, Request};
+use vr_agent::protocol::{Request, route};
 use vr_agent::state::DesiredState;
 
 /// The state after `requests` (`[[path, body], ...]`), each parsed and applied as the agent
@@ -12,10 +12,8 @@ pub fn state_from_requests(requests: &serde_json::Value) -> DesiredState {
     for req in requests.as_array().expect("requests is a list") {
         let path = req[0].as_str().expect("request path");
         let body = serde_json::to_vec(&req[1]).expect("request body");
-        let endpoint = Endpoint::from_path(path).unwrap_or_else(|| panic!("no route {path}"));
-        let Request::Change(cmd) = endpoint
-            .parse(&body)
-            .unwrap_or_else(|e| panic!("{path}: {e}"))
+        let route = route(path).unwrap_or_else(|| panic!("no route {path}"));
+        let Request::Change(cmd) = route.parse(&body).unwrap_or_else(|e| panic!("{path}: {e}"))
         else {
             panic!("{path} is not a change");
         };
