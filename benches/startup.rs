@@ -134,6 +134,16 @@ fn nat_only(state: &DesiredState) {
     let peer = Netns::new("vrbq");
     veth(&router, "eth1", PUB_MAC, &peer, "p0", "fa:7e:4b:00:00:11");
     veth(&router, "eth2", GUEST_MAC, &peer, "g0", "fa:7e:4b:00:00:12");
+    // VR_BENCH_NFT_LISTENER=1: an `nft monitor` listens to the nftables notifications, as
+    // the agent's drift watch does (the kernel then builds one message per element changed)
+    let mut monitor = std::env::var_os("VR_BENCH_NFT_LISTENER").map(|_| {
+        router
+            .command("nft")
+            .arg("monitor")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("nft monitor")
+    });
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
     // the backend's own account of each step (RUST_LOG, e.g. vr_agent=debug)
     let _ = tracing_subscriber::fmt()
@@ -193,6 +203,10 @@ fn nat_only(state: &DesiredState) {
         println!("re-apply adding only (reconcile_keeping): {:.0} ms", ms(t));
     });
     println!("kernel holds {} elements", elements(&router));
+    if let Some(m) = monitor.as_mut() {
+        let _ = m.kill();
+        let _ = m.wait();
+    }
 }
 
 fn main() {
@@ -255,7 +269,7 @@ fn main() {
             }
             let echo = started.elapsed();
             let deadline = agent.wait_bound(Duration::from_secs(60));
-            agent.wait_reapplied(deadline + Duration::from_secs(600));
+            agent.wait_reapplied(deadline + Duration::from_secs(1800));
             let reapplied = started.elapsed();
             let (rss, hwm) = common::rss_kib(agent.pid());
             println!(

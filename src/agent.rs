@@ -305,15 +305,29 @@ impl<B: Backend + 'static> Agent<B> {
         if self.preserve {
             tracing::warn!("re-applying without removing anything (stored state not read whole)");
         }
-        for backend in &mut self.backends {
-            let feature = backend.features()[0];
-            let source = format!("apply:{}", feature.name());
-            match Self::reconcile_one(backend, &self.desired, self.preserve).await {
-                Ok(()) => self.health.clear(&source),
-                Err(e) => {
-                    tracing::error!(feature = feature.name(), error = %e, "re-apply failed");
-                    self.health.set(source, e.to_string());
-                    failures.push((feature, e));
+        let (desired, preserve) = (&self.desired, self.preserve);
+        // in order; neighbours that re-apply alongside each other run together
+        for stage in self
+            .backends
+            .chunk_by_mut(|a, b| a.reapplies_alongside() && b.reapplies_alongside())
+        {
+            let results = futures::future::join_all(stage.iter_mut().map(|backend| async {
+                let feature = backend.features()[0];
+                (
+                    feature,
+                    Self::reconcile_one(backend, desired, preserve).await,
+                )
+            }))
+            .await;
+            for (feature, result) in results {
+                let source = format!("apply:{}", feature.name());
+                match result {
+                    Ok(()) => self.health.clear(&source),
+                    Err(e) => {
+                        tracing::error!(feature = feature.name(), error = %e, "re-apply failed");
+                        self.health.set(source, e.to_string());
+                        failures.push((feature, e));
+                    }
                 }
             }
         }

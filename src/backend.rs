@@ -27,6 +27,14 @@ pub trait Backend: Send {
     /// True when a change of `parts` concerns this backend (it renders from them).
     fn concerns(&self, parts: Parts) -> bool;
 
+    /// True when this backend's re-apply shares nothing with the other backends that say so
+    /// (no kernel object, file or process of theirs): neighbours that all say so re-apply
+    /// together at start-up, each waiting on its engine (nft, dnsmasq coming up) while the
+    /// other works. Default: runs alone, in order.
+    fn reapplies_alongside(&self) -> bool {
+        false
+    }
+
     /// Makes the system follow `change.after` (already checked). Either takes full effect or
     /// changes nothing.
     fn apply(
@@ -130,6 +138,10 @@ impl Backend for Engine {
 
     fn concerns(&self, parts: Parts) -> bool {
         each_engine!(self, b => b.concerns(parts))
+    }
+
+    fn reapplies_alongside(&self) -> bool {
+        each_engine!(self, b => b.reapplies_alongside())
     }
 
     async fn apply(&mut self, change: &Change<'_>) -> Result<(), BackendError> {

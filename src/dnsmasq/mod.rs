@@ -497,6 +497,11 @@ impl Backend for DnsmasqBackend {
         &[Feature::Dhcp, Feature::Dns]
     }
 
+    /// Its files and its dnsmasq, nothing in nftables.
+    fn reapplies_alongside(&self) -> bool {
+        true
+    }
+
     fn concerns(&self, parts: Parts) -> bool {
         // nics: listen addresses and subnets; SNAT: the guest nics the forwarder serves
         parts.intersects(

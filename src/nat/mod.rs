@@ -431,6 +431,12 @@ impl Backend for NatBackend {
         &[Feature::Nat, Feature::Firewall]
     }
 
+    /// Its tables and sets, nothing of dnsmasq's (the load balancer's listener set is
+    /// also written by the load balancer, which re-applies after it).
+    fn reapplies_alongside(&self) -> bool {
+        true
+    }
+
     /// Our tables absent (a fresh boot): the full replace, nothing to wipe. Present: the
     /// state's set and map elements are added in one transaction and nothing is deleted (rules
     /// of chains are left as they are); if the kernel refuses (an element holds another value),
