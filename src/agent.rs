@@ -43,12 +43,16 @@ pub enum ApplyError {
         /// The request path.
         path: &'static str,
     },
-    /// The kernel or a helper process refused the change. The backends that had followed it
-    /// were brought back; `rollback` says what failed in that, if anything.
-    #[error("{}", backend_failure(source, rollback.as_deref()))]
+    /// The kernel or a helper process refused the change. The backend that failed was
+    /// brought back when it may have changed something, and the backends that had followed
+    /// were; the message says whether the router is as it was, and prints the chain of
+    /// causes (this is where it is printed).
+    #[error("{}", backend_failure(source, restore.as_deref(), rollback.as_deref()))]
     Backend {
-        /// What the backend said.
+        /// What the backend said (marked unchanged once what it had changed was put back).
         source: BackendError,
+        /// Why putting back what the failing backend had changed failed, if it did.
+        restore: Option<String>,
         /// Why bringing the others back failed, if it did.
         rollback: Option<String>,
     },
@@ -63,16 +67,28 @@ pub enum ApplyError {
     ShuttingDown,
 }
 
-/// The reply for a backend's refusal: whether the router is as it was is always said.
-fn backend_failure(source: &BackendError, rollback: Option<&str>) -> String {
-    let said = source.to_string();
-    match rollback {
-        None if said.contains("nothing was changed") => said,
-        None => format!("{said}; nothing was changed"),
-        Some(undo) => format!(
-            "{said}; bringing the other parts back failed too ({undo}): the router may differ from its last acknowledged state until /init or the next repair"
-        ),
+/// The reply for a backend's refusal: the chain of causes, then whether the router is as it
+/// was ("nothing was changed" exactly when it is).
+fn backend_failure(source: &BackendError, restore: Option<&str>, rollback: Option<&str>) -> String {
+    let mut said = source.report();
+    if restore.is_none() && rollback.is_none() && source.left_unchanged() {
+        said.push_str("; nothing was changed");
+        return said;
     }
+    if let Some(restore) = restore {
+        said.push_str(&format!(
+            "; putting back what it changed failed ({restore})"
+        ));
+    }
+    if let Some(undo) = rollback {
+        said.push_str(&format!(
+            "; bringing the other parts back failed too ({undo})"
+        ));
+    }
+    said.push_str(
+        ": the router may differ from its last acknowledged state until /init or the next repair",
+    );
+    said
 }
 
 /// What readers may see without waiting for the writer.
@@ -311,8 +327,9 @@ impl<B: Backend + 'static> Agent<B> {
             match Self::reconcile_one(backend, &self.desired, self.preserve).await {
                 Ok(()) => self.health.clear(&source),
                 Err(e) => {
-                    tracing::error!(feature = feature.name(), error = %e, "re-apply failed");
-                    self.health.set(source, e.to_string());
+                    let report = e.report();
+                    tracing::error!(feature = feature.name(), error = %report, "re-apply failed");
+                    self.health.set(source, report);
                     failures.push((feature, e));
                 }
             }
@@ -493,7 +510,7 @@ impl<B: Backend + 'static> Agent<B> {
         // Every backend the command concerns follows, in order; on a failure those that
         // already did go back to the state before.
         let mut followed: Vec<usize> = Vec::new();
-        let mut failure = None;
+        let mut failure: Option<(usize, BackendError)> = None;
         let mut spent: Vec<(&'static str, std::time::Duration)> = Vec::new();
         for (i, backend) in self.backends.iter_mut().enumerate() {
             if !backend.concerns(parts) {
@@ -505,19 +522,31 @@ impl<B: Backend + 'static> Agent<B> {
             match result {
                 Ok(()) => followed.push(i),
                 Err(e) => {
-                    failure = Some(e);
+                    failure = Some((i, e));
                     break;
                 }
             }
         }
-        if let Some(source) = failure {
+        if let Some((failed, mut source)) = failure {
             if role != role_before {
                 for b in &mut self.backends {
                     b.note_role(role_before);
                 }
             }
+            // A backend that may have changed part of the system goes back first.
+            let mut restore = None;
+            if !source.left_unchanged() {
+                restore = self.roll_back(&[failed]).await;
+                if restore.is_none() {
+                    source = source.unchanged();
+                }
+            }
             let rollback = self.roll_back(&followed).await;
-            return Err(ApplyError::Backend { source, rollback });
+            return Err(ApplyError::Backend {
+                source,
+                restore,
+                rollback,
+            });
         }
         let persist_started = std::time::Instant::now();
         let persisted = if self.store.needs_snapshot() {
@@ -573,7 +602,7 @@ impl<B: Backend + 'static> Agent<B> {
             self.health.clear(HEALTH_STATE);
             let failures = self.reconcile_all().await;
             if let Some((feature, e)) = failures.into_iter().next() {
-                tracing::warn!(feature = feature.name(), error = %e, "re-apply at /init failed");
+                tracing::warn!(feature = feature.name(), error = %e.report(), "re-apply at /init failed");
             }
         }
         self.publish();
@@ -588,8 +617,9 @@ impl<B: Backend + 'static> Agent<B> {
             let backend = &mut self.backends[i];
             if let Err(undo) = Self::reconcile_one(backend, &self.desired, self.preserve).await {
                 let name = backend.features()[0].name();
+                let undo = undo.report();
                 tracing::error!(backend = name, error = %undo, "rollback failed");
-                self.health.set(format!("apply:{name}"), undo.to_string());
+                self.health.set(format!("apply:{name}"), undo.clone());
                 failed.push(format!("{name}: {undo}"));
             }
         }
@@ -633,6 +663,7 @@ impl<B: Backend + 'static> Agent<B> {
                     .record_drift(format!("{what}; repaired in {ms} ms"));
             }
             Err(e) => {
+                let e = e.report();
                 tracing::error!(%what, error = %e, "drift repair failed");
                 self.health
                     .set(source, format!("{what}; repair failed: {e}"));
@@ -668,6 +699,7 @@ impl<B: Backend + 'static> Agent<B> {
                     }
                 }
                 Err(e) => {
+                    let e = e.report();
                     tracing::error!(error = %e, "verify failed");
                     self.health.set(source, format!("verify failed: {e}"));
                 }
@@ -686,7 +718,7 @@ impl<B: Backend + 'static> Agent<B> {
             let source = format!("apply:{}", backend.features()[0].name());
             match Self::reconcile_one(backend, &self.desired, self.preserve).await {
                 Ok(()) => self.health.clear(&source),
-                Err(e) => self.health.set(source, e.to_string()),
+                Err(e) => self.health.set(source, e.report()),
             }
         }
     }
@@ -726,6 +758,7 @@ impl<B: Backend + 'static> Agent<B> {
             match backend.set_role(&self.desired, role).await {
                 Ok(()) => self.health.clear(&source),
                 Err(e) => {
+                    let e = e.report();
                     tracing::error!(backend = name, error = %e, "ha: role change failed");
                     self.health
                         .set(source, format!("becoming {}: {e}", role.wire()));
@@ -761,6 +794,7 @@ impl<B: Backend + 'static> Agent<B> {
                 .await
                 .map_err(|source| ApplyError::Backend {
                     source,
+                    restore: None,
                     rollback: None,
                 })?;
         }
