@@ -56,9 +56,15 @@ pub enum ApplyError {
         /// Why bringing the others back failed, if it did.
         rollback: Option<String>,
     },
-    /// The change was applied but could not be recorded, and was rolled back.
-    #[error("could not persist the change, rolled back: {0}")]
-    Persist(#[from] StoreError),
+    /// The change was applied but could not be recorded, and was rolled back; `rollback`
+    /// says what failed in that, if anything.
+    #[error("{}", persist_failure(source, rollback.as_deref()))]
+    Persist {
+        /// Why the store did not take it.
+        source: StoreError,
+        /// Why bringing the backends back failed, if it did.
+        rollback: Option<String>,
+    },
     /// The state directory takes no writes: the command was refused before any change.
     #[error("{0}: nothing was changed")]
     Unwritable(#[source] StoreError),
@@ -89,6 +95,17 @@ fn backend_failure(source: &BackendError, restore: Option<&str>, rollback: Optio
         ": the router may differ from its last acknowledged state until /init or the next repair",
     );
     said
+}
+
+/// The reply for a change the store did not take: rolled back, and whether that worked.
+fn persist_failure(source: &StoreError, rollback: Option<&str>) -> String {
+    let said = crate::error::chain(source);
+    match rollback {
+        None => format!("could not persist the change, rolled back: {said}; nothing was changed"),
+        Some(undo) => format!(
+            "could not persist the change: {said}; rolling it back failed ({undo}): the router may differ from its last acknowledged state until /init or the next repair"
+        ),
+    }
 }
 
 /// What readers may see without waiting for the writer.
@@ -327,7 +344,10 @@ impl<B: Backend + 'static> Agent<B> {
             match Self::reconcile_one(backend, &self.desired, self.preserve).await {
                 Ok(()) => self.health.clear(&source),
                 Err(e) => {
-                    let report = e.report();
+                    let mut report = e.report();
+                    if e.left_unchanged() {
+                        report.push_str("; nothing was changed");
+                    }
                     tracing::error!(feature = feature.name(), error = %report, "re-apply failed");
                     self.health.set(source, report);
                     failures.push((feature, e));
@@ -570,10 +590,14 @@ impl<B: Backend + 'static> Agent<B> {
                     b.note_role(role_before);
                 }
             }
-            if let Some(undo) = self.roll_back(&followed).await {
+            let rollback = self.roll_back(&followed).await;
+            if let Some(undo) = &rollback {
                 tracing::error!(%undo, "rollback after a failed persist failed");
             }
-            return Err(e.into());
+            return Err(ApplyError::Persist {
+                source: e,
+                rollback,
+            });
         }
         self.health.clear(HEALTH_STORE);
         let persist = persist_started.elapsed();
