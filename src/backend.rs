@@ -91,7 +91,10 @@ pub trait Backend: Send {
     fn concerns(&self, parts: Parts) -> bool;
 
     /// Makes the system follow `change.after` (already checked). Either takes full effect or
-    /// changes nothing.
+    /// fails; a failure says whether it left the system as it was
+    /// ([`BackendError::left_unchanged`]: refused before any change, refused as one
+    /// transaction, or put back), and when it may not have, the agent reconciles this backend
+    /// back to `change.before`.
     fn apply(
         &mut self,
         change: &Change<'_>,

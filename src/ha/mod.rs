@@ -392,3 +392,39 @@ impl Backend for HaBackend {
         self.stop_all().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_before_any_change_say_so_and_keep_their_cause() {
+        let e = BackendError::from(HaError::HeartbeatNic(
+            "unable to find nic with mac[fa:7e:4b:ad:09:09] in virtual router vm".into(),
+        ));
+        assert!(e.left_unchanged());
+        assert_eq!(
+            e.report(),
+            "heartbeatNic: unable to find nic with mac[fa:7e:4b:ad:09:09] in virtual router vm"
+        );
+        let e = BackendError::from(HaError::Reload {
+            pid: 42,
+            source: nix::Error::ESRCH,
+        });
+        assert!(!e.left_unchanged());
+        assert_eq!(
+            e.report(),
+            format!("ha: reloading keepalived (pid 42): {}", nix::Error::ESRCH)
+        );
+        let e = BackendError::from(HaError::from(StartError::NotReady {
+            name: "keepalived",
+            secs: 15,
+            tail: "bad config".into(),
+        }));
+        assert!(!e.left_unchanged());
+        assert_eq!(
+            e.report(),
+            "ha: keepalived did not come up within 15s: bad config"
+        );
+    }
+}

@@ -427,6 +427,25 @@ mod tests {
     }
 
     #[test]
+    fn a_firewall_refusal_changed_nothing_and_a_firewall_left_open_did() {
+        use crate::backend::BackendError;
+        let refused = LbError::Firewall(NftError::Refused("Error: No such file".into()));
+        assert!(refused.left_unchanged());
+        assert_eq!(
+            crate::error::chain(&refused),
+            "the firewall did not take the listeners' ports: nft refused the change: Error: No such file"
+        );
+        let start = LbError::Start(StartError::Gone { name: "haproxy" });
+        assert!(start.left_unchanged());
+        let left_open = BackendError::from(LbError::FirewallNotUndone(Box::new(start)));
+        assert!(!left_open.left_unchanged());
+        assert_eq!(
+            left_open.report(),
+            "haproxy did not start: the haproxy supervisor has stopped"
+        );
+    }
+
+    #[test]
     fn only_weight_changes_of_dynamic_algorithms_skip_the_reload() {
         use crate::state::lb::Algorithm::*;
         let old = BTreeMap::from([l("1", WeightRoundRobin, &[50, 50]), l("2", Source, &[1])]);
