@@ -4,7 +4,9 @@
 //! maps are persistent, so the copy is cheap) -> every backend whose parts the command touches
 //! makes the system follow the [`Change`] -> the command is journaled durably ->
 //! `desired = after` -> reply. A failure at any step leaves both the system and the desired
-//! state as they were (backends that already followed are brought back).
+//! state as they were (the failing backend, when its error says it may have changed
+//! something, and the backends that already followed are brought back); the reply says
+//! "nothing was changed" exactly when that worked.
 
 use crate::backend::{Backend, BackendError, Engine};
 use crate::facts::FactsSource;

@@ -392,7 +392,7 @@ impl LinksBackend {
         match sync::sync(nl, &mut self.announcer, &wanted, &opts).await {
             Ok(_) => true,
             Err(e) => {
-                tracing::error!(error = %e, "could not restore the nics after a failed change");
+                tracing::error!(error = %crate::error::chain(&e), "could not restore the nics after a failed change");
                 false
             }
         }
@@ -413,7 +413,7 @@ async fn run_undo(nl: &Netlink, undo: Vec<Undo>) -> bool {
             Undo::Del(link, ip, prefix) => nl.del_addr(link, *ip, *prefix).await.map(|_| ()),
         };
         if let Err(e) = r {
-            tracing::error!(error = %e, "could not undo an address change");
+            tracing::error!(error = %crate::error::chain(&e), "could not undo an address change");
             undone = false;
         }
     }

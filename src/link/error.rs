@@ -58,8 +58,7 @@ mod tests {
     fn refused() -> NetlinkError {
         NetlinkError {
             op: "adding 10.0.0.5/24 to eth1".into(),
-            reason: "File exists (os error 17)".into(),
-            errno: Some(17),
+            source: std::io::Error::from_raw_os_error(17),
         }
     }
 
@@ -72,8 +71,18 @@ mod tests {
         assert!(!e.left_unchanged());
         assert_eq!(
             e.report(),
-            "adding VIPs: adding 10.0.0.5/24 to eth1: File exists (os error 17)"
+            format!(
+                "adding VIPs: adding 10.0.0.5/24 to eth1: {}",
+                std::io::Error::from_raw_os_error(17)
+            )
         );
+        // the kernel's answer is kept, errno included
+        let errno = match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<SyncError>())
+        {
+            Some(SyncError::Netlink(n)) => n.errno(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(errno, Some(17));
         // once the backend put its addresses back, the router is as it was
         assert!(e.unchanged().left_unchanged());
     }
