@@ -106,10 +106,7 @@ mod tests {
             refused.report(),
             "nft refused the change: Error: Could not process rule: No such file or directory"
         );
-        let killed = NatError::from(NftError::Timeout {
-            what: "-f",
-            secs: 60,
-        });
+        let killed = NatError::from(NftError::Timeout { secs: 60 });
         assert!(!killed.left_unchanged());
         let not_started = NatError::from(NftError::Spawn(std::io::Error::from_raw_os_error(2)));
         assert!(not_started.left_unchanged());

@@ -23,10 +23,8 @@ pub enum NftError {
     #[error("nft did not finish")]
     Wait(#[source] std::io::Error),
     /// nft was killed after `secs`: whether its transaction was committed is not known.
-    #[error("nft {what} did not finish within {secs} s and was killed")]
+    #[error("nft did not finish within {secs} s and was killed")]
     Timeout {
-        /// `-f` or `list chains`.
-        what: &'static str,
         /// The limit.
         secs: u64,
     },
@@ -40,15 +38,23 @@ pub enum NftError {
     /// `nft list chains` failed (its own message): a read, nothing changed.
     #[error("nft list chains failed: {0}")]
     List(String),
+    /// `nft list chains` did not answer in time (it was killed): a read, nothing changed.
+    #[error("nft list chains did not finish within {secs} s")]
+    ListTimeout {
+        /// The limit.
+        secs: u64,
+    },
 }
 
 impl NftError {
     /// True when the kernel's tables are as they were before the run.
     pub fn left_unchanged(&self) -> bool {
         match self {
-            NftError::Spawn(_) | NftError::Refused(_) | NftError::List(_) => true,
-            NftError::Timeout { what, .. } => *what == "list chains",
-            NftError::Wait(_) | NftError::Feed(_) => false,
+            NftError::Spawn(_)
+            | NftError::Refused(_)
+            | NftError::List(_)
+            | NftError::ListTimeout { .. } => true,
+            NftError::Timeout { .. } | NftError::Wait(_) | NftError::Feed(_) => false,
         }
     }
 }
@@ -78,7 +84,6 @@ pub async fn apply(input: &str) -> Result<(), NftError> {
         Ok(Err(e)) => return Err(NftError::Wait(e)),
         Err(_) => {
             return Err(NftError::Timeout {
-                what: "-f",
                 secs: NFT_TIMEOUT.as_secs(),
             });
         }
@@ -108,8 +113,7 @@ pub async fn ours() -> Result<Ours, NftError> {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => return Err(NftError::Spawn(e)),
         Err(_) => {
-            return Err(NftError::Timeout {
-                what: "list chains",
+            return Err(NftError::ListTimeout {
                 secs: LIST_TIMEOUT.as_secs(),
             });
         }
