@@ -4,7 +4,9 @@
 //! maps are persistent, so the copy is cheap) -> every backend whose parts the command touches
 //! makes the system follow the [`Change`] -> the command is journaled durably ->
 //! `desired = after` -> reply. A failure at any step leaves both the system and the desired
-//! state as they were (backends that already followed are brought back).
+//! state as they were (the failing backend, when its error says it may have changed
+//! something, and the backends that already followed are brought back); the reply says
+//! "nothing was changed" exactly when that worked.
 
 use crate::backend::{Backend, BackendError, Engine};
 use crate::facts::FactsSource;
@@ -43,18 +45,28 @@ pub enum ApplyError {
         /// The request path.
         path: &'static str,
     },
-    /// The kernel or a helper process refused the change. The backends that had followed it
-    /// were brought back; `rollback` says what failed in that, if anything.
-    #[error("{}", backend_failure(source, rollback.as_deref()))]
+    /// The kernel or a helper process refused the change. The backend that failed was
+    /// brought back when it may have changed something, and the backends that had followed
+    /// were; the message says whether the router is as it was, and prints the chain of
+    /// causes (this is where it is printed).
+    #[error("{}", backend_failure(source, restore.as_deref(), rollback.as_deref()))]
     Backend {
-        /// What the backend said.
+        /// What the backend said (marked unchanged once what it had changed was put back).
         source: BackendError,
+        /// Why putting back what the failing backend had changed failed, if it did.
+        restore: Option<String>,
         /// Why bringing the others back failed, if it did.
         rollback: Option<String>,
     },
-    /// The change was applied but could not be recorded, and was rolled back.
-    #[error("could not persist the change, rolled back: {0}")]
-    Persist(#[from] StoreError),
+    /// The change was applied but could not be recorded, and was rolled back; `rollback`
+    /// says what failed in that, if anything.
+    #[error("{}", persist_failure(source, rollback.as_deref()))]
+    Persist {
+        /// Why the store did not take it.
+        source: StoreError,
+        /// Why bringing the backends back failed, if it did.
+        rollback: Option<String>,
+    },
     /// The state directory takes no writes: the command was refused before any change.
     #[error("{0}: nothing was changed")]
     Unwritable(#[source] StoreError),
@@ -63,14 +75,37 @@ pub enum ApplyError {
     ShuttingDown,
 }
 
-/// The reply for a backend's refusal: whether the router is as it was is always said.
-fn backend_failure(source: &BackendError, rollback: Option<&str>) -> String {
-    let said = source.to_string();
+/// The reply for a backend's refusal: the chain of causes, then whether the router is as it
+/// was ("nothing was changed" exactly when it is).
+fn backend_failure(source: &BackendError, restore: Option<&str>, rollback: Option<&str>) -> String {
+    let mut said = source.report();
+    if restore.is_none() && rollback.is_none() && source.left_unchanged() {
+        said.push_str("; nothing was changed");
+        return said;
+    }
+    if let Some(restore) = restore {
+        said.push_str(&format!(
+            "; putting back what it changed failed ({restore})"
+        ));
+    }
+    if let Some(undo) = rollback {
+        said.push_str(&format!(
+            "; bringing the other parts back failed too ({undo})"
+        ));
+    }
+    said.push_str(
+        ": the router may differ from its last acknowledged state until /init or the next repair",
+    );
+    said
+}
+
+/// The reply for a change the store did not take: rolled back, and whether that worked.
+fn persist_failure(source: &StoreError, rollback: Option<&str>) -> String {
+    let said = crate::error::chain(source);
     match rollback {
-        None if said.contains("nothing was changed") => said,
-        None => format!("{said}; nothing was changed"),
+        None => format!("could not persist the change, rolled back: {said}; nothing was changed"),
         Some(undo) => format!(
-            "{said}; bringing the other parts back failed too ({undo}): the router may differ from its last acknowledged state until /init or the next repair"
+            "could not persist the change: {said}; rolling it back failed ({undo}): the router may differ from its last acknowledged state until /init or the next repair"
         ),
     }
 }
@@ -324,8 +359,12 @@ impl<B: Backend + 'static> Agent<B> {
                 match result {
                     Ok(()) => self.health.clear(&source),
                     Err(e) => {
-                        tracing::error!(feature = feature.name(), error = %e, "re-apply failed");
-                        self.health.set(source, e.to_string());
+                        let mut report = e.report();
+                        if e.left_unchanged() {
+                            report.push_str("; nothing was changed");
+                        }
+                        tracing::error!(feature = feature.name(), error = %report, "re-apply failed");
+                        self.health.set(source, report);
                         failures.push((feature, e));
                     }
                 }
@@ -507,7 +546,7 @@ impl<B: Backend + 'static> Agent<B> {
         // Every backend the command concerns follows, in order; on a failure those that
         // already did go back to the state before.
         let mut followed: Vec<usize> = Vec::new();
-        let mut failure = None;
+        let mut failure: Option<(usize, BackendError)> = None;
         let mut spent: Vec<(&'static str, std::time::Duration)> = Vec::new();
         for (i, backend) in self.backends.iter_mut().enumerate() {
             if !backend.concerns(parts) {
@@ -519,19 +558,31 @@ impl<B: Backend + 'static> Agent<B> {
             match result {
                 Ok(()) => followed.push(i),
                 Err(e) => {
-                    failure = Some(e);
+                    failure = Some((i, e));
                     break;
                 }
             }
         }
-        if let Some(source) = failure {
+        if let Some((failed, mut source)) = failure {
             if role != role_before {
                 for b in &mut self.backends {
                     b.note_role(role_before);
                 }
             }
+            // A backend that may have changed part of the system goes back first.
+            let mut restore = None;
+            if !source.left_unchanged() {
+                restore = self.roll_back(&[failed]).await;
+                if restore.is_none() {
+                    source = source.unchanged();
+                }
+            }
             let rollback = self.roll_back(&followed).await;
-            return Err(ApplyError::Backend { source, rollback });
+            return Err(ApplyError::Backend {
+                source,
+                restore,
+                rollback,
+            });
         }
         let persist_started = std::time::Instant::now();
         let persisted = if self.store.needs_snapshot() {
@@ -555,10 +606,14 @@ impl<B: Backend + 'static> Agent<B> {
                     b.note_role(role_before);
                 }
             }
-            if let Some(undo) = self.roll_back(&followed).await {
+            let rollback = self.roll_back(&followed).await;
+            if let Some(undo) = &rollback {
                 tracing::error!(%undo, "rollback after a failed persist failed");
             }
-            return Err(e.into());
+            return Err(ApplyError::Persist {
+                source: e,
+                rollback,
+            });
         }
         self.health.clear(HEALTH_STORE);
         let persist = persist_started.elapsed();
@@ -587,7 +642,7 @@ impl<B: Backend + 'static> Agent<B> {
             self.health.clear(HEALTH_STATE);
             let failures = self.reconcile_all().await;
             if let Some((feature, e)) = failures.into_iter().next() {
-                tracing::warn!(feature = feature.name(), error = %e, "re-apply at /init failed");
+                tracing::warn!(feature = feature.name(), error = %e.report(), "re-apply at /init failed");
             }
         }
         self.publish();
@@ -602,8 +657,9 @@ impl<B: Backend + 'static> Agent<B> {
             let backend = &mut self.backends[i];
             if let Err(undo) = Self::reconcile_one(backend, &self.desired, self.preserve).await {
                 let name = backend.features()[0].name();
+                let undo = undo.report();
                 tracing::error!(backend = name, error = %undo, "rollback failed");
-                self.health.set(format!("apply:{name}"), undo.to_string());
+                self.health.set(format!("apply:{name}"), undo.clone());
                 failed.push(format!("{name}: {undo}"));
             }
         }
@@ -647,6 +703,7 @@ impl<B: Backend + 'static> Agent<B> {
                     .record_drift(format!("{what}; repaired in {ms} ms"));
             }
             Err(e) => {
+                let e = e.report();
                 tracing::error!(%what, error = %e, "drift repair failed");
                 self.health
                     .set(source, format!("{what}; repair failed: {e}"));
@@ -682,6 +739,7 @@ impl<B: Backend + 'static> Agent<B> {
                     }
                 }
                 Err(e) => {
+                    let e = e.report();
                     tracing::error!(error = %e, "verify failed");
                     self.health.set(source, format!("verify failed: {e}"));
                 }
@@ -700,7 +758,7 @@ impl<B: Backend + 'static> Agent<B> {
             let source = format!("apply:{}", backend.features()[0].name());
             match Self::reconcile_one(backend, &self.desired, self.preserve).await {
                 Ok(()) => self.health.clear(&source),
-                Err(e) => self.health.set(source, e.to_string()),
+                Err(e) => self.health.set(source, e.report()),
             }
         }
     }
@@ -740,6 +798,7 @@ impl<B: Backend + 'static> Agent<B> {
             match backend.set_role(&self.desired, role).await {
                 Ok(()) => self.health.clear(&source),
                 Err(e) => {
+                    let e = e.report();
                     tracing::error!(backend = name, error = %e, "ha: role change failed");
                     self.health
                         .set(source, format!("becoming {}: {e}", role.wire()));
@@ -775,6 +834,7 @@ impl<B: Backend + 'static> Agent<B> {
                 .await
                 .map_err(|source| ApplyError::Backend {
                     source,
+                    restore: None,
                     rollback: None,
                 })?;
         }

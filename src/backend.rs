@@ -6,15 +6,78 @@ use crate::state::ha::Role;
 use crate::state::{Change, DesiredState, Feature, Parts};
 use std::future::Future;
 
-/// Why a backend could not apply a change. The message goes to the management node as is.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct BackendError(pub String);
+/// Why a backend could not do what it was asked: one variant per engine, each keeping its
+/// causes as sources. Its `Display` is the outermost message only: the reply and the log print
+/// the whole chain once, through [`BackendError::report`].
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The interfaces backend.
+    #[error(transparent)]
+    Links(#[from] crate::link::LinkError),
+    /// The NAT and firewall backend.
+    #[error(transparent)]
+    Nat(#[from] crate::nat::NatError),
+    /// The DHCP and DNS backend.
+    #[error(transparent)]
+    Dnsmasq(#[from] crate::dnsmasq::DnsmasqError),
+    /// The load balancer backend.
+    #[error(transparent)]
+    Lb(#[from] crate::lb::LbError),
+    /// The HA backend.
+    #[error(transparent)]
+    Ha(#[from] crate::ha::HaError),
+    /// The failure left the system as it was: the backend put back everything the call had
+    /// changed (or the step that failed was one transaction the system refused).
+    #[error(transparent)]
+    Unchanged(Box<BackendError>),
+    /// A backend outside the agent's engines (a test's): its message, and whether it left the
+    /// system as it was.
+    #[error("{message}")]
+    Other {
+        /// What failed.
+        message: String,
+        /// The system is as it was before the call.
+        unchanged: bool,
+    },
+}
 
 impl BackendError {
-    /// An error with this message.
+    /// A failure with this message that left the system as it was (a backend outside the
+    /// agent's engines).
     pub fn new(msg: impl Into<String>) -> Self {
-        BackendError(msg.into())
+        BackendError::Other {
+            message: msg.into(),
+            unchanged: true,
+        }
+    }
+
+    /// This failure, known to have left the system as it was (the backend put back what the
+    /// call had changed).
+    pub fn unchanged(self) -> Self {
+        match self {
+            BackendError::Unchanged(_) => self,
+            other => BackendError::Unchanged(Box::new(other)),
+        }
+    }
+
+    /// True when the failed call left the system exactly as it was: it failed before any
+    /// change, its change was one transaction the system refused, or what it had changed was
+    /// put back. False when the system may differ (the caller then brings it back).
+    pub fn left_unchanged(&self) -> bool {
+        match self {
+            BackendError::Links(e) => e.left_unchanged(),
+            BackendError::Nat(e) => e.left_unchanged(),
+            BackendError::Dnsmasq(e) => e.left_unchanged(),
+            BackendError::Lb(e) => e.left_unchanged(),
+            BackendError::Ha(e) => e.left_unchanged(),
+            BackendError::Unchanged(_) => true,
+            BackendError::Other { unchanged, .. } => *unchanged,
+        }
+    }
+
+    /// The message and every source, on one line (for the reply, the log and health).
+    pub fn report(&self) -> String {
+        crate::error::chain(self)
     }
 }
 
@@ -36,7 +99,10 @@ pub trait Backend: Send {
     }
 
     /// Makes the system follow `change.after` (already checked). Either takes full effect or
-    /// changes nothing.
+    /// fails; a failure says whether it left the system as it was
+    /// ([`BackendError::left_unchanged`]: refused before any change, refused as one
+    /// transaction, or put back), and when it may not have, the agent reconciles this backend
+    /// back to `change.before`.
     fn apply(
         &mut self,
         change: &Change<'_>,

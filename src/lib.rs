@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod dnsmasq;
 pub mod drift;
+pub mod error;
 pub mod facts;
 pub mod ha;
 pub mod health;

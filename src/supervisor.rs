@@ -30,6 +30,55 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Lines of the engine's stderr kept for error messages.
 const TAIL_LINES: usize = 5;
 
+/// Why an engine did not start (its own last words included when it said any).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The program could not be run.
+    #[error("cannot run {program}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The child could not be waited for.
+    #[error("cannot wait for {name}")]
+    Wait {
+        /// The engine.
+        name: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The engine exited while starting.
+    #[error("{name} exited with {status}: {tail}")]
+    Exited {
+        /// The engine.
+        name: &'static str,
+        /// How it exited.
+        status: ExitStatus,
+        /// The last lines it wrote to stderr.
+        tail: String,
+    },
+    /// The engine did not say it serves in time (it was killed).
+    #[error("{name} did not come up within {secs}s: {tail}")]
+    NotReady {
+        /// The engine.
+        name: &'static str,
+        /// The limit.
+        secs: u64,
+        /// The last lines it wrote to stderr.
+        tail: String,
+    },
+    /// The supervisor task is gone (the agent is stopping).
+    #[error("the {name} supervisor has stopped")]
+    Gone {
+        /// The engine.
+        name: &'static str,
+    },
+}
+
 /// What the supervisor needs to know about one engine.
 pub trait Engine: Send + Sync + 'static {
     /// Its name, for logs and as the health source.
@@ -58,7 +107,7 @@ enum Msg {
     Start {
         /// Keep trying (with the backoff) when this start fails.
         retry: bool,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), StartError>>,
     },
     Stop {
         reply: oneshot::Sender<()>,
@@ -106,18 +155,18 @@ impl Supervisor {
 
     /// (Re)starts the engine now; returns once it serves, or with the engine's own error (it
     /// is then not restarted: a configuration it refuses is the caller's to report and undo).
-    pub async fn start(&self) -> Result<(), String> {
+    pub async fn start(&self) -> Result<(), StartError> {
         self.start_with(false).await
     }
 
     /// Restarts the engine now (a fresh process); if it does not come up, keeps trying with
     /// the backoff and reports in health meanwhile. Returns the first attempt's outcome.
-    pub async fn restart(&self) -> Result<(), String> {
+    pub async fn restart(&self) -> Result<(), StartError> {
         self.start_with(true).await
     }
 
-    async fn start_with(&self, retry: bool) -> Result<(), String> {
-        let gone = || format!("the {} supervisor has stopped", self.name);
+    async fn start_with(&self, retry: bool) -> Result<(), StartError> {
+        let gone = || StartError::Gone { name: self.name };
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Start { retry, reply })
@@ -204,7 +253,10 @@ impl<E: Engine> Task<E> {
                                 self.backoff = FIRST_BACKOFF;
                             }
                             Err(e) if retry => {
-                                self.health.set(name, format!("{name} did not restart: {e}"));
+                                self.health.set(
+                                    name,
+                                    format!("{name} did not restart: {}", crate::error::chain(e)),
+                                );
                                 self.retry_at = Some(Instant::now() + self.backoff);
                             }
                             Err(_) => self.wanted = false,
@@ -255,8 +307,13 @@ impl<E: Engine> Task<E> {
                 self.backoff = FIRST_BACKOFF;
             }
             Err(e) => {
-                self.health
-                    .set(name, format!("{name} is down and does not start: {e}"));
+                self.health.set(
+                    name,
+                    format!(
+                        "{name} is down and does not start: {}",
+                        crate::error::chain(&e)
+                    ),
+                );
                 self.retry_at = Some(Instant::now() + self.backoff);
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             }
@@ -317,7 +374,7 @@ impl<E: Engine> Task<E> {
     }
 
     /// (Re)starts the engine and waits until it serves.
-    async fn start_now(&mut self) -> Result<(), String> {
+    async fn start_now(&mut self) -> Result<(), StartError> {
         let name = self.engine.name();
         self.stop_child().await;
         self.stop_stale().await;
@@ -332,7 +389,7 @@ impl<E: Engine> Task<E> {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot run {program}: {e}"))?;
+            .map_err(|source| StartError::Spawn { program, source })?;
         if let Some(stderr) = child.stderr.take() {
             let tail = Arc::clone(&self.tail);
             tokio::spawn(async move {
@@ -350,21 +407,28 @@ impl<E: Engine> Task<E> {
         let pid = child.id().unwrap_or(0);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            if let Some(status) = child
+                .try_wait()
+                .map_err(|source| StartError::Wait { name, source })?
+            {
                 // Let the stderr reader catch up with the engine's last words.
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                return Err(format!("{name} exited with {status}: {}", self.tail_text()));
+                return Err(StartError::Exited {
+                    name,
+                    status,
+                    tail: self.tail_text(),
+                });
             }
             if self.engine.ready(pid) {
                 break;
             }
             if Instant::now() > deadline {
                 let _ = child.kill().await;
-                return Err(format!(
-                    "{name} did not come up within {}s: {}",
-                    READY_TIMEOUT.as_secs(),
-                    self.tail_text()
-                ));
+                return Err(StartError::NotReady {
+                    name,
+                    secs: READY_TIMEOUT.as_secs(),
+                    tail: self.tail_text(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -107,6 +107,61 @@ fn a_failing_backend_rolls_back_those_that_followed_and_nothing_is_stored() {
 }
 
 #[test]
+fn a_backend_that_failed_halfway_is_brought_back_too_and_the_reply_says_whether_it_was() {
+    runtime().block_on(async {
+        let agent = InProcess::start().await;
+        let mn = MgmtNode::start().await;
+        assert_ok(
+            &mn.call(agent.addr, "/createeip", &fixture("createeip"))
+                .await,
+        );
+        agent.take_log();
+        // nat may have changed part of the system: it goes back first, then links
+        agent
+            .fail
+            .lock()
+            .unwrap()
+            .push("nat:configure_nics:partial");
+        let reply = mn
+            .call(agent.addr, "/configurenic", &fixture("configurenic"))
+            .await;
+        assert_fails(
+            &reply,
+            "nat stopped halfway through configure_nics; nothing was changed",
+        );
+        assert_eq!(
+            agent.take_log(),
+            [
+                "links apply configure_nics eips 1->1",
+                "nat apply configure_nics eips 1->1",
+                "nat reconcile nics 0 eips 1",
+                "links reconcile nics 0 eips 1"
+            ]
+        );
+        // when it cannot be brought back, the reply does not claim nothing was changed
+        agent.fail.lock().unwrap().push("nat:reconcile");
+        let reply = mn
+            .call(agent.addr, "/configurenic", &fixture("configurenic"))
+            .await;
+        assert_fails(
+            &reply,
+            "nat stopped halfway through configure_nics; putting back what it changed failed (nat: nat could not reconcile): the router may differ from its last acknowledged state",
+        );
+        assert!(
+            !reply["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("nothing was changed"),
+            "{reply}"
+        );
+        agent.fail.lock().unwrap().clear();
+        let dir = agent.stop().await;
+        let (_store, loaded) = Store::open(dir.path());
+        assert!(loaded.state.nics.is_empty());
+    });
+}
+
+#[test]
 fn a_feature_without_a_backend_is_refused_and_changes_nothing() {
     runtime().block_on(async {
         let agent = InProcess::start().await;
@@ -621,6 +676,7 @@ fn a_failed_journal_append_rolls_back_every_backend_that_followed() {
             .call(agent.addr, "/configurenic", &fixture("configurenic"))
             .await;
         assert_fails(&reply, "could not persist the change, rolled back");
+        assert_fails(&reply, "; nothing was changed");
         // both followed; both are brought back to the state before (no nic), last first
         assert_eq!(
             agent.take_log(),

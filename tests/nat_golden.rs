@@ -57,7 +57,7 @@ fn plan_of(
     base: &DesiredState,
     cmd: &Command,
     inputs: &Inputs,
-) -> Result<plan::Plan, vr_agent::nat::model::NatError> {
+) -> Result<plan::Plan, vr_agent::nat::model::BindError> {
     let mut after = base.clone();
     after.apply(cmd).expect("the command applies to the state");
     plan::plan(base, &after, cmd, inputs)

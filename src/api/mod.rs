@@ -364,7 +364,7 @@ fn outcome_of(e: &ApplyError) -> Outcome {
     match e {
         ApplyError::Invalid(_) | ApplyError::Unsupported { .. } => Outcome::Refused,
         ApplyError::Backend { .. }
-        | ApplyError::Persist(_)
+        | ApplyError::Persist { .. }
         | ApplyError::Unwritable(_)
         | ApplyError::ShuttingDown => Outcome::Failed,
     }

@@ -140,7 +140,7 @@ pub async fn apply(cfg: &BootstrapConfig, bytes: &[u8]) -> Result<Applied, Boots
 }
 
 async fn apply_links(info: &BootstrapInfo, previous: Option<&BootstrapInfo>) -> Result<(), String> {
-    let nl = Netlink::connect().map_err(|e| e.to_string())?;
+    let nl = Netlink::connect().map_err(|e| crate::error::chain(&e))?;
     let wanted = Wanted::new(&info.nics, &DesiredState::default());
     // Nothing is pruned: the addresses of a running agent's VIPs stay.
     let opts = SyncOptions {
@@ -151,10 +151,10 @@ async fn apply_links(info: &BootstrapInfo, previous: Option<&BootstrapInfo>) -> 
     let mut announcer = crate::link::garp::Announcer::default();
     let report = sync::sync(&nl, &mut announcer, &wanted, &opts)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::error::chain(&e))?;
     // An address the previous bootstrap info gave a nic, and this one does not, goes.
     if let Some(prev) = previous {
-        let links = nl.links().await.map_err(|e| e.to_string())?;
+        let links = nl.links().await.map_err(|e| crate::error::chain(&e))?;
         for old in &prev.nics {
             let Some(new) = wanted.nics.get(&old.mac) else {
                 continue;
@@ -164,7 +164,7 @@ async fn apply_links(info: &BootstrapInfo, previous: Option<&BootstrapInfo>) -> 
             {
                 nl.del_addr(link, old.ip, old.prefix.len())
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| crate::error::chain(&e))?;
             }
         }
     }

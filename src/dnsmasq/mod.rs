@@ -15,6 +15,7 @@
 //!   dies in that reload, see `render`);
 //! - a new guest nic or subnet (the main config): a restart.
 
+pub mod error;
 pub mod leases;
 pub mod process;
 pub mod render;
@@ -26,6 +27,7 @@ use crate::state::ha::Role;
 use crate::state::model::DhcpHost;
 use crate::state::types::{Cidr, MacAddr};
 use crate::state::{Change, Command, DesiredState, Feature, Parts};
+pub use error::DnsmasqError;
 use leases::Release;
 use process::{LeaseSet, Supervisor};
 use render::{Iface, Paths};
@@ -132,8 +134,8 @@ fn dns_guests(state: &DesiredState) -> DnsGuests {
     )
 }
 
-fn err(e: impl std::fmt::Display) -> BackendError {
-    BackendError::new(format!("dnsmasq: {e}"))
+fn err(e: impl Into<DnsmasqError>) -> BackendError {
+    BackendError::Dnsmasq(e.into())
 }
 
 impl DnsmasqBackend {
@@ -279,8 +281,11 @@ impl DnsmasqBackend {
         let mut written: Vec<PathBuf> = Vec::new();
         let mut contents: Vec<(PathBuf, String)> = Vec::new();
         let mut new_profiles: Vec<String> = Vec::new();
-        let result = (|| {
-            let applied = self.applied.as_ref().ok_or_else(|| err("state unknown"))?;
+        let result = (|| -> Result<(), BackendError> {
+            let applied = self
+                .applied
+                .as_ref()
+                .ok_or_else(|| err(DnsmasqError::Unknown))?;
             for h in hosts {
                 let (tag, body) = render::profile(h);
                 let own = applied.subnet_profiles.get(&render::subnet_of(h)) != Some(&tag);
@@ -318,13 +323,14 @@ impl DnsmasqBackend {
             }
             Err(e) => {
                 // dnsmasq may have read some already: take them out and reload.
+                let mut removed = true;
                 for p in &written {
-                    let _ = std::fs::remove_file(p);
+                    removed &= std::fs::remove_file(p).is_ok();
                 }
                 if !written.is_empty() {
                     self.supervisor().reload(Vec::new(), 0);
                 }
-                Err(e)
+                Err(if removed { e.unchanged() } else { e })
             }
         }
     }
@@ -342,7 +348,7 @@ impl DnsmasqBackend {
         self.applied = None;
         self.dns_guests = Some(dns_guests(state));
         self.ensure_dirs()?;
-        let ifaces = read_ifaces(state).map_err(|e| err(format!("reading interfaces: {e}")))?;
+        let ifaces = read_ifaces(state).map_err(|e| err(DnsmasqError::Interfaces(e)))?;
         let r = render::render_with(&self.paths, state, &ifaces, &mut self.memo);
         let rendered_us = started.elapsed().as_micros() as u64;
         if r.unplaced.is_empty() {
@@ -541,7 +547,9 @@ impl Backend for DnsmasqBackend {
                     // The forwarder's servers only: dnsmasq watches its resolv file itself.
                     let text = render::render_resolv(&after.dns_servers);
                     let path = self.paths.resolv();
-                    write::write_if_changed(&path, text.as_bytes()).map_err(err)?;
+                    // written aside, then renamed: a failure leaves the file as it was
+                    write::write_if_changed(&path, text.as_bytes())
+                        .map_err(|e| err(e).unchanged())?;
                     self.remember(&path, text.as_bytes());
                     return Ok(());
                 }
@@ -559,11 +567,12 @@ impl Backend for DnsmasqBackend {
             return self.sync_with(after, true).await;
         }
         if let Err(e) = self.sync(after).await {
-            tracing::warn!(error = %e, "dnsmasq change failed; restoring the previous state");
+            tracing::warn!(error = %e.report(), "dnsmasq change failed; restoring the previous state");
             if let Err(undo) = self.sync(before).await {
-                tracing::error!(error = %undo, "restoring dnsmasq failed");
+                tracing::error!(error = %undo.report(), "restoring dnsmasq failed");
+                return Err(e);
             }
-            return Err(e);
+            return Err(e.unchanged());
         }
         Ok(())
     }

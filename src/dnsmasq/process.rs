@@ -8,7 +8,7 @@ use super::leases::{self, Release};
 use super::render::Paths;
 use crate::health::Health;
 use crate::state::types::MacAddr;
-use crate::supervisor::{Engine, Supervisor as EngineSupervisor};
+use crate::supervisor::{Engine, StartError, Supervisor as EngineSupervisor};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::collections::HashSet;
@@ -81,7 +81,7 @@ impl Engine for Dnsmasq {
 enum Msg {
     Start {
         keep: LeaseSet,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), StartError>>,
     },
     Reload {
         releases: Vec<Release>,
@@ -135,13 +135,13 @@ impl Supervisor {
 
     /// (Re)starts dnsmasq now, with the lease file pruned to `keep`; returns once it serves,
     /// or dnsmasq's own error.
-    pub async fn start(&self, keep: LeaseSet) -> Result<(), String> {
+    pub async fn start(&self, keep: LeaseSet) -> Result<(), StartError> {
+        let gone = || StartError::Gone { name: "dnsmasq" };
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Start { keep, reply })
-            .map_err(|_| "the dnsmasq supervisor has stopped".to_string())?;
-        rx.await
-            .unwrap_or_else(|_| Err("the dnsmasq supervisor has stopped".into()))
+            .map_err(|_| gone())?;
+        rx.await.unwrap_or_else(|_| Err(gone()))
     }
 
     /// Asks for a reload (folded with others, within [`RELOAD_MAX_DELAY`]), then the release
@@ -247,7 +247,7 @@ impl Task {
                 "restarting dnsmasq instead of reloading"
             );
             if let Err(e) = self.start_now(None, true).await {
-                tracing::warn!(error = %e, "dnsmasq did not restart; retrying");
+                tracing::warn!(error = %crate::error::chain(&e), "dnsmasq did not restart; retrying");
             }
             return;
         }
@@ -275,7 +275,7 @@ impl Task {
     /// (Re)starts dnsmasq through the supervisor and waits until it serves. `keep`: prune the
     /// lease file to these; pending releases are dropped from it either way. `retry`: keep
     /// trying when it does not come up (else the caller reports and undoes).
-    async fn start_now(&mut self, keep: Option<LeaseSet>, retry: bool) -> Result<(), String> {
+    async fn start_now(&mut self, keep: Option<LeaseSet>, retry: bool) -> Result<(), StartError> {
         self.metrics.dnsmasq_started();
         self.reload_at = None;
         self.reload_first = None;

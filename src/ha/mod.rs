@@ -17,7 +17,7 @@ use crate::backend::{Backend, BackendError};
 use crate::health::Health;
 use crate::state::ha::{HaConfig, Role};
 use crate::state::{Change, DesiredState, Feature, Parts};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{StartError, Supervisor};
 use process::Events;
 use render::{Inputs, Paths};
 use std::path::PathBuf;
@@ -60,8 +60,63 @@ pub struct HaBackend {
     posted: Arc<AtomicU64>,
 }
 
-fn err(e: impl std::fmt::Display) -> BackendError {
-    BackendError::new(format!("ha: {e}"))
+/// Why the HA backend could not do what it was asked. Each variant says what failed; the
+/// cause is its source.
+#[derive(Debug, thiserror::Error)]
+pub enum HaError {
+    /// The nics could not be read (before any change).
+    #[error("ha: reading the nics")]
+    Nics(#[source] std::io::Error),
+    /// The heartbeat nic is not one nic of the router (before any change).
+    #[error("heartbeatNic: {0}")]
+    HeartbeatNic(String),
+    /// A file or directory of ours could not be written.
+    #[error("ha: {}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A configuration file could not be written.
+    #[error("ha")]
+    Write(#[from] crate::state::store::StoreError),
+    /// keepalived's notification fifo could not be opened.
+    #[error("ha: {}", path.display())]
+    Fifo {
+        /// The fifo.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// keepalived or conntrackd did not start.
+    #[error("ha")]
+    Start(#[from] StartError),
+    /// keepalived could not be told to reload.
+    #[error("ha: reloading keepalived (pid {pid})")]
+    Reload {
+        /// keepalived's pid.
+        pid: u32,
+        /// The signal's error.
+        #[source]
+        source: nix::Error,
+    },
+    /// conntrackd did not take its part of a role change (its own words).
+    #[error("ha: {0}")]
+    Conntrackd(String),
+}
+
+impl HaError {
+    /// True when the failure came before anything was written, started or signalled.
+    pub fn left_unchanged(&self) -> bool {
+        matches!(self, HaError::Nics(_) | HaError::HeartbeatNic(_))
+    }
+}
+
+fn err(e: impl Into<HaError>) -> BackendError {
+    BackendError::Ha(e.into())
 }
 
 impl HaBackend {
@@ -83,10 +138,10 @@ impl HaBackend {
 
     fn inputs(&self, ha: &HaConfig) -> Result<Inputs, BackendError> {
         let names = crate::link::view::current()
-            .map_err(|e| err(format!("reading the nics: {e}")))?
+            .map_err(|e| err(HaError::Nics(e)))?
             .names();
         let heartbeat_if = crate::link::system::name_of(&names, ha.heartbeat_mac)
-            .map_err(|e| BackendError::new(format!("heartbeatNic: {e}")))?
+            .map_err(|e| err(HaError::HeartbeatNic(e)))?
             .to_string();
         Ok(Inputs {
             heartbeat_if,
@@ -103,8 +158,12 @@ impl HaBackend {
             return Ok(());
         };
         let inputs = self.inputs(ha)?;
-        std::fs::create_dir_all(&self.paths.dir)
-            .map_err(|e| err(format!("{}: {e}", self.paths.dir.display())))?;
+        std::fs::create_dir_all(&self.paths.dir).map_err(|source| {
+            err(HaError::File {
+                path: self.paths.dir.clone(),
+                source,
+            })
+        })?;
         write_file(
             &self.paths.alive_script(),
             &render::alive_script(std::process::id()),
@@ -146,8 +205,12 @@ impl HaBackend {
             }
         }
         if self.fifo.as_ref().is_none_or(|t| t.is_finished()) {
-            let task = process::read_fifo(&self.paths, self.events.clone())
-                .map_err(|e| err(format!("{}: {e}", self.paths.fifo().display())))?;
+            let task = process::read_fifo(&self.paths, self.events.clone()).map_err(|source| {
+                err(HaError::Fifo {
+                    path: self.paths.fifo(),
+                    source,
+                })
+            })?;
             self.fifo = Some(task);
         }
         let k_conf = render::keepalived(ha, &inputs, &self.paths);
@@ -162,7 +225,7 @@ impl HaBackend {
                     nix::unistd::Pid::from_raw(pid as i32),
                     nix::sys::signal::Signal::SIGHUP,
                 )
-                .map_err(|e| err(format!("reloading keepalived (pid {pid}): {e}")))?;
+                .map_err(|source| err(HaError::Reload { pid, source }))?;
                 self.applied.keepalived = Some(k_conf);
                 tracing::info!(pid, "keepalived reloaded");
             }
@@ -263,10 +326,13 @@ impl HaBackend {
 
 fn write_file(path: &std::path::Path, text: &str, mode: u32) -> Result<(), BackendError> {
     use std::os::unix::fs::PermissionsExt;
-    crate::state::store::write_atomic(path, text.as_bytes())
-        .map_err(|e| err(format!("{}: {e}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| err(format!("{}: {e}", path.display())))
+    crate::state::store::write_atomic(path, text.as_bytes()).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        err(HaError::File {
+            path: path.to_path_buf(),
+            source,
+        })
+    })
 }
 
 impl Backend for HaBackend {
@@ -305,7 +371,7 @@ impl Backend for HaBackend {
         }
         let result = self.conntrackd_follow(role).await;
         self.announce(state, role);
-        result.map_err(err)
+        result.map_err(|e| err(HaError::Conntrackd(e)))
     }
 
     async fn restart_ha(&mut self, state: &DesiredState) -> Result<(), BackendError> {
@@ -324,5 +390,41 @@ impl Backend for HaBackend {
 
     async fn shutdown(&mut self) {
         self.stop_all().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_before_any_change_say_so_and_keep_their_cause() {
+        let e = BackendError::from(HaError::HeartbeatNic(
+            "unable to find nic with mac[fa:7e:4b:ad:09:09] in virtual router vm".into(),
+        ));
+        assert!(e.left_unchanged());
+        assert_eq!(
+            e.report(),
+            "heartbeatNic: unable to find nic with mac[fa:7e:4b:ad:09:09] in virtual router vm"
+        );
+        let e = BackendError::from(HaError::Reload {
+            pid: 42,
+            source: nix::Error::ESRCH,
+        });
+        assert!(!e.left_unchanged());
+        assert_eq!(
+            e.report(),
+            format!("ha: reloading keepalived (pid 42): {}", nix::Error::ESRCH)
+        );
+        let e = BackendError::from(HaError::from(StartError::NotReady {
+            name: "keepalived",
+            secs: 15,
+            tail: "bad config".into(),
+        }));
+        assert!(!e.left_unchanged());
+        assert_eq!(
+            e.report(),
+            "ha: keepalived did not come up within 15s: bad config"
+        );
     }
 }

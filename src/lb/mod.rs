@@ -12,10 +12,11 @@ pub mod render;
 use crate::backend::{Backend, BackendError};
 use crate::dnsmasq::write::{self, WriteError};
 use crate::health::Health;
-use crate::nat::model::{Elem, NatError, lb_elements};
+use crate::nat::model::{Elem, lb_elements};
+use crate::nat::nft::NftError;
 use crate::state::lb::{LbKey, LbListener};
 use crate::state::{Change, DesiredState, Feature, Parts};
-use crate::supervisor::{Engine, Supervisor};
+use crate::supervisor::{Engine, StartError, Supervisor};
 use haproxy::HaproxyError;
 use render::{Paths, backend_name, server_name};
 use std::collections::BTreeMap;
@@ -25,7 +26,8 @@ use std::sync::Arc;
 /// Health source of the haproxy process (the supervisor's, named after the engine).
 pub const HEALTH_SOURCE: &str = "haproxy";
 
-/// Why a change of the listeners could not be made.
+/// Why a change of the listeners could not be made. A failure of haproxy or of its files
+/// leaves the file on disk and what haproxy serves as they were.
 #[derive(Debug, thiserror::Error)]
 pub enum LbError {
     /// haproxy refused or failed.
@@ -35,11 +37,25 @@ pub enum LbError {
     #[error(transparent)]
     Write(#[from] WriteError),
     /// The firewall did not take the listeners' ports.
-    #[error("the firewall did not take the listeners' ports: {0}")]
-    Firewall(#[source] NatError),
+    #[error("the firewall did not take the listeners' ports")]
+    Firewall(#[source] NftError),
     /// The haproxy process did not start.
-    #[error("haproxy did not start: {0}")]
-    Start(String),
+    #[error("haproxy did not start")]
+    Start(#[source] StartError),
+    /// haproxy did not follow, and the firewall change made for it could not be taken back.
+    #[error(transparent)]
+    FirewallNotUndone(Box<LbError>),
+}
+
+impl LbError {
+    /// True when the firewall, haproxy's file and what it serves are as they were.
+    pub fn left_unchanged(&self) -> bool {
+        match self {
+            LbError::Haproxy(_) | LbError::Write(_) | LbError::Start(_) => true,
+            LbError::Firewall(e) => e.left_unchanged(),
+            LbError::FirewallNotUndone(_) => false,
+        }
+    }
 }
 
 /// haproxy as the supervisor runs it: master-worker in the foreground, with the master's
@@ -255,7 +271,7 @@ impl LbBackend {
             let mut done = true;
             for cmd in &cmds {
                 if let Err(e) = haproxy::runtime(&self.paths, cmd).await {
-                    tracing::warn!(error = %e, "weight not set at run time; reloading");
+                    tracing::warn!(error = %crate::error::chain(&e), "weight not set at run time; reloading");
                     done = false;
                     break;
                 }
@@ -301,7 +317,8 @@ impl LbBackend {
             if opened
                 && let Err(undo) = crate::nat::nft::apply(&firewall_change(&adds, &deletes)).await
             {
-                tracing::error!(error = %undo, "firewall change not undone");
+                tracing::error!(error = %crate::error::chain(&undo), "firewall change not undone");
+                return Err(LbError::FirewallNotUndone(Box::new(e)));
             }
             return Err(e);
         }
@@ -316,10 +333,6 @@ fn fd_limit() -> u64 {
         .unwrap_or(1024)
 }
 
-fn backend_error(e: LbError) -> BackendError {
-    BackendError::new(format!("{e}; nothing was changed"))
-}
-
 impl Backend for LbBackend {
     fn features(&self) -> &'static [Feature] {
         &[Feature::LoadBalancer]
@@ -330,24 +343,20 @@ impl Backend for LbBackend {
     }
 
     async fn apply(&mut self, change: &Change<'_>) -> Result<(), BackendError> {
-        self.change(change.before, change.after)
-            .await
-            .map_err(backend_error)
+        Ok(self.change(change.before, change.after).await?)
     }
 
     async fn reconcile(&mut self, state: &DesiredState) -> Result<(), BackendError> {
         // A haproxy that runs the state's file already is left alone (a nic change or
         // `/init` re-applies every backend): no needless reload.
-        self.converge(state)
-            .await
-            .map_err(|e| BackendError::new(e.to_string()))?;
+        self.converge(state).await?;
         // The NAT backend's full replace holds these already; after a replace of its own
         // (a repair), make sure (adding is idempotent).
         let elements: Vec<Elem> = lb_elements(state).into_iter().collect();
         if !elements.is_empty() {
             crate::nat::nft::apply(&crate::nat::render::element_ops(&[], &[], &elements))
                 .await
-                .map_err(|e| BackendError::new(LbError::Firewall(e).to_string()))?;
+                .map_err(LbError::Firewall)?;
         }
         tracing::info!(
             listeners = state.lb_listeners.len(),
@@ -415,6 +424,25 @@ mod tests {
             },
         };
         (l.key(), l)
+    }
+
+    #[test]
+    fn a_firewall_refusal_changed_nothing_and_a_firewall_left_open_did() {
+        use crate::backend::BackendError;
+        let refused = LbError::Firewall(NftError::Refused("Error: No such file".into()));
+        assert!(refused.left_unchanged());
+        assert_eq!(
+            crate::error::chain(&refused),
+            "the firewall did not take the listeners' ports: nft refused the change: Error: No such file"
+        );
+        let start = LbError::Start(StartError::Gone { name: "haproxy" });
+        assert!(start.left_unchanged());
+        let left_open = BackendError::from(LbError::FirewallNotUndone(Box::new(start)));
+        assert!(!left_open.left_unchanged());
+        assert_eq!(
+            left_open.report(),
+            "haproxy did not start: the haproxy supervisor has stopped"
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The interfaces backend: `/configurenic`, `/removenic`, `/createvip`, `/removevip`, and the
 //! re-apply of cached bootstrap nics, configured nics and VIPs at start.
 
+use super::error::LinkError;
 use super::garp;
-use super::netlink::{Link, Netlink};
+use super::netlink::{Link, Netlink, NetlinkError};
 use super::plan::{self, Wanted};
-use super::sync::{self, SyncError, SyncOptions};
+use super::sync::{self, SyncOptions};
 use crate::backend::{Backend, BackendError};
 use crate::bootstrap::info::BootstrapInfo;
 use crate::health::Health;
@@ -21,18 +22,6 @@ use std::sync::Arc;
 pub const HEALTH_NICS: &str = "nics";
 /// Health source for an unreadable cached bootstrap info.
 pub const HEALTH_BOOTSTRAP: &str = "bootstrap";
-
-impl From<SyncError> for BackendError {
-    fn from(e: SyncError) -> Self {
-        BackendError::new(e.to_string())
-    }
-}
-
-impl From<super::netlink::NetlinkError> for BackendError {
-    fn from(e: super::netlink::NetlinkError) -> Self {
-        BackendError::new(e.to_string())
-    }
-}
 
 /// Nics and VIPs over netlink.
 pub struct LinksBackend {
@@ -73,12 +62,15 @@ impl LinksBackend {
             return Ok(());
         };
         let nl = self.netlink()?;
-        let links = nl.links().await?;
-        plan::find(&links, ha.heartbeat_mac)
-            .map_err(|e| BackendError::new(format!("heartbeatNic: {e}; nothing was changed")))?;
+        let links = nl.links().await.map_err(LinkError::Read)?;
+        plan::find(&links, ha.heartbeat_mac).map_err(|source| LinkError::Nic {
+            field: "heartbeatNic".into(),
+            source,
+        })?;
         for (i, v) in ha.vips.iter().enumerate() {
-            plan::find(&links, v.mac).map_err(|e| {
-                BackendError::new(format!("vips[{i}].nicMac: {e}; nothing was changed"))
+            plan::find(&links, v.mac).map_err(|source| LinkError::Nic {
+                field: format!("vips[{i}].nicMac"),
+                source,
             })?;
         }
         self.follow_role(after).await
@@ -103,7 +95,7 @@ impl LinksBackend {
         &mut self,
         nl: &Netlink,
         state: &DesiredState,
-    ) -> Result<usize, BackendError> {
+    ) -> Result<usize, NetlinkError> {
         let links = nl.links().await?;
         let mut removed = 0;
         for (mac, addrs) in plan::master_addresses(state) {
@@ -131,13 +123,13 @@ impl LinksBackend {
         Ok(removed)
     }
 
-    fn netlink(&mut self) -> Result<Netlink, BackendError> {
+    fn netlink(&mut self) -> Result<Netlink, LinkError> {
         if let Some(nl) = &self.nl
             && nl.is_alive()
         {
             return Ok(nl.clone());
         }
-        let nl = Netlink::connect()?;
+        let nl = Netlink::connect().map_err(LinkError::Connect)?;
         self.nl = Some(nl.clone());
         Ok(nl)
     }
@@ -171,7 +163,9 @@ impl LinksBackend {
     ) -> Result<(), BackendError> {
         let nl = self.netlink()?;
         // Every MAC must resolve to exactly one link before anything changes.
-        sync::find_links(&nl, nics.iter().map(|n| n.mac)).await?;
+        sync::find_links(&nl, nics.iter().map(|n| n.mac))
+            .await
+            .map_err(LinkError::Check)?;
         let scope: BTreeSet<MacAddr> = nics.iter().map(|n| n.mac).collect();
         let opts = SyncOptions {
             prune: true,
@@ -180,9 +174,16 @@ impl LinksBackend {
         };
         let wanted = self.wanted(after);
         let result = sync::sync(&nl, &mut self.announcer, &wanted, &opts).await;
-        if let Err(e) = result {
-            self.undo(&nl, before, opts.scope).await;
-            return Err(e.into());
+        if let Err(source) = result {
+            let e = BackendError::from(LinkError::Step {
+                step: "configuring the nics",
+                source,
+            });
+            return Err(if self.undo(&nl, before, opts.scope).await {
+                e.unchanged()
+            } else {
+                e
+            });
         }
         Ok(())
     }
@@ -194,11 +195,13 @@ impl LinksBackend {
         macs: &[MacAddr],
     ) -> Result<(), BackendError> {
         let nl = self.netlink()?;
-        let links = nl.links().await?;
+        let links = nl.links().await.map_err(LinkError::Read)?;
         let wanted = self.wanted(after);
         let mut keep = BTreeSet::new();
         let mut removed: Vec<Undo> = Vec::new();
-        let mut result: Result<(), BackendError> = Ok(());
+        let mut result: Result<(), LinkError> = Ok(());
+        let step = "removing nics";
+        let mut undone = true;
         for mac in macs {
             // A nic that is gone has no address left to remove.
             let Ok(link) = plan::find(&links, *mac) else {
@@ -211,7 +214,10 @@ impl LinksBackend {
                 && !after.vips.contains_key(&ip)
             {
                 if let Err(e) = nl.del_addr(link, ip, prefix).await {
-                    result = Err(e.into());
+                    result = Err(LinkError::Step {
+                        step,
+                        source: e.into(),
+                    });
                     break;
                 }
                 removed.push(Undo::Add(link.clone(), ip, prefix));
@@ -223,16 +229,20 @@ impl LinksBackend {
                 strict: false,
                 scope: Some(keep.clone()),
             };
-            if let Err(e) = sync::sync(&nl, &mut self.announcer, &wanted, &opts).await {
-                self.undo(&nl, before, Some(keep)).await;
-                result = Err(e.into());
+            if let Err(source) = sync::sync(&nl, &mut self.announcer, &wanted, &opts).await {
+                undone = self.undo(&nl, before, Some(keep)).await;
+                result = Err(LinkError::Step { step, source });
             }
         }
-        if result.is_err() {
-            // All or nothing: put back the addresses this command already removed.
-            run_undo(&nl, removed).await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // All or nothing: put back the addresses this command already removed.
+                undone &= run_undo(&nl, removed).await;
+                let e = BackendError::from(e);
+                Err(if undone { e.unchanged() } else { e })
+            }
         }
-        result
     }
 
     async fn create_vips(
@@ -242,9 +252,9 @@ impl LinksBackend {
     ) -> Result<(), BackendError> {
         let nl = self.netlink()?;
         let macs: BTreeSet<MacAddr> = vips.iter().map(|v| v.owner_mac).collect();
-        let all_links = nl.links().await?;
+        let all_links = nl.links().await.map_err(LinkError::Read)?;
         let links: BTreeMap<MacAddr, Link> = plan::find_all(&all_links, macs.iter().copied())
-            .map_err(|e| BackendError::new(e.to_string()))?
+            .map_err(|e| LinkError::Check(e.into()))?
             .into_iter()
             .map(|(m, l)| (m, l.clone()))
             .collect();
@@ -284,7 +294,7 @@ impl LinksBackend {
                 }
                 announce.entry(vip.owner_mac).or_default().push(vip.ip);
             }
-            Ok::<_, BackendError>(announce)
+            Ok::<_, NetlinkError>(announce)
         }
         .await;
         match result {
@@ -302,8 +312,15 @@ impl LinksBackend {
                 Ok(())
             }
             Err(e) => {
-                run_undo(&nl, undo).await;
-                Err(e)
+                let e = BackendError::from(LinkError::Step {
+                    step: "adding VIPs",
+                    source: e.into(),
+                });
+                Err(if run_undo(&nl, undo).await {
+                    e.unchanged()
+                } else {
+                    e
+                })
             }
         }
     }
@@ -314,7 +331,7 @@ impl LinksBackend {
         vips: &[Vip],
     ) -> Result<(), BackendError> {
         let nl = self.netlink()?;
-        let links = nl.links().await?;
+        let links = nl.links().await.map_err(LinkError::Read)?;
         let mut undo: Vec<Undo> = Vec::new();
         let mut promoted: BTreeSet<u32> = BTreeSet::new();
         let result = async {
@@ -341,30 +358,43 @@ impl LinksBackend {
                     }
                 }
             }
-            Ok::<_, BackendError>(())
+            Ok::<_, NetlinkError>(())
         }
         .await;
-        if result.is_err() {
-            run_undo(&nl, undo).await;
+        if let Err(e) = result {
+            let e = BackendError::from(LinkError::Step {
+                step: "removing VIPs",
+                source: e.into(),
+            });
+            return Err(if run_undo(&nl, undo).await {
+                e.unchanged()
+            } else {
+                e
+            });
         }
-        result
+        Ok(())
     }
 
-    /// Best effort: puts the nics in `scope` back as `before` describes them.
+    /// Best effort: puts the nics in `scope` back as `before` describes them; true when it
+    /// did.
     async fn undo(
         &mut self,
         nl: &Netlink,
         before: &DesiredState,
         scope: Option<BTreeSet<MacAddr>>,
-    ) {
+    ) -> bool {
         let opts = SyncOptions {
             prune: true,
             strict: false,
             scope,
         };
         let wanted = self.wanted(before);
-        if let Err(e) = sync::sync(nl, &mut self.announcer, &wanted, &opts).await {
-            tracing::error!(error = %e, "could not restore the nics after a failed change");
+        match sync::sync(nl, &mut self.announcer, &wanted, &opts).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(error = %crate::error::chain(&e), "could not restore the nics after a failed change");
+                false
+            }
         }
     }
 }
@@ -374,16 +404,20 @@ enum Undo {
     Del(Link, Ipv4Addr, u8),
 }
 
-async fn run_undo(nl: &Netlink, undo: Vec<Undo>) {
+/// Takes back the address changes in `undo`, newest first; true when every one was.
+async fn run_undo(nl: &Netlink, undo: Vec<Undo>) -> bool {
+    let mut undone = true;
     for u in undo.into_iter().rev() {
         let r = match &u {
             Undo::Add(link, ip, prefix) => nl.add_addr(link, *ip, *prefix).await,
             Undo::Del(link, ip, prefix) => nl.del_addr(link, *ip, *prefix).await.map(|_| ()),
         };
         if let Err(e) = r {
-            tracing::error!(error = %e, "could not undo an address change");
+            tracing::error!(error = %crate::error::chain(&e), "could not undo an address change");
+            undone = false;
         }
     }
+    undone
 }
 
 impl Backend for LinksBackend {
@@ -413,10 +447,7 @@ impl Backend for LinksBackend {
             Command::RemoveVips(vips) => self.remove_vips(before, vips).await,
             // Every MAC is checked before the first change; the agent rolls back the rest.
             Command::EnableHa(_) => self.enable_ha(change.after).await,
-            other => Err(BackendError::new(format!(
-                "the interfaces backend got a {} command",
-                other.feature().name()
-            ))),
+            other => Err(LinkError::Unexpected(other.feature().name()).into()),
         }
     }
 
@@ -474,7 +505,12 @@ impl LinksBackend {
         let dropped = if self.role.carries_data_plane() {
             0
         } else {
-            self.drop_master_addresses(&nl, state).await?
+            self.drop_master_addresses(&nl, state)
+                .await
+                .map_err(|e| LinkError::Step {
+                    step: "removing the addresses only a master carries",
+                    source: e.into(),
+                })?
         };
         let wanted = self.wanted(state);
         let opts = SyncOptions {
@@ -482,7 +518,12 @@ impl LinksBackend {
             strict: false,
             scope: None,
         };
-        let mut report = sync::sync(&nl, &mut self.announcer, &wanted, &opts).await?;
+        let mut report = sync::sync(&nl, &mut self.announcer, &wanted, &opts)
+            .await
+            .map_err(|source| LinkError::Step {
+                step: "re-applying the interfaces",
+                source,
+            })?;
         report.removed += dropped;
         self.missing = report.missing.iter().map(|p| p.to_string()).collect();
         if self.missing.is_empty() {

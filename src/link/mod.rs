@@ -4,6 +4,7 @@
 //! `plan` decides (pure), `sync` and `backend` act through `netlink` and `garp`.
 
 pub mod backend;
+pub mod error;
 pub mod garp;
 pub mod netlink;
 pub mod plan;
@@ -12,3 +13,4 @@ pub mod system;
 pub mod view;
 
 pub use backend::LinksBackend;
+pub use error::LinkError;

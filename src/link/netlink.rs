@@ -14,27 +14,30 @@ use std::net::{IpAddr, Ipv4Addr};
 
 /// A netlink request the kernel refused, with what was asked.
 #[derive(Debug, thiserror::Error)]
-#[error("{op}: {reason}")]
+#[error("{op}")]
 pub struct NetlinkError {
     /// What was being done, e.g. `adding 10.0.0.5/24 to eth1`.
     pub op: String,
-    /// The kernel's answer (errno text) or the transport failure.
-    pub reason: String,
-    /// The errno, when the kernel answered with one.
-    pub errno: Option<i32>,
+    /// The kernel's answer (its errno) or the transport failure.
+    #[source]
+    pub source: std::io::Error,
 }
 
 impl NetlinkError {
     fn new(op: impl Into<String>, e: rtnetlink::Error) -> Self {
-        let (reason, errno) = match &e {
-            rtnetlink::Error::NetlinkError(m) => (m.to_io().to_string(), Some(m.raw_code().abs())),
-            other => (other.to_string(), None),
+        let source = match e {
+            rtnetlink::Error::NetlinkError(m) => m.to_io(),
+            other => std::io::Error::other(other),
         };
         NetlinkError {
             op: op.into(),
-            reason,
-            errno,
+            source,
         }
+    }
+
+    /// The errno, when the kernel answered with one.
+    pub fn errno(&self) -> Option<i32> {
+        self.source.raw_os_error()
     }
 }
 
@@ -77,10 +80,9 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a connection and spawns its driver on the current tokio runtime.
     pub fn connect() -> Result<Netlink, NetlinkError> {
-        let (mut conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError {
+        let (mut conn, handle, _) = rtnetlink::new_connection().map_err(|source| NetlinkError {
             op: "opening a netlink socket".into(),
-            reason: e.to_string(),
-            errno: e.raw_os_error(),
+            source,
         })?;
         // Changes this socket asks for come back as notifications with its port id: they are
         // ours, not drift. The kernel assigns the port at bind (or at the first send, too late
@@ -174,8 +176,10 @@ impl Netlink {
             // Without IFA_LOCAL the kernel deletes the nic's first address of the family.
             return Err(NetlinkError {
                 op: format!("removing {ip}/{prefix} from {}", link.name),
-                reason: "the request would not name the address; not sent".into(),
-                errno: None,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the request would not name the address; not sent",
+                ),
             });
         }
         match self.handle.address().del(msg).execute().await {
@@ -183,8 +187,8 @@ impl Netlink {
             Err(e) => {
                 let err =
                     NetlinkError::new(format!("removing {ip}/{prefix} from {}", link.name), e);
-                if err.errno == Some(nix::libc::EADDRNOTAVAIL)
-                    || err.errno == Some(nix::libc::ENOENT)
+                if err.errno() == Some(nix::libc::EADDRNOTAVAIL)
+                    || err.errno() == Some(nix::libc::ENOENT)
                 {
                     Ok(false)
                 } else {

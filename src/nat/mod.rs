@@ -7,6 +7,7 @@
 //! [`conntrack`] (forget flows of removed or remapped entries).
 
 pub mod conntrack;
+pub mod error;
 pub mod flows;
 pub mod inputs;
 pub mod mgmt_guard;
@@ -24,8 +25,9 @@ use crate::state::ha::Role;
 use crate::state::model::Eip;
 use crate::state::types::MacAddr;
 use crate::state::{Change, Command, DesiredState, Feature, Parts};
+pub use error::NatError;
 use inputs::Inputs;
-use model::NatError;
+use nft::NftError;
 use plan::Plan;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -115,7 +117,7 @@ impl NatBackend {
     }
 
     /// [`nft::apply`], counted.
-    async fn nft(&self, text: &str) -> Result<(), NatError> {
+    async fn nft(&self, text: &str) -> Result<(), NftError> {
         let r = nft::apply(text).await;
         self.metrics.nft_transaction(r.is_ok());
         r
@@ -160,8 +162,7 @@ impl NatBackend {
     /// What the renderer needs from the system: nic names and the view of the addresses
     /// (kept current by notifications: no dump per command, whatever the number of VIPs).
     fn inputs(&self, state: &DesiredState) -> Result<Inputs, NatError> {
-        let system = crate::link::view::current()
-            .map_err(|e| NatError::System(format!("cannot list the nics: {e}")))?;
+        let system = crate::link::view::current().map_err(NatError::Nics)?;
         Ok(Inputs {
             names: system.names(),
             system: Some(system),
@@ -180,7 +181,7 @@ impl NatBackend {
             return Ok(());
         };
         let names = crate::link::view::current()
-            .map_err(|e| NatError::System(format!("cannot list the nics: {e}")))?
+            .map_err(NatError::Nics)?
             .names();
         let rs = model::Ruleset {
             mgmt_unknown: self.guard.open(),
@@ -194,7 +195,7 @@ impl NatBackend {
             ..model::Ruleset::default()
         };
         let text = render::chain_rewrite(model::FILTER, "forward", &render::forward_rules(&rs));
-        self.nft(&text).await
+        self.nft(&text).await.map_err(NatError::Role)
     }
 
     fn note_skipped(&mut self, plan: &Plan) {
@@ -231,13 +232,13 @@ impl NatBackend {
                         return Err(refused.into());
                     }
                     Err(e) => {
-                        tracing::warn!(error = %NatError::from(e), "nfnetlink failed; using nft");
+                        tracing::warn!(error = %crate::error::chain(&e), "nfnetlink failed; using nft");
                         self.nfnl = None;
                     }
                 }
             }
         }
-        self.nft(&p.nft()).await
+        Ok(self.nft(&p.nft()).await?)
     }
 
     /// The guest nic set (DHCP and DNS accepted there) `after` calls for, when it differs from
@@ -330,9 +331,17 @@ impl NatBackend {
                     return Err(e);
                 }
                 // Our tables may have drifted from the state (changed by hand): replace them.
-                tracing::warn!(error = %e, "element update refused; replacing our tables");
+                tracing::warn!(error = %crate::error::chain(&e), "element update refused; replacing our tables");
                 let full = replace_plan(before, after, cmd, &inputs)?;
-                self.nft(&full.text).await.map_err(|_| e)?;
+                if let Err(replace) = self.nft(&full.text).await {
+                    // the first refusal says what is wrong, unless the replace may have
+                    // changed the tables
+                    return Err(if replace.left_unchanged() {
+                        e
+                    } else {
+                        replace.into()
+                    });
+                }
                 p.full = true;
                 p.skipped = full.skipped;
                 p.guest_ifs = full.guest_ifs;
@@ -361,14 +370,14 @@ impl NatBackend {
         let found = match nft::ours().await {
             Ok(ours) => ours.chains,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot list our chains; using the full nft path");
+                tracing::warn!(error = %crate::error::chain(&e), "cannot list our chains; using the full nft path");
                 return None;
             }
         };
         let (p, change) = plan::full_split(state, inputs, &found);
         let rules = std::time::Instant::now();
         if let Err(e) = self.nft(&p.text).await {
-            tracing::warn!(error = %e, "rules in place refused; using the full nft path");
+            tracing::warn!(error = %crate::error::chain(&e), "rules in place refused; using the full nft path");
             return None;
         }
         let rules_ms = rules.elapsed().as_millis() as u64;
@@ -390,7 +399,7 @@ impl NatBackend {
                 Some(p)
             }
             Err(e) => {
-                tracing::warn!(error = %NatError::from(e), "element batch refused; using the full nft path");
+                tracing::warn!(error = %crate::error::chain(&e), "element batch refused; using the full nft path");
                 self.nfnl = None;
                 None
             }
@@ -458,27 +467,21 @@ impl Backend for NatBackend {
         {
             // elements beyond the state are kept: the sets are not known to hold it exactly
             self.known_at = None;
-            let present = nft::ours()
-                .await
-                .map_err(|e| BackendError::new(e.to_string()))?;
+            let present = nft::ours().await.map_err(NatError::List)?;
             if present.tables.is_empty() {
                 return self.reconcile(state).await;
             }
             let started = std::time::Instant::now();
-            let inputs = self
-                .inputs(state)
-                .map_err(|e| BackendError::new(e.to_string()))?;
+            let inputs = self.inputs(state)?;
             let (rs, skipped) = model::resolve(state, &inputs);
             let adds: Vec<model::Elem> = rs.elements.into_iter().collect();
             tracing::debug!(
                 model_ms = started.elapsed().as_millis() as u64,
                 "stored state resolved"
             );
-            let left_as_they_are = |e: NatError| {
-                BackendError::new(format!(
-                    "our nft tables were left as they are (adding the stored state's {} elements failed: {e})",
-                    adds.len()
-                ))
+            let left_as_they_are = |e: NatError| NatError::Keeping {
+                elements: adds.len(),
+                source: Box::new(e),
             };
             // one nfnetlink transaction adding what a dump of the sets lacks; through nft
             // only when the socket fails
@@ -490,10 +493,10 @@ impl Backend for NatBackend {
                     true
                 }
                 Some(Err(refused @ netlink::NfnlError::Refused { .. })) => {
-                    return Err(left_as_they_are(refused.into()));
+                    return Err(left_as_they_are(refused.into()).into());
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %NatError::from(e), "nfnetlink failed; using nft");
+                    tracing::warn!(error = %crate::error::chain(&e), "nfnetlink failed; using nft");
                     self.nfnl = None;
                     false
                 }
@@ -501,7 +504,9 @@ impl Backend for NatBackend {
             };
             if !sent && !adds.is_empty() {
                 let text = render::element_ops(&[], &[], &adds);
-                self.nft(&text).await.map_err(left_as_they_are)?;
+                self.nft(&text)
+                    .await
+                    .map_err(|e| left_as_they_are(e.into()))?;
             }
             tracing::info!(
                 elements = adds.len(),
@@ -518,9 +523,7 @@ impl Backend for NatBackend {
 
     async fn set_role(&mut self, state: &DesiredState, role: Role) -> Result<(), BackendError> {
         self.role = role;
-        self.follow_role(state)
-            .await
-            .map_err(|e| BackendError::new(e.to_string()))
+        Ok(self.follow_role(state).await?)
     }
 
     async fn apply(&mut self, change: &Change<'_>) -> Result<(), BackendError> {
@@ -537,9 +540,7 @@ impl Backend for NatBackend {
             // Only the DHCP hosts changed: the nics they use may open or close.
             return self.follow_guests(change.after).await;
         }
-        self.change(change.before, change.after, change.cmd)
-            .await
-            .map_err(|e| BackendError::new(e.to_string()))
+        Ok(self.change(change.before, change.after, change.cmd).await?)
     }
 
     async fn check_and_repair(
@@ -554,9 +555,7 @@ impl Backend for NatBackend {
             // Changes inside our tables are caught at once through notifications; this safety
             // net checks that the tables themselves are there.
             // (`nft list chains`: `nft list tables` reads every element first)
-            let present = nft::ours()
-                .await
-                .map_err(|e| BackendError::new(e.to_string()))?;
+            let present = nft::ours().await.map_err(NatError::List)?;
             let missing: Vec<String> = [model::NAT, model::FILTER]
                 .into_iter()
                 .filter(|t| !present.tables.contains(t))
@@ -580,9 +579,7 @@ impl Backend for NatBackend {
             let generation = crate::drift::nft_events::foreign_generation();
             self.known_at = None;
             self.guard.refresh();
-            let inputs = self
-                .inputs(state)
-                .map_err(|e| BackendError::new(e.to_string()))?;
+            let inputs = self.inputs(state)?;
             self.watch_flows(state, &[]);
             let started = std::time::Instant::now();
             let split = self.load_split(state, &inputs).await;
@@ -595,9 +592,7 @@ impl Backend for NatBackend {
                 Some(p) => p,
                 None => {
                     let p = plan::full(state, &inputs);
-                    self.nft(&p.text)
-                        .await
-                        .map_err(|e| BackendError::new(e.to_string()))?;
+                    self.nft(&p.text).await.map_err(NatError::Reapply)?;
                     p
                 }
             };
@@ -627,7 +622,9 @@ impl NatBackend {
     fn open_nfnl(&mut self) {
         if self.nfnl.is_none() {
             self.nfnl = netlink::Nfnl::open()
-                .map_err(|e| tracing::warn!(error = %NatError::from(e), "no nfnetlink socket"))
+                .map_err(
+                    |e| tracing::warn!(error = %crate::error::chain(&e), "no nfnetlink socket"),
+                )
                 .ok();
         }
     }
@@ -640,7 +637,7 @@ impl NatBackend {
             return Ok(());
         }
         let names = crate::link::view::current()
-            .map_err(|e| BackendError::new(format!("cannot list the nics: {e}")))?
+            .map_err(NatError::Nics)?
             .names();
         let inputs = Inputs {
             names,
@@ -649,7 +646,7 @@ impl NatBackend {
         if let Some(now) = self.guest_ifs_changed(after, &inputs) {
             self.nft(&render::guest_ifs_rewrite(&now))
                 .await
-                .map_err(|e| BackendError::new(format!("guest nic set not updated: {e}")))?;
+                .map_err(NatError::GuestNics)?;
             tracing::info!(guest_nics = ?now, "guest nics updated");
             self.guest_ifs = Some(now);
         }

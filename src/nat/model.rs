@@ -23,9 +23,9 @@ pub const MARK_PF: u32 = 0x100;
 /// `ct mark` bit of port-forwarded connections that are also source-NATed inbound.
 pub const MARK_PF_MASQ: u32 = 0x200;
 
-/// Why the NAT backend cannot render or apply something.
+/// Why an entry cannot be bound to the router's nics (found before any change).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NatError {
+pub enum BindError {
     /// A MAC of the request names no (or more than one) nic of the router.
     #[error("{field}: {reason}")]
     Nic {
@@ -42,12 +42,6 @@ pub enum NatError {
         /// The VIP.
         vip: Ipv4Addr,
     },
-    /// nft refused the transaction.
-    #[error("nft refused the change, nothing was changed: {0}")]
-    Nft(String),
-    /// A system read or a helper process failed.
-    #[error("{0}")]
-    System(String),
 }
 
 /// One field of an element's key or value, in a concatenation.
@@ -135,7 +129,7 @@ fn elem(
 }
 
 /// The name of the nic with `mac`, or the error naming `field` and the MAC.
-pub fn nic(inputs: &Inputs, mac: MacAddr, field: &str) -> Result<String, NatError> {
+pub fn nic(inputs: &Inputs, mac: MacAddr, field: &str) -> Result<String, BindError> {
     nic_at(inputs, mac, || field.to_string())
 }
 
@@ -145,10 +139,10 @@ fn nic_at(
     inputs: &Inputs,
     mac: MacAddr,
     field: impl FnOnce() -> String,
-) -> Result<String, NatError> {
+) -> Result<String, BindError> {
     name_of(&inputs.names, mac)
         .map(str::to_string)
-        .map_err(|reason| NatError::Nic {
+        .map_err(|reason| BindError::Nic {
             field: field(),
             reason,
         })
@@ -215,8 +209,8 @@ pub fn bind_eip(
     nics: &crate::state::Table<MacAddr, Nic>,
     inputs: &Inputs,
     field: &str,
-) -> Result<BoundEip, NatError> {
-    name_of(&inputs.names, eip.private_mac).map_err(|reason| NatError::Nic {
+) -> Result<BoundEip, BindError> {
+    name_of(&inputs.names, eip.private_mac).map_err(|reason| BindError::Nic {
         field: format!("{field}.privateMac"),
         reason,
     })?;
@@ -231,7 +225,7 @@ pub fn bind_eip(
         None => inputs
             .nic_holding(eip.vip_ip)
             .map(str::to_string)
-            .ok_or(NatError::NoPublicNic { vip: eip.vip_ip })?,
+            .ok_or(BindError::NoPublicNic { vip: eip.vip_ip })?,
     };
     Ok(BoundEip {
         eip: eip.clone(),
@@ -303,10 +297,10 @@ pub fn pf_elements(pf: &PortForward) -> Vec<Elem> {
 }
 
 /// Checks that a port forward's guest nic exists.
-pub fn check_pf(pf: &PortForward, inputs: &Inputs, field: &str) -> Result<(), NatError> {
+pub fn check_pf(pf: &PortForward, inputs: &Inputs, field: &str) -> Result<(), BindError> {
     name_of(&inputs.names, pf.private_mac)
         .map(|_| ())
-        .map_err(|reason| NatError::Nic {
+        .map_err(|reason| BindError::Nic {
             field: format!("{field}.privateMac"),
             reason,
         })
@@ -346,7 +340,7 @@ impl BoundSnat {
 }
 
 /// Binds a SNAT entry to its nics.
-pub fn bind_snat(snat: &Snat, inputs: &Inputs, field: &str) -> Result<BoundSnat, NatError> {
+pub fn bind_snat(snat: &Snat, inputs: &Inputs, field: &str) -> Result<BoundSnat, BindError> {
     Ok(BoundSnat {
         public_if: nic(
             inputs,
@@ -367,7 +361,7 @@ pub fn firewall_rule(
     rule: &FirewallRule,
     inputs: &Inputs,
     field: &str,
-) -> Result<String, NatError> {
+) -> Result<String, BindError> {
     let ifname = nic(inputs, rule.nic_mac, &format!("{field}.nicMac"))?;
     let mut r = format!("iifname \"{ifname}\"");
     for (what, cidr) in [
@@ -487,7 +481,7 @@ pub const PF_SETS: Holds = Holds::PortForwards;
 pub fn eip_set_elements(
     state: &DesiredState,
     inputs: &Inputs,
-    skipped: &mut Vec<NatError>,
+    skipped: &mut Vec<BindError>,
 ) -> Vec<Elem> {
     let mut bound = Vec::new();
     for eip in state.eips.values() {
@@ -507,7 +501,7 @@ pub fn eip_set_elements(
 pub fn pf_set_elements(
     state: &DesiredState,
     inputs: &Inputs,
-    skipped: &mut Vec<NatError>,
+    skipped: &mut Vec<BindError>,
 ) -> Vec<Elem> {
     let mut out = Vec::new();
     for pf in state.port_forwards.values() {
@@ -555,7 +549,7 @@ pub fn lb_elements(state: &DesiredState) -> BTreeSet<Elem> {
 
 /// Resolves a whole desired state. Entries whose nics cannot be found are left out and
 /// returned with the reason, so the rest still applies.
-pub fn resolve(state: &DesiredState, inputs: &Inputs) -> (Ruleset, Vec<NatError>) {
+pub fn resolve(state: &DesiredState, inputs: &Inputs) -> (Ruleset, Vec<BindError>) {
     let mut skipped = Vec::new();
     let mut rs = Ruleset {
         mgmt_nic: inputs.mgmt_nic.clone(),

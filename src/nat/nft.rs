@@ -1,7 +1,7 @@
 //! Runs one nft transaction: the text goes to `nft -f -` on stdin, and nft's own message comes
 //! back on failure (one `nft -f` input is one transaction: all of it applies or none).
 
-use super::model::{FILTER, NAT, NatError};
+use super::model::{FILTER, NAT};
 use super::render::FoundChain;
 use std::process::Stdio;
 use std::time::Duration;
@@ -10,9 +10,57 @@ use tokio::process::Command;
 
 /// Longest an nft run may take before it is killed (the writer waits for it).
 const NFT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest `nft list chains` may take.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an nft run did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// nft could not be started: nothing was sent to the kernel.
+    #[error("cannot run nft")]
+    Spawn(#[source] std::io::Error),
+    /// Waiting for nft failed: whether its transaction was committed is not known.
+    #[error("nft did not finish")]
+    Wait(#[source] std::io::Error),
+    /// nft was killed after `secs`: whether its transaction was committed is not known.
+    #[error("nft did not finish within {secs} s and was killed")]
+    Timeout {
+        /// The limit.
+        secs: u64,
+    },
+    /// nft succeeded without having read its whole input: what it applied is not known.
+    #[error("cannot write to nft")]
+    Feed(#[source] std::io::Error),
+    /// nft refused the input (its own message, on one line): one input is one transaction,
+    /// so none of it was applied.
+    #[error("nft refused the change: {0}")]
+    Refused(String),
+    /// `nft list chains` failed (its own message): a read, nothing changed.
+    #[error("nft list chains failed: {0}")]
+    List(String),
+    /// `nft list chains` did not answer in time (it was killed): a read, nothing changed.
+    #[error("nft list chains did not finish within {secs} s")]
+    ListTimeout {
+        /// The limit.
+        secs: u64,
+    },
+}
+
+impl NftError {
+    /// True when the kernel's tables are as they were before the run.
+    pub fn left_unchanged(&self) -> bool {
+        match self {
+            NftError::Spawn(_)
+            | NftError::Refused(_)
+            | NftError::List(_)
+            | NftError::ListTimeout { .. } => true,
+            NftError::Timeout { .. } | NftError::Wait(_) | NftError::Feed(_) => false,
+        }
+    }
+}
 
 /// Applies `input` as one transaction.
-pub async fn apply(input: &str) -> Result<(), NatError> {
+pub async fn apply(input: &str) -> Result<(), NftError> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -20,7 +68,7 @@ pub async fn apply(input: &str) -> Result<(), NatError> {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| NatError::System(format!("cannot run nft: {e}")))?;
+        .map_err(NftError::Spawn)?;
     if let Some(pid) = child.id() {
         // its transaction's notifications name this pid: ours, not drift
         crate::drift::own::record_child(pid);
@@ -33,45 +81,45 @@ pub async fn apply(input: &str) -> Result<(), NatError> {
     });
     let out = match tokio::time::timeout(NFT_TIMEOUT, child.wait_with_output()).await {
         Ok(Ok(out)) => out,
-        Ok(Err(e)) => return Err(NatError::System(format!("nft did not finish: {e}"))),
+        Ok(Err(e)) => return Err(NftError::Wait(e)),
         Err(_) => {
-            return Err(NatError::System(format!(
-                "nft did not finish within {} s and was killed",
-                NFT_TIMEOUT.as_secs()
-            )));
+            return Err(NftError::Timeout {
+                secs: NFT_TIMEOUT.as_secs(),
+            });
         }
     };
     let fed = match feeder {
-        Some(task) => task
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string())),
+        Some(task) => task.await.map_err(std::io::Error::other).and_then(|r| r),
         None => Ok(()),
     };
     if out.status.success() {
         // A success with input it could not have read whole would be a lie: refuse it.
-        return fed.map_err(|e| NatError::System(format!("cannot write to nft: {e}")));
+        return fed.map_err(NftError::Feed);
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    Err(NatError::Nft(summarise(&stderr)))
+    Err(NftError::Refused(summarise(&stderr)))
 }
 
 /// Our tables and their chains, as `nft list chains` prints them: no rules and no elements,
 /// so cheap at any size (`nft list tables` reads every set element first: 4.4 s at 200,000
 /// elements with nft 1.0.6).
-pub async fn ours() -> Result<Ours, NatError> {
+pub async fn ours() -> Result<Ours, NftError> {
     let run = Command::new("nft")
         .args(["list", "chains"])
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
-    let out = match tokio::time::timeout(Duration::from_secs(10), run).await {
+    let out = match tokio::time::timeout(LIST_TIMEOUT, run).await {
         Ok(Ok(out)) => out,
-        Ok(Err(e)) => return Err(NatError::System(format!("cannot run nft: {e}"))),
-        Err(_) => return Err(NatError::System("nft list chains did not finish".into())),
+        Ok(Err(e)) => return Err(NftError::Spawn(e)),
+        Err(_) => {
+            return Err(NftError::ListTimeout {
+                secs: LIST_TIMEOUT.as_secs(),
+            });
+        }
     };
     if !out.status.success() {
-        return Err(NatError::Nft(summarise(&String::from_utf8_lossy(
+        return Err(NftError::List(summarise(&String::from_utf8_lossy(
             &out.stderr,
         ))));
     }

@@ -5,7 +5,7 @@
 use super::conntrack::Flush;
 use super::inputs::Inputs;
 use super::model::{
-    self, BoundEip, Elem, FILTER, NAT, NatError, Ruleset, bind_eip, bind_snat, check_pf,
+    self, BindError, BoundEip, Elem, FILTER, NAT, Ruleset, bind_eip, bind_snat, check_pf,
     firewall_rule, guest_elements, pf_elements, resolve,
 };
 use super::render;
@@ -26,7 +26,7 @@ pub struct Plan {
     /// Conntrack entries to delete once the transaction is in.
     pub flush: Vec<Flush>,
     /// Entries a full replace left out because their nics are missing.
-    pub skipped: Vec<NatError>,
+    pub skipped: Vec<BindError>,
     /// The guest nic set the transaction installs, when it installs one.
     pub guest_ifs: Option<BTreeSet<String>>,
     /// When the change is made of set flushes and element deletes and adds only: those
@@ -109,7 +109,7 @@ pub fn full_split(
     (p, change)
 }
 
-fn replace(rs: Ruleset, skipped: Vec<NatError>) -> Plan {
+fn replace(rs: Ruleset, skipped: Vec<BindError>) -> Plan {
     Plan {
         text: render::full(&rs),
         full: true,
@@ -129,7 +129,7 @@ pub fn plan(
     after: &DesiredState,
     cmd: &Command,
     inputs: &Inputs,
-) -> Result<Plan, NatError> {
+) -> Result<Plan, BindError> {
     match cmd {
         Command::CreateEip(eip) => eip_change(before, inputs, eip.vip_ip, Some(eip)),
         Command::RemoveEip(eip) => eip_change(before, inputs, eip.vip_ip, None),
@@ -291,7 +291,7 @@ fn eip_change(
     inputs: &Inputs,
     vip: Ipv4Addr,
     new: Option<&Eip>,
-) -> Result<Plan, NatError> {
+) -> Result<Plan, BindError> {
     let bind = |e: &Eip, field: &str| bind_eip(e, &before.vips, &before.nics, inputs, field);
     let new = new.map(|e| bind(e, "eip")).transpose()?;
     let old = before.eips.get(&vip);
@@ -436,7 +436,7 @@ fn snat_change(
     inputs: &Inputs,
     set: &[Snat],
     unset: &[MacAddr],
-) -> Result<Plan, NatError> {
+) -> Result<Plan, BindError> {
     let mut snats = before.snats.clone();
     for s in set {
         snats.insert(s.private_nic_mac, s.clone());
@@ -453,7 +453,7 @@ fn snat_rewrite(
     before: &DesiredState,
     inputs: &Inputs,
     snats: &crate::state::Table<MacAddr, Snat>,
-) -> Result<Plan, NatError> {
+) -> Result<Plan, BindError> {
     if *snats == before.snats {
         return Ok(Plan::default());
     }

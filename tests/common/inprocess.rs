@@ -21,7 +21,9 @@ use vr_agent::state::{Change, DesiredState, Feature, Parts};
 /// What the fake backends were asked, in order, across all of them.
 pub type Log = Arc<Mutex<Vec<String>>>;
 
-/// Commands to fail, as `<backend>:<command>` (`nat:create_eip`) or `<backend>:reconcile`.
+/// Commands to fail, as `<backend>:<command>` (`nat:create_eip`, a refusal that changed
+/// nothing), `<backend>:<command>:partial` (a failure that may have changed part of the
+/// system) or `<backend>:reconcile`.
 pub type Fail = Arc<Mutex<Vec<&'static str>>>;
 
 /// When set, the next `apply` of any backend waits (after logging) until this is released.
@@ -76,6 +78,17 @@ impl Backend for Recording {
         let key = format!("{}:{name}", self.name);
         if self.fail.lock().unwrap().contains(&key.as_str()) {
             return Err(BackendError::new(format!("{} refused {name}", self.name)));
+        }
+        if self
+            .fail
+            .lock()
+            .unwrap()
+            .contains(&format!("{key}:partial").as_str())
+        {
+            return Err(BackendError::Other {
+                message: format!("{} stopped halfway through {name}", self.name),
+                unchanged: false,
+            });
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ pub mod keys;
 
 pub use batch::{Batch, Encoded, UnknownSet, batch, describe};
 
-use super::model::{Elem, NatError};
+use super::model::Elem;
 use super::sets::SetSpec;
 use batch::{Builder, Op};
 use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
@@ -53,9 +53,7 @@ pub enum NfnlError {
     #[error("undecodable nfnetlink answer")]
     Decode(#[source] netlink_packet_core::DecodeError),
     /// The kernel refused the transaction: nothing of it was applied.
-    #[error(
-        "{what} ({source}) in a transaction of {flushes} set flushes, {deletes} deletes and {adds} adds"
-    )]
+    #[error("{what} in a transaction of {flushes} set flushes, {deletes} deletes and {adds} adds")]
     Refused {
         /// What the error number means for an element transaction.
         what: &'static str,
@@ -71,19 +69,11 @@ pub enum NfnlError {
     },
 }
 
-impl From<NfnlError> for NatError {
-    fn from(e: NfnlError) -> NatError {
-        // the chain on one line, as the reply shows it
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            text.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        match e {
-            NfnlError::Refused { .. } => NatError::Nft(text),
-            _ => NatError::System(text),
-        }
+impl NfnlError {
+    /// True when the kernel's sets are as they were: the transaction was refused or never
+    /// sent. A socket or decoding failure may come after the kernel took the batch.
+    pub fn left_unchanged(&self) -> bool {
+        matches!(self, NfnlError::Refused { .. } | NfnlError::UnknownSet(_))
     }
 }
 
