@@ -181,6 +181,54 @@ fn nft_changes_behind_the_agents_back_are_repaired_and_reported() {
     });
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(repairs(&net), before, "{}", net.agent.log());
+
+    // a transaction of 12,000 element changes runs with the drift reader muted (no message
+    // per element): still no drift, and notifications are back afterwards
+    let rules: Vec<Value> = (0..6_000u16)
+        .map(|i| {
+            pf(
+                "TCP",
+                "10.10.1.57",
+                (20_000 + i, 20_000 + i),
+                GUEST1,
+                (80, 80),
+                G1_MAC,
+                None,
+                false,
+            )
+        })
+        .collect();
+    net.run(|mn, api| async move {
+        ok(&mn, api, "/syncportforwarding", json!({"rules": rules})).await;
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(repairs(&net), before, "{}", net.agent.log());
+    assert!(
+        net.agent
+            .log()
+            .contains("element batch sent with the drift reader muted")
+            && !net.agent.log().contains("without notifications"),
+        "{}",
+        net.agent.log()
+    );
+    assert_eq!(
+        tcp_ask(&net.client, "10.10.1.57:25999", None).as_deref(),
+        Some("10.10.1.100 80")
+    );
+    net.router.exec_ok(&[
+        "nft",
+        "delete",
+        "element",
+        "ip",
+        "vr_nat",
+        "eip_dnat",
+        "{ 10.10.1.55 }",
+    ]);
+    assert!(
+        within(REPAIR, || repairs(&net) > before),
+        "a foreign change after the muted transaction went unnoticed:\n{}",
+        net.agent.log()
+    );
     let _ = n;
 }
 

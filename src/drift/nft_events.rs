@@ -8,6 +8,7 @@ use super::own;
 use rtnetlink::sys::{Socket, protocols::NETLINK_NETFILTER};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc::UnboundedSender;
 
 const NFNLGRP_NFTABLES: u32 = 7;
@@ -193,24 +194,74 @@ pub fn foreign_generation() -> Option<u64> {
         .then(|| FOREIGN.load(Ordering::Acquire))
 }
 
+/// The reader's socket and where its findings go, shared with [`mute`] and [`missed`].
+static READER: Mutex<Option<(Arc<Socket>, UnboundedSender<Signal>)>> = Mutex::new(None);
+
+/// The reader's notifications stopped while this lives (see [`mute`]); dropping it joins
+/// the group again.
+pub struct Muted(Arc<Socket>);
+
+impl Drop for Muted {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.add_membership(NFNLGRP_NFTABLES) {
+            missed(format!(
+                "nftables notifications could not be resumed after the agent's own transaction: {e}"
+            ));
+        }
+    }
+}
+
+/// Stops the notifications of the reader until the returned guard is dropped: the agent's
+/// own transaction of hundreds of thousands of elements then costs the kernel no message per
+/// element (a third to two thirds of a 100,000-EIP re-apply), when nobody else listens. A
+/// foreign change made meanwhile is not notified: the caller compares the ruleset generation
+/// before and after and reports one through [`missed`]. `None` when no reader runs. For the
+/// single writer only (one guard at a time).
+pub fn mute() -> Option<Muted> {
+    let socket = READER
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .map(|(s, _)| Arc::clone(s))?;
+    socket.drop_membership(NFNLGRP_NFTABLES).ok()?;
+    Some(Muted(socket))
+}
+
+/// A change to nftables the reader could not see (made while it was muted): counted as a
+/// foreign one (the next command reads the sets again) and sent to drift for a verify.
+pub fn missed(what: String) {
+    FOREIGN.fetch_add(1, Ordering::AcqRel);
+    if let Some((_, tx)) = READER
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+    {
+        let _ = tx.send(Signal::Lost(what));
+    }
+}
+
 /// Starts the reader thread (it lives as long as the process).
 pub fn spawn(tx: UnboundedSender<Signal>) -> io::Result<()> {
-    let socket = open()?;
+    let socket = Arc::new(open()?);
+    *READER.lock().unwrap_or_else(PoisonError::into_inner) =
+        Some((Arc::clone(&socket), tx.clone()));
     WATCHING.store(true, Ordering::Release);
     let started = std::thread::Builder::new()
         .name("nft-events".into())
         .spawn(move || {
-            read_loop(socket, tx);
+            read_loop(&socket, tx);
             WATCHING.store(false, Ordering::Release);
+            *READER.lock().unwrap_or_else(PoisonError::into_inner) = None;
         });
     if let Err(e) = started {
         WATCHING.store(false, Ordering::Release);
+        *READER.lock().unwrap_or_else(PoisonError::into_inner) = None;
         return Err(e);
     }
     Ok(())
 }
 
-fn read_loop(socket: Socket, tx: UnboundedSender<Signal>) {
+fn read_loop(socket: &Socket, tx: UnboundedSender<Signal>) {
     let mut folder = Folder::default();
     let mut buf = vec![0u8; 1 << 20];
     loop {

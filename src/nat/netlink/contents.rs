@@ -11,11 +11,12 @@ use netlink_packet_core::{
     NlasIterator, Parseable,
 };
 use netlink_packet_netfilter::nftables::{
-    DataAttribute, ListAttribute, NfTablesMessage, NfTablesMessageType, SetElementAttribute,
-    SetElementFlags, SetElementList, SetElementMessage,
+    DataAttribute, GenAttribute, GenMessage, ListAttribute, NfTablesMessage, NfTablesMessageType,
+    SetElementAttribute, SetElementFlags, SetElementList, SetElementMessage,
 };
 use netlink_packet_netfilter::{
-    NetfilterHeader, NetfilterMessage, NetfilterProtoFamily, NetfilterSubsystem,
+    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
+    NetfilterSubsystem,
 };
 use std::collections::HashMap;
 
@@ -42,6 +43,34 @@ pub fn dump_request(spec: &SetSpec, seq: u32) -> Vec<u8> {
     let mut out = vec![0u8; m.buffer_len()];
     m.serialize(&mut out);
     out
+}
+
+/// The request for the ruleset generation (GETGEN).
+pub fn generation_request(seq: u32) -> Vec<u8> {
+    let inner = NfTablesMessage::GetGen(GenMessage { attributes: vec![] });
+    let mut m = NetlinkMessage::from(NetfilterMessage::new(
+        NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0),
+        inner,
+    ));
+    m.header.flags = NLM_F_REQUEST;
+    m.header.sequence_number = seq;
+    m.finalize();
+    let mut out = vec![0u8; m.buffer_len()];
+    m.serialize(&mut out);
+    out
+}
+
+/// The generation id of a NEWGEN answer.
+pub fn generation_in(m: NetfilterMessage) -> Option<u32> {
+    match m.inner {
+        NetfilterMessageInner::NfTables(NfTablesMessage::NewGen(GenMessage { attributes })) => {
+            attributes.into_iter().find_map(|a| match a {
+                GenAttribute::Id(id) => Some(id),
+                _ => None,
+            })
+        }
+        _ => None,
+    }
 }
 
 fn value(d: DataAttribute) -> Option<Vec<u8>> {
