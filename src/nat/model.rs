@@ -3,6 +3,7 @@
 
 use super::inputs::Inputs;
 use super::sets::Holds;
+use crate::link::plan::NicProblem;
 use crate::link::system::name_of;
 use crate::state::DesiredState;
 use crate::state::guests::GuestNics;
@@ -30,8 +31,8 @@ pub enum BindError {
     Nic {
         /// The field that carries the MAC.
         field: String,
-        /// What is wrong with it (names the MAC).
-        reason: String,
+        /// What is wrong with it (names the MAC; the words the interfaces backend uses).
+        reason: NicProblem,
     },
     /// No nic carries an EIP's VIP.
     #[error(
