@@ -584,7 +584,7 @@ mod tests {
         );
         // 1. read: the nics are wanted, health is clear
         b.load_bootstrap();
-        assert_eq!(b.bootstrap, [nic.clone()]);
+        assert_eq!(b.bootstrap, std::slice::from_ref(&nic));
         assert!(health.problems().is_empty());
         // 2. unreadable: the problem is reported, the nics last read are kept
         readable.store(false, Ordering::SeqCst);
