@@ -120,7 +120,7 @@ type DnsGuests = (bool, BTreeSet<MacAddr>);
 fn dns_guests(state: &DesiredState) -> DnsGuests {
     (
         !state.dns_servers.is_empty(),
-        state.snats.values().map(|s| s.private_nic_mac).collect(),
+        crate::state::guests::snat_nics(state.snats.values()),
     )
 }
 
