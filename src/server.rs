@@ -52,7 +52,7 @@ pub fn backends(
     vec![
         // Interfaces first: the others render from nic names and addresses.
         Engine::Links(crate::link::LinksBackend::new(
-            crate::bootstrap::cache_path(&config.state_dir),
+            crate::bootstrap::cached_nics(&config.state_dir),
             Arc::clone(health),
         )),
         Engine::Nat(

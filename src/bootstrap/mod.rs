@@ -26,6 +26,17 @@ pub fn cache_path(state_dir: &Path) -> PathBuf {
     state_dir.join(CACHE_FILE)
 }
 
+/// The loader of the cached bootstrap nics in `state_dir` the interfaces backend is built with:
+/// each call reads the cached copy anew (no nics while there is none).
+pub fn cached_nics(state_dir: &Path) -> crate::link::backend::BootstrapNics {
+    let path = cache_path(state_dir);
+    Box::new(move || {
+        Ok(BootstrapInfo::load_cached(&path)?
+            .map(|i| i.nics)
+            .unwrap_or_default())
+    })
+}
+
 /// Why bootstrap failed; the message goes to the error log.
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
@@ -242,4 +253,32 @@ pub async fn run(cfg: &BootstrapConfig) -> Result<Applied, BootstrapError> {
     };
     record_outcome(&cfg.error_log, &outcome);
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_nics_reads_the_cache_anew_at_each_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = cached_nics(dir.path());
+        // 1. no cache yet: no nics, no error
+        assert!(load().unwrap().is_empty());
+        // 2. cached since: its nics
+        std::fs::write(
+            cache_path(dir.path()),
+            include_str!("../../fixtures/bootstrap-info.json"),
+        )
+        .unwrap();
+        assert_eq!(load().unwrap().len(), 3);
+        // 3. unreadable: the parse error
+        std::fs::write(cache_path(dir.path()), "{").unwrap();
+        assert!(
+            load()
+                .unwrap_err()
+                .to_string()
+                .starts_with("bootstrap info is not valid JSON")
+        );
+    }
 }

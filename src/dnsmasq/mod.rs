@@ -43,35 +43,25 @@ pub const HEALTH_DNS_GUESTS: &str = "dns";
 pub const HEALTH_UNPLACED: &str = "dhcp";
 
 /// The interfaces of the current network namespace that may serve `state`'s guests, with their
-/// MACs and IPv4 addresses: the nics DHCP hosts and SNAT entries name, the nics holding a host's
-/// gateway (or address), and the configured nics whose subnet holds one. The public nic and
-/// its VIPs (up to 100,000 addresses) are read only if a host is placed there, so a sync costs
-/// O(hosts), not O(VIPs). [`render::nic_for`] finds in this list what it finds among all.
+/// MACs and IPv4 addresses: every nic [`DesiredState::guest_nics`] names (hosts' `vrNicMac`,
+/// the desired nics holding their subnets, SNAT guest nics) and the nics holding a host's
+/// gateway (or address). The public nic and its VIPs (up to 100,000 addresses) are read only
+/// if a host is placed there, so a sync costs O(hosts), not O(VIPs). [`render::nic_for`]
+/// finds in this list what it finds among all.
 pub fn read_ifaces(state: &DesiredState) -> std::io::Result<Vec<Iface>> {
     let system = crate::link::view::current()?;
-    let mut macs: BTreeSet<MacAddr> = state
-        .dhcp_hosts
-        .values()
-        .filter_map(|h| h.vr_nic_mac)
-        .chain(state.snats.values().map(|s| s.private_nic_mac))
+    let guests = state.guest_nics();
+    let macs: BTreeSet<MacAddr> = guests
+        .dhcp
+        .iter()
+        .flat_map(|h| h.macs())
+        .chain(guests.snat.iter().copied())
         .collect();
-    let targets: BTreeSet<std::net::Ipv4Addr> = state
-        .dhcp_hosts
-        .values()
-        .map(|h| h.gateway.unwrap_or(h.ip))
+    let names: BTreeSet<&str> = guests
+        .dhcp
+        .iter()
+        .filter_map(|h| system.nic_holding(h.holding))
         .collect();
-    let mut names: BTreeSet<&str> = BTreeSet::new();
-    for t in &targets {
-        if let Some(name) = system.nic_holding(*t) {
-            names.insert(name);
-        }
-    }
-    for nic in state.nics.values() {
-        let net = Cidr::new(nic.ip, nic.prefix);
-        if targets.iter().any(|t| net.contains(*t)) {
-            macs.insert(nic.mac);
-        }
-    }
     let macs: Vec<MacAddr> = macs.into_iter().collect();
     let names: Vec<&str> = names.into_iter().collect();
     Ok(system.interfaces_of(&macs, &names))
@@ -130,7 +120,7 @@ type DnsGuests = (bool, BTreeSet<MacAddr>);
 fn dns_guests(state: &DesiredState) -> DnsGuests {
     (
         !state.dns_servers.is_empty(),
-        state.snats.values().map(|s| s.private_nic_mac).collect(),
+        crate::state::guests::snat_nics(state.snats.values()),
     )
 }
 

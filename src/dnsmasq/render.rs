@@ -10,6 +10,7 @@
 //! host carries one (the backend restarts dnsmasq otherwise).
 
 use crate::state::DesiredState;
+use crate::state::guests;
 use crate::state::model::DhcpHost;
 use crate::state::types::{Cidr, MacAddr, PrefixLen};
 use sha2::{Digest, Sha256};
@@ -91,7 +92,8 @@ pub struct Rendered {
     pub resolv: String,
     /// How many hosts a guest nic serves.
     pub placed: usize,
-    /// Guest nics dnsmasq listens on (DHCP hosts' nics, plus SNAT guest nics for DNS).
+    /// Guest nics dnsmasq listens on: the nics DHCP hosts are served on, plus the SNAT guest
+    /// nics while upstream DNS servers are set (`src/state/guests.rs`).
     pub listening: usize,
     /// Hosts for which no nic of the router was found.
     pub unplaced: Vec<MacAddr>,
@@ -130,19 +132,42 @@ pub fn subnet_of(host: &DhcpHost) -> Cidr {
     Cidr::new(host.gateway.unwrap_or(host.ip), host.prefix).network()
 }
 
-/// The router nic serving `host`: the nic with its `vrNicMac`, else the nic with an address
-/// whose network holds the host's gateway (or the host's address when it has no gateway).
-pub fn nic_for<'a>(host: &DhcpHost, ifaces: &'a [Iface]) -> Option<&'a Iface> {
-    if let Some(mac) = host.vr_nic_mac
-        && let Some(i) = ifaces.iter().find(|i| i.mac == Some(mac))
-    {
-        return Some(i);
-    }
-    let target = host.gateway.unwrap_or(host.ip);
+/// The router nic serving `host` among `ifaces` (the system's interfaces with the desired
+/// nics' addresses merged in): [`DesiredState::host_nic`] resolved there, the one definition
+/// of where a host is served (`src/state/guests.rs`). What is particular to dnsmasq is only
+/// the lookup: a host the state places on no nic of `ifaces` is placed on the interface
+/// (never `lo`) whose address or subnet holds its gateway (or its address), longest prefix.
+pub fn nic_for<'a>(
+    state: &DesiredState,
+    host: &DhcpHost,
+    ifaces: &'a [Iface],
+) -> Option<&'a Iface> {
+    state.host_nic(host).resolve(
+        |mac| iface_with(ifaces, mac),
+        |ip| iface_holding(ifaces, ip),
+    )
+}
+
+/// The interface with `mac`.
+fn iface_with(ifaces: &[Iface], mac: MacAddr) -> Option<&Iface> {
+    ifaces.iter().find(|i| i.mac == Some(mac) && i.name != "lo")
+}
+
+/// The interface (never `lo`) whose address or subnet holds `ip`, the longest prefix winning.
+fn iface_holding(ifaces: &[Iface], ip: Ipv4Addr) -> Option<&Iface> {
     ifaces
         .iter()
         .filter(|i| i.name != "lo")
-        .find(|i| i.addrs.iter().any(|a| a.contains(target)))
+        .filter_map(|i| {
+            i.addrs
+                .iter()
+                .filter(|a| a.contains(ip))
+                .map(|a| a.prefix.len())
+                .max()
+                .map(|len| (len, i))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, i)| i)
 }
 
 /// The host name dnsmasq hands out: as sent, else the address with dashes (plus the domain).
@@ -492,7 +517,7 @@ pub fn render_with(
             Some((p, nic)) if *p == place => *nic,
             _ => {
                 let nic = *placed_on.entry(place).or_insert_with(|| {
-                    nic_for(host, &ifaces).map(|iface| {
+                    nic_for(state, host, &ifaces).map(|iface| {
                         nics.insert(iface.name.clone());
                         if let Some(mac) = iface.mac {
                             guest_macs.insert(mac);
@@ -511,14 +536,13 @@ pub fn render_with(
     }
     // The DNS forwarder also serves guest networks without DHCP hosts: a SNAT guest nic is a
     // guest nic (never the public or management nic), and its guests may use the router's DNS.
+    // Only while upstream servers are set: without them dnsmasq has nothing to serve there (the
+    // firewall accepts DNS on these nics either way, see `nat::model::guest_ifs`).
     if !state.dns_servers.is_empty() {
-        for snat in state.snats.values() {
-            if let Some(iface) = ifaces
-                .iter()
-                .find(|i| i.mac == Some(snat.private_nic_mac) && i.name != "lo")
-            {
+        for mac in guests::snat_nics(state.snats.values()) {
+            if let Some(iface) = iface_with(&ifaces, mac) {
                 nics.insert(iface.name.clone());
-                guest_macs.insert(snat.private_nic_mac);
+                guest_macs.insert(mac);
             }
         }
     }

@@ -68,8 +68,8 @@ pub enum HaError {
     #[error("ha: reading the nics")]
     Nics(#[source] std::io::Error),
     /// The heartbeat nic is not one nic of the router (before any change).
-    #[error("heartbeatNic: {0}")]
-    HeartbeatNic(String),
+    #[error("heartbeatNic")]
+    HeartbeatNic(#[source] crate::link::plan::NicProblem),
     /// A file or directory of ours could not be written.
     #[error("ha: {}", path.display())]
     File {
@@ -400,7 +400,7 @@ mod tests {
     #[test]
     fn failures_before_any_change_say_so_and_keep_their_cause() {
         let e = BackendError::from(HaError::HeartbeatNic(
-            "unable to find nic with mac[fa:7e:4b:ad:09:09] in virtual router vm".into(),
+            crate::link::plan::NicProblem::Missing("fa:7e:4b:ad:09:09".parse().unwrap()),
         ));
         assert!(e.left_unchanged());
         assert_eq!(

@@ -1,5 +1,8 @@
 //! The interfaces backend: `/configurenic`, `/removenic`, `/createvip`, `/removevip`, and the
 //! re-apply of cached bootstrap nics, configured nics and VIPs at start.
+//!
+//! The bootstrap nics come from a loader its constructor is given ([`BootstrapNics`]; the
+//! server passes `bootstrap::cached_nics`): bootstrap feeds this module, never the other way.
 
 use super::error::LinkError;
 use super::garp;
@@ -7,7 +10,6 @@ use super::netlink::{Link, Netlink, NetlinkError};
 use super::plan::{self, Wanted};
 use super::sync::{self, SyncOptions};
 use crate::backend::{Backend, BackendError};
-use crate::bootstrap::info::BootstrapInfo;
 use crate::health::Health;
 use crate::state::ha::Role;
 use crate::state::model::{Nic, Vip};
@@ -15,7 +17,6 @@ use crate::state::types::MacAddr;
 use crate::state::{Change, Command, DesiredState, Feature, Parts};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Health source for nics that are missing at start.
@@ -23,9 +24,15 @@ pub const HEALTH_NICS: &str = "nics";
 /// Health source for an unreadable cached bootstrap info.
 pub const HEALTH_BOOTSTRAP: &str = "bootstrap";
 
+/// Reads the bootstrap nics: called at every resync, so a bootstrap info cached since the
+/// start is seen. `Ok` with no nics when there is none; an error says why it cannot be read
+/// (shown in health under [`HEALTH_BOOTSTRAP`], the nics last read are kept).
+pub type BootstrapNics =
+    Box<dyn Fn() -> Result<Vec<Nic>, Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
+
 /// Nics and VIPs over netlink.
 pub struct LinksBackend {
-    bootstrap_path: PathBuf,
+    load_bootstrap: BootstrapNics,
     bootstrap: Vec<Nic>,
     health: Arc<Health>,
     nl: Option<Netlink>,
@@ -37,10 +44,10 @@ pub struct LinksBackend {
 }
 
 impl LinksBackend {
-    /// A backend that reads cached bootstrap info from `bootstrap_path`.
-    pub fn new(bootstrap_path: PathBuf, health: Arc<Health>) -> Self {
+    /// A backend that reads the bootstrap nics through `load_bootstrap` at each resync.
+    pub fn new(load_bootstrap: BootstrapNics, health: Arc<Health>) -> Self {
         LinksBackend {
-            bootstrap_path,
+            load_bootstrap,
             bootstrap: Vec::new(),
             health,
             nl: None,
@@ -134,14 +141,16 @@ impl LinksBackend {
         Ok(nl)
     }
 
+    /// Reads the bootstrap nics anew; an unreadable source keeps the nics last read.
     fn load_bootstrap(&mut self) {
-        match BootstrapInfo::load_cached(&self.bootstrap_path) {
-            Ok(info) => {
-                self.bootstrap = info.map(|i| i.nics).unwrap_or_default();
+        match (self.load_bootstrap)() {
+            Ok(nics) => {
+                self.bootstrap = nics;
                 self.health.clear(HEALTH_BOOTSTRAP);
             }
             Err(e) => {
-                self.health.set(HEALTH_BOOTSTRAP, e.to_string());
+                self.health
+                    .set(HEALTH_BOOTSTRAP, crate::error::chain(e.as_ref()));
             }
         }
     }
@@ -541,5 +550,56 @@ impl LinksBackend {
             "interfaces re-applied"
         );
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn bootstrap_nics_are_read_at_each_load_and_an_unreadable_source_is_a_health_problem() {
+        let nic = Nic {
+            mac: "fa:7e:00:00:00:01".parse().unwrap(),
+            ip: "192.168.100.20".parse().unwrap(),
+            prefix: crate::state::types::PrefixLen::new(24).unwrap(),
+            gateway: None,
+            is_default_route: false,
+            mtu: None,
+            device_name: Some("eth0".into()),
+        };
+        let readable = Arc::new(AtomicBool::new(true));
+        let health = Arc::new(Health::default());
+        let (r, n) = (Arc::clone(&readable), nic.clone());
+        let mut b = LinksBackend::new(
+            Box::new(move || {
+                if r.load(Ordering::SeqCst) {
+                    Ok(vec![n.clone()])
+                } else {
+                    Err("reading /s/bootstrap-info.json: permission denied".into())
+                }
+            }),
+            Arc::clone(&health),
+        );
+        // 1. read: the nics are wanted, health is clear
+        b.load_bootstrap();
+        assert_eq!(b.bootstrap, std::slice::from_ref(&nic));
+        assert!(health.problems().is_empty());
+        // 2. unreadable: the problem is reported, the nics last read are kept
+        readable.store(false, Ordering::SeqCst);
+        b.load_bootstrap();
+        assert_eq!(b.bootstrap, [nic]);
+        assert_eq!(
+            health.problems(),
+            [(
+                HEALTH_BOOTSTRAP.to_string(),
+                "reading /s/bootstrap-info.json: permission denied".to_string()
+            )]
+        );
+        // 3. readable again: cleared
+        readable.store(true, Ordering::SeqCst);
+        b.load_bootstrap();
+        assert!(health.problems().is_empty());
     }
 }

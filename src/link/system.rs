@@ -3,6 +3,7 @@
 //! of [`super::view`], which is what the rest of the agent reads.
 
 use crate::link::netlink::Link;
+use crate::link::plan::NicProblem;
 use crate::state::types::{Cidr, MacAddr, PrefixLen};
 use rtnetlink::packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
@@ -139,13 +140,42 @@ fn dump(req: RouteNetlinkMessage, strict: bool) -> std::io::Result<Vec<RouteNetl
 /// Interface names by MAC address. A MAC may map to several names (a bug to report).
 pub type NicNames = BTreeMap<MacAddr, Vec<String>>;
 
-/// The one interface carrying `mac`, or why there is none.
-pub fn name_of(names: &NicNames, mac: MacAddr) -> Result<&str, String> {
+/// The one interface carrying `mac`, or why there is none: the same [`NicProblem`] (and so
+/// the same words) as the interfaces backend reports for a missing or shared MAC.
+pub fn name_of(names: &NicNames, mac: MacAddr) -> Result<&str, NicProblem> {
     match names.get(&mac).map(Vec::as_slice) {
         Some([one]) => Ok(one),
-        Some(many) if many.len() > 1 => {
-            Err(format!("nics [{}] share the MAC {mac}", many.join(", ")))
-        }
-        _ => Err(format!("no nic with MAC {mac} in this router")),
+        Some(many) if many.len() > 1 => Err(NicProblem::Shared {
+            mac,
+            names: many.to_vec(),
+        }),
+        _ => Err(NicProblem::Missing(mac)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_shared_mac_reads_as_the_interfaces_backend_says_it() {
+        let mac: MacAddr = "fa:7e:00:00:00:01".parse().unwrap();
+        let other: MacAddr = "fa:7e:00:00:00:02".parse().unwrap();
+        let names: NicNames = [
+            (mac, vec!["eth1".to_string(), "eth2".to_string()]),
+            (other, vec!["eth3".to_string()]),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(name_of(&names, other), Ok("eth3"));
+        let missing: MacAddr = "fa:7e:00:00:00:09".parse().unwrap();
+        assert_eq!(
+            name_of(&names, missing).unwrap_err().to_string(),
+            "unable to find nic with mac[fa:7e:00:00:00:09] in virtual router vm"
+        );
+        assert_eq!(
+            name_of(&names, mac).unwrap_err().to_string(),
+            "nics [eth1, eth2] have the same mac address[fa:7e:00:00:00:01]"
+        );
     }
 }

@@ -23,7 +23,6 @@ use crate::config::Config;
 use crate::health::Health;
 use crate::state::ha::Role;
 use crate::state::model::Eip;
-use crate::state::types::MacAddr;
 use crate::state::{Change, Command, DesiredState, Feature, Parts};
 pub use error::NatError;
 use inputs::Inputs;
@@ -57,8 +56,9 @@ pub struct NatBackend {
     guest_ifs: Option<BTreeSet<String>>,
     /// The nfnetlink socket of element updates, opened on first use.
     nfnl: Option<netlink::Nfnl>,
-    /// Guest nic MACs last seen by [`Backend::observe`], to skip unchanged states cheaply.
-    observed_guests: Option<BTreeSet<MacAddr>>,
+    /// Guest nics (as the desired state names them) last seen by [`Backend::observe`], to
+    /// skip unchanged states cheaply.
+    observed_guests: Option<crate::state::guests::GuestNics>,
     /// The index of our VIPs' flows (conntrack events), started on first use.
     flows: Option<Arc<flows::Tracker>>,
     /// Whether to keep that index (`--conntrack-events`).
@@ -244,7 +244,7 @@ impl NatBackend {
     /// The guest nic set (DHCP and DNS accepted there) `after` calls for, when it differs from
     /// the one installed.
     fn guest_ifs_changed(&self, after: &DesiredState, inputs: &Inputs) -> Option<BTreeSet<String>> {
-        let now = model::guest_ifs(&after.nics, after.snats.values(), &after.dhcp_hosts, inputs);
+        let now = model::guest_ifs(&after.guest_nics(), inputs);
         (self.guest_ifs.as_ref() != Some(&now)).then_some(now)
     }
 
@@ -632,15 +632,14 @@ impl NatBackend {
     /// Brings the guest nic set (DHCP and DNS accepted there) in line with `after`, whose
     /// DHCP hosts changed.
     async fn follow_guests(&mut self, after: &DesiredState) -> Result<(), BackendError> {
-        let macs = model::guest_macs(&after.nics, after.snats.values(), &after.dhcp_hosts);
-        if self.observed_guests.as_ref() == Some(&macs) {
+        let guests = after.guest_nics();
+        if self.observed_guests.as_ref() == Some(&guests) {
             return Ok(());
         }
-        let names = crate::link::view::current()
-            .map_err(NatError::Nics)?
-            .names();
+        let system = crate::link::view::current().map_err(NatError::Nics)?;
         let inputs = Inputs {
-            names,
+            names: system.names(),
+            system: Some(system),
             ..Inputs::default()
         };
         if let Some(now) = self.guest_ifs_changed(after, &inputs) {
@@ -651,7 +650,7 @@ impl NatBackend {
             self.guest_ifs = Some(now);
         }
         self.health.clear(HEALTH_GUESTS);
-        self.observed_guests = Some(macs);
+        self.observed_guests = Some(guests);
         Ok(())
     }
 }

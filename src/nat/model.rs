@@ -3,11 +3,11 @@
 
 use super::inputs::Inputs;
 use super::sets::Holds;
+use crate::link::plan::NicProblem;
 use crate::link::system::name_of;
 use crate::state::DesiredState;
-use crate::state::model::{
-    DhcpHost, Eip, FirewallProto, FirewallRule, L4Proto, Nic, PortForward, Snat, Vip,
-};
+use crate::state::guests::GuestNics;
+use crate::state::model::{Eip, FirewallProto, FirewallRule, L4Proto, Nic, PortForward, Snat, Vip};
 use crate::state::types::{Cidr, MacAddr};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -31,8 +31,8 @@ pub enum BindError {
     Nic {
         /// The field that carries the MAC.
         field: String,
-        /// What is wrong with it (names the MAC).
-        reason: String,
+        /// What is wrong with it (names the MAC; the words the interfaces backend uses).
+        reason: NicProblem,
     },
     /// No nic carries an EIP's VIP.
     #[error(
@@ -387,40 +387,17 @@ pub fn firewall_rule(
     Ok(r)
 }
 
-/// The router's nics on guest networks, where DHCP and DNS are served: nics whose subnet holds
-/// a DHCP host's gateway, guest nics of SNAT entries, and nics DHCP hosts name. Missing nics
-/// are skipped.
-pub fn guest_ifs<'a>(
-    nics: &crate::state::Table<MacAddr, Nic>,
-    snats: impl IntoIterator<Item = &'a Snat>,
-    dhcp: &crate::state::Table<MacAddr, DhcpHost>,
-    inputs: &Inputs,
-) -> BTreeSet<String> {
-    guest_macs(nics, snats, dhcp)
-        .into_iter()
-        .filter_map(|m| name_of(&inputs.names, m).ok().map(str::to_string))
-        .collect()
-}
-
-/// The MACs of the router's guest nics (see [`guest_ifs`]).
-pub fn guest_macs<'a>(
-    nics: &crate::state::Table<MacAddr, Nic>,
-    snats: impl IntoIterator<Item = &'a Snat>,
-    dhcp: &crate::state::Table<MacAddr, DhcpHost>,
-) -> BTreeSet<MacAddr> {
-    let mut macs: BTreeSet<MacAddr> = BTreeSet::new();
-    for n in nics.values() {
-        let net = Cidr::new(n.ip, n.prefix);
-        if dhcp
-            .values()
-            .any(|h| h.gateway.is_some_and(|g| net.contains(g)))
-        {
-            macs.insert(n.mac);
-        }
-    }
-    macs.extend(snats.into_iter().map(|s| s.private_nic_mac));
-    macs.extend(dhcp.values().filter_map(|h| h.vr_nic_mac));
-    macs
+/// The names of the router's guest nics, where the firewall accepts DHCP and DNS: every nic
+/// of [`GuestNics`] the router has, SNAT guest nics included whether or not upstream DNS
+/// servers are set (dnsmasq listens there only while they are; accepting DNS on a nic where
+/// nothing listens yet costs nothing and spares a rewrite when servers are set). A DHCP host
+/// the desired state places on no nic of the router is placed by address, as dnsmasq does.
+pub fn guest_ifs(guests: &GuestNics, inputs: &Inputs) -> BTreeSet<String> {
+    guests.resolve(
+        true,
+        |m| name_of(&inputs.names, m).ok().map(str::to_string),
+        |ip| inputs.nic_holding(ip).map(str::to_string),
+    )
 }
 
 /// Everything our two tables hold for one desired state.
@@ -577,7 +554,7 @@ pub fn resolve(state: &DesiredState, inputs: &Inputs) -> (Ruleset, Vec<BindError
             Err(e) => skipped.push(e),
         }
     }
-    rs.guest_ifs = guest_ifs(&state.nics, state.snats.values(), &state.dhcp_hosts, inputs);
+    rs.guest_ifs = guest_ifs(&state.guest_nics(), inputs);
     if let Some(ha) = &state.ha {
         match nic(inputs, ha.heartbeat_mac, "ha.heartbeatNic") {
             Ok(name) => {
@@ -591,4 +568,137 @@ pub fn resolve(state: &DesiredState, inputs: &Inputs) -> (Ruleset, Vec<BindError
         }
     }
     (rs, skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dnsmasq::render::{self, Iface, Paths};
+    use crate::state::model::DhcpHost;
+    use crate::state::types::PrefixLen;
+
+    fn mac(n: u8) -> MacAddr {
+        format!("fa:7e:00:00:00:{n:02x}").parse().unwrap()
+    }
+
+    fn host(n: u8, ip: &str, gateway: Option<&str>, vr_nic: Option<u8>) -> DhcpHost {
+        DhcpHost {
+            mac: format!("fa:3c:00:00:00:{n:02x}").parse().unwrap(),
+            ip: ip.parse().unwrap(),
+            prefix: PrefixLen::new(24).unwrap(),
+            gateway: gateway.map(|g| g.parse().unwrap()),
+            dns: Vec::new(),
+            hostname: None,
+            vr_nic_mac: vr_nic.map(mac),
+            dns_domain: None,
+            is_default_l3: true,
+            mtu: None,
+        }
+    }
+
+    /// eth1 public, eth2..eth5 guest networks; only eth2 is a nic of the desired state (the
+    /// others come from the bootstrap info, known to the system only).
+    fn router() -> (DesiredState, Inputs, Vec<Iface>) {
+        let mut s = DesiredState::default();
+        let eth2 = Nic {
+            mac: mac(2),
+            ip: "172.20.0.1".parse().unwrap(),
+            prefix: PrefixLen::new(24).unwrap(),
+            gateway: None,
+            is_default_route: false,
+            mtu: None,
+            device_name: None,
+        };
+        s.nics.insert(eth2.mac, eth2);
+        for h in [
+            // by vrNicMac
+            host(1, "172.20.0.10", Some("172.20.0.1"), Some(2)),
+            // no gateway: by its own address, on a nic the state does not have
+            host(2, "172.21.0.10", None, None),
+            // by the gateway's address, on a nic the state does not have
+            host(3, "172.22.0.10", Some("172.22.0.1"), None),
+        ] {
+            s.dhcp_hosts.insert(h.mac, h);
+        }
+        s.snats.insert(
+            mac(5),
+            Snat {
+                public_nic_mac: mac(1),
+                public_ip: "10.10.1.20".parse().unwrap(),
+                private_nic_mac: mac(5),
+                private_net: "172.23.0.1/24".parse().unwrap(),
+            },
+        );
+        let nets = [
+            (1, "10.10.1.20/24"),
+            (2, "172.20.0.1/24"),
+            (3, "172.21.0.1/24"),
+            (4, "172.22.0.1/24"),
+            (5, "172.23.0.1/24"),
+        ];
+        let ifaces: Vec<Iface> = nets
+            .iter()
+            .map(|(n, c)| Iface {
+                name: format!("eth{n}"),
+                mac: Some(mac(*n)),
+                addrs: vec![c.parse().unwrap()],
+            })
+            .collect();
+        let inputs = Inputs {
+            names: ifaces
+                .iter()
+                .map(|i| (i.mac.unwrap(), vec![i.name.clone()]))
+                .collect(),
+            addrs: ifaces
+                .iter()
+                .map(|i| (i.name.clone(), i.addrs[0]))
+                .collect(),
+            ..Inputs::default()
+        };
+        (s, inputs, ifaces)
+    }
+
+    fn dnsmasq_listens(s: &DesiredState, ifaces: &[Iface]) -> BTreeSet<String> {
+        let r = render::render(&Paths::new("/x"), s, ifaces);
+        r.conf
+            .lines()
+            .filter_map(|l| l.strip_prefix("interface="))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_firewall_opens_where_dnsmasq_listens_and_on_snat_guest_nics() {
+        let (mut s, inputs, ifaces) = router();
+        let names = |v: &[&str]| -> BTreeSet<String> { v.iter().map(|n| n.to_string()).collect() };
+        // 1. hosts are placed alike by both: by vrNicMac, by address without a gateway, on
+        //    nics only the system knows
+        assert_eq!(
+            guest_ifs(&s.guest_nics(), &inputs),
+            names(&["eth2", "eth3", "eth4", "eth5"])
+        );
+        // 2. without upstream DNS servers dnsmasq does not listen on the SNAT guest nic
+        assert_eq!(
+            dnsmasq_listens(&s, &ifaces),
+            names(&["eth2", "eth3", "eth4"])
+        );
+        // 3. with them it listens exactly where the firewall accepts
+        s.dns_servers = vec!["8.8.8.8".parse().unwrap()];
+        assert_eq!(
+            dnsmasq_listens(&s, &ifaces),
+            guest_ifs(&s.guest_nics(), &inputs)
+        );
+    }
+
+    #[test]
+    fn a_missing_vr_nic_falls_back_to_the_subnets_nic_in_both() {
+        let (mut s, inputs, ifaces) = router();
+        s.dhcp_hosts.clear();
+        s.snats.clear();
+        let h = host(9, "172.20.0.19", Some("172.20.0.1"), Some(7));
+        s.dhcp_hosts.insert(h.mac, h);
+        let eth2 = BTreeSet::from(["eth2".to_string()]);
+        assert_eq!(guest_ifs(&s.guest_nics(), &inputs), eth2);
+        assert_eq!(dnsmasq_listens(&s, &ifaces), eth2);
+    }
 }

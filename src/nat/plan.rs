@@ -9,6 +9,7 @@ use super::model::{
     firewall_rule, guest_elements, pf_elements, resolve,
 };
 use super::render;
+use crate::state::guests::GuestNics;
 use crate::state::model::{Eip, PortForward, Snat};
 use crate::state::types::MacAddr;
 use crate::state::{Command, DesiredState};
@@ -469,7 +470,8 @@ fn snat_rewrite(
             Err(e) => skipped.push(e),
         }
     }
-    let guest_ifs = model::guest_ifs(&before.nics, snats.values(), &before.dhcp_hosts, inputs);
+    let guests = GuestNics::of(&before.nics, snats.values(), &before.dhcp_hosts);
+    let guest_ifs = model::guest_ifs(&guests, inputs);
     let mut nft = render::chain_rewrite(NAT, "snat_subnets", &nat_rules);
     nft.push_str(&render::chain_rewrite(FILTER, "snat_fwd", &fwd_rules));
     nft.push_str(&render::guest_ifs_rewrite(&guest_ifs));

@@ -7,6 +7,7 @@ pub mod command;
 pub mod counts;
 pub mod eips;
 pub mod facts;
+pub mod guests;
 pub mod ha;
 pub mod lb;
 pub mod model;
