@@ -10,6 +10,7 @@ pub mod dnsmasq;
 pub mod drift;
 pub mod error;
 pub mod facts;
+pub mod files;
 pub mod ha;
 pub mod health;
 pub mod lb;

@@ -185,9 +185,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let recorded =
         serde_json::json!({"vr": vr_addr.to_string(), "appliance": appliance_addr.to_string()});
     let listeners_path = config.run_dir.join("listeners.json");
-    if let Err(e) =
-        crate::state::store::write_atomic(&listeners_path, recorded.to_string().as_bytes())
-    {
+    if let Err(e) = crate::files::replace(
+        &listeners_path,
+        recorded.to_string().as_bytes(),
+        0o644,
+        crate::files::Durability::Synced,
+    ) {
         tracing::warn!(error = %e, "cannot record the listener addresses");
     }
     let around = Around {

@@ -123,11 +123,13 @@ pub async fn apply(cfg: &BootstrapConfig, bytes: &[u8]) -> Result<Applied, Boots
     let previous = BootstrapInfo::load_cached(&cache).ok().flatten();
     if std::fs::read(&cache).ok().as_deref() != Some(bytes) {
         std::fs::create_dir_all(&cfg.state_dir).map_err(io_err("creating", &cfg.state_dir))?;
-        crate::state::store::write_atomic(&cache, bytes).map_err(|e| BootstrapError::Io {
-            op: "caching to",
-            path: cache.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        crate::files::replace(&cache, bytes, 0o644, crate::files::Durability::Synced).map_err(
+            |e| BootstrapError::Io {
+                op: "caching to",
+                path: cache.display().to_string(),
+                source: e.source,
+            },
+        )?;
     }
     let mut failures = Vec::new();
     if let Err(e) = apply_links(&info, previous.as_ref()).await {
@@ -202,12 +204,17 @@ fn write_key(path: &Path, key: &str) -> Result<(), BootstrapError> {
             .map_err(io_err("setting the mode of", dir))?;
     }
     if std::fs::read_to_string(path).ok().as_deref() != Some(content.as_str()) {
-        crate::state::store::write_atomic(path, content.as_bytes()).map_err(|e| {
-            BootstrapError::Io {
-                op: "writing",
-                path: path.display().to_string(),
-                source: std::io::Error::other(e.to_string()),
-            }
+        // mode 0600 from the start: the key is never readable by others, not even briefly
+        crate::files::replace(
+            path,
+            content.as_bytes(),
+            0o600,
+            crate::files::Durability::Synced,
+        )
+        .map_err(|e| BootstrapError::Io {
+            op: "writing",
+            path: path.display().to_string(),
+            source: e.source,
         })?;
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))

@@ -5,47 +5,16 @@
 //! No fsync: these files are derived from the persisted desired state and rewritten in full at
 //! every start, so a torn write after a power loss is repaired before dnsmasq reads it.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use crate::files::{self, Durability};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
-/// A file operation that failed.
-#[derive(Debug, thiserror::Error)]
-#[error("{op} {}: {source}", path.display())]
-pub struct WriteError {
-    /// What was attempted.
-    pub op: &'static str,
-    /// On which path.
-    pub path: PathBuf,
-    /// The OS error.
-    pub source: io::Error,
-}
+pub use crate::files::WriteError;
+use crate::files::err;
 
-fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> WriteError + 'a {
-    move |source| WriteError {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// Creates `dir` (mode 0755) if missing.
-pub fn ensure_dir(dir: &Path) -> Result<(), WriteError> {
-    match fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {
-            if m.permissions().mode() & 0o005 != 0o005 {
-                fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-                    .map_err(err("chmod", dir))?;
-            }
-            Ok(())
-        }
-        _ => {
-            fs::create_dir_all(dir).map_err(err("create", dir))?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(err("chmod", dir))
-        }
-    }
-}
+pub use crate::files::ensure_dir;
 
 /// Refuses a directory that `nobody` (the user dnsmasq drops to) cannot reach: dnsmasq would
 /// start, then answer REFUSED and offer no address.
@@ -73,38 +42,15 @@ pub fn check_reachable(dir: &Path) -> Result<(), WriteError> {
     Ok(())
 }
 
-/// Writes `content` to `path` unless the file already holds exactly that. Returns whether it
-/// wrote.
+/// Writes `content` to `path` (readable by dnsmasq) unless it holds exactly that already;
+/// returns whether it wrote. See [`crate::files`].
 pub fn write_if_changed(path: &Path, content: &[u8]) -> Result<bool, WriteError> {
-    match fs::read(path) {
-        Ok(old) if old == content => return Ok(false),
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err("read", path)(e)),
-    }
-    write_new(path, content)?;
-    Ok(true)
+    files::replace_if_changed(path, content, 0o644, Durability::Derived)
 }
 
-/// Writes `content` to `path` atomically, whatever is there.
+/// Writes `content` to `path` (readable by dnsmasq), whatever is there.
 pub fn write_new(path: &Path, content: &[u8]) -> Result<(), WriteError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // A leading dot: dnsmasq's directory watches ignore such names.
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&tmp)
-        .map_err(err("create", &tmp))?;
-    f.write_all(content).map_err(err("write", &tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(err("rename to", path))
+    files::replace(path, content, 0o644, Durability::Derived)
 }
 
 /// Deletes every file in `dir`; returns how many there were.

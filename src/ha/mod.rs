@@ -81,7 +81,7 @@ pub enum HaError {
     },
     /// A configuration file could not be written.
     #[error("ha")]
-    Write(#[from] crate::state::store::StoreError),
+    Write(#[from] crate::files::WriteError),
     /// keepalived's notification fifo could not be opened.
     #[error("ha: {}", path.display())]
     Fifo {
@@ -325,14 +325,13 @@ impl HaBackend {
 }
 
 fn write_file(path: &std::path::Path, text: &str, mode: u32) -> Result<(), BackendError> {
-    use std::os::unix::fs::PermissionsExt;
-    crate::state::store::write_atomic(path, text.as_bytes()).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
-        err(HaError::File {
-            path: path.to_path_buf(),
-            source,
-        })
-    })
+    crate::files::replace(
+        path,
+        text.as_bytes(),
+        mode,
+        crate::files::Durability::Synced,
+    )
+    .map_err(err)
 }
 
 impl Backend for HaBackend {

@@ -127,8 +127,13 @@ impl crate::supervisor::Engine for Conntrackd {
         if !self.paths.conntrackd_ctl().exists() {
             return false;
         }
-        crate::state::store::write_atomic(&self.paths.conntrackd_pid(), pid.to_string().as_bytes())
-            .is_ok()
+        crate::files::replace(
+            &self.paths.conntrackd_pid(),
+            pid.to_string().as_bytes(),
+            0o644,
+            crate::files::Durability::Derived,
+        )
+        .is_ok()
     }
 }
 

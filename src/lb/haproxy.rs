@@ -198,9 +198,12 @@ pub async fn procs(paths: &Paths) -> Result<Procs, HaproxyError> {
 pub async fn save_server_state(paths: &Paths) {
     match command(&paths.runtime_socket(), "show servers state").await {
         Ok(state) if state.starts_with('1') => {
-            if let Err(e) =
-                crate::dnsmasq::write::write_if_changed(&paths.server_state(), state.as_bytes())
-            {
+            if let Err(e) = crate::files::replace_if_changed(
+                &paths.server_state(),
+                state.as_bytes(),
+                0o644,
+                crate::files::Durability::Derived,
+            ) {
                 tracing::warn!(error = %e, "server state not saved");
             }
         }

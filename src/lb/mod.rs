@@ -10,7 +10,7 @@ pub mod haproxy;
 pub mod render;
 
 use crate::backend::{Backend, BackendError};
-use crate::dnsmasq::write::{self, WriteError};
+use crate::files::{self, Durability, WriteError};
 use crate::health::Health;
 use crate::nat::model::{Elem, lb_elements};
 use crate::nat::nft::NftError;
@@ -221,9 +221,9 @@ impl LbBackend {
         if running && self.served.as_ref().is_some_and(|s| s.text == text) {
             return Ok(());
         }
-        write::ensure_dir(&self.paths.dir)?;
+        files::ensure_dir(&self.paths.dir)?;
         let candidate = self.paths.candidate();
-        write::write_new(&candidate, text.as_bytes())?;
+        files::replace(&candidate, text.as_bytes(), 0o644, Durability::Derived)?;
         if let Err(e) = haproxy::check(&self.bin, &candidate).await {
             let _ = std::fs::remove_file(&candidate);
             return Err(e.into());
@@ -238,7 +238,7 @@ impl LbBackend {
         if let Err(e) = outcome {
             // the old configuration keeps serving; the file says so again
             match &old {
-                Some(old) => write::write_new(&self.paths.conf(), old)?,
+                Some(old) => files::replace(&self.paths.conf(), old, 0o644, Durability::Derived)?,
                 None => {
                     let _ = std::fs::remove_file(self.paths.conf());
                 }
