@@ -574,27 +574,8 @@ pub fn resolve(state: &DesiredState, inputs: &Inputs) -> (Ruleset, Vec<BindError
 mod tests {
     use super::*;
     use crate::dnsmasq::render::{self, Iface, Paths};
-    use crate::state::model::DhcpHost;
+    use crate::state::guests::fixtures::{host, mac};
     use crate::state::types::PrefixLen;
-
-    fn mac(n: u8) -> MacAddr {
-        format!("fa:7e:00:00:00:{n:02x}").parse().unwrap()
-    }
-
-    fn host(n: u8, ip: &str, gateway: Option<&str>, vr_nic: Option<u8>) -> DhcpHost {
-        DhcpHost {
-            mac: format!("fa:3c:00:00:00:{n:02x}").parse().unwrap(),
-            ip: ip.parse().unwrap(),
-            prefix: PrefixLen::new(24).unwrap(),
-            gateway: gateway.map(|g| g.parse().unwrap()),
-            dns: Vec::new(),
-            hostname: None,
-            vr_nic_mac: vr_nic.map(mac),
-            dns_domain: None,
-            is_default_l3: true,
-            mtu: None,
-        }
-    }
 
     /// eth1 public, eth2..eth5 guest networks; only eth2 is a nic of the desired state (the
     /// others come from the bootstrap info, known to the system only).

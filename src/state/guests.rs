@@ -141,16 +141,18 @@ impl DesiredState {
     }
 }
 
+/// Nics and DHCP hosts for tests: MACs `fa:7e:00:00:00:NN` (nics) and `fa:3c:00:00:00:NN`
+/// (hosts), /24 networks.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
     use crate::state::types::PrefixLen;
 
-    fn mac(n: u8) -> MacAddr {
+    pub(crate) fn mac(n: u8) -> MacAddr {
         format!("fa:7e:00:00:00:{n:02x}").parse().unwrap()
     }
 
-    fn nic(n: u8, ip: &str) -> Nic {
+    pub(crate) fn nic(n: u8, ip: &str) -> Nic {
         Nic {
             mac: mac(n),
             ip: ip.parse().unwrap(),
@@ -162,7 +164,7 @@ mod tests {
         }
     }
 
-    fn host(n: u8, ip: &str, gateway: Option<&str>, vr_nic: Option<u8>) -> DhcpHost {
+    pub(crate) fn host(n: u8, ip: &str, gateway: Option<&str>, vr_nic: Option<u8>) -> DhcpHost {
         DhcpHost {
             mac: format!("fa:3c:00:00:00:{n:02x}").parse().unwrap(),
             ip: ip.parse().unwrap(),
@@ -176,6 +178,12 @@ mod tests {
             mtu: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{host, mac, nic};
+    use super::*;
 
     fn state() -> DesiredState {
         let mut s = DesiredState::default();

@@ -97,6 +97,22 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> NfnlError {
     move |source| NfnlError::Socket { what, source }
 }
 
+/// The message a frame holds, decoded.
+fn message(frame: NetlinkBuffer<&[u8]>) -> Result<NetlinkMessage<NetfilterMessage>, NfnlError> {
+    NetlinkMessage::<NetfilterMessage>::deserialize(frame.into_inner()).map_err(NfnlError::Decode)
+}
+
+/// The kernel refused with `errno` a request of `counts` (flushes, deletes, adds).
+fn refused(errno: i32, counts: (usize, usize, usize)) -> NfnlError {
+    NfnlError::Refused {
+        what: refusal(errno),
+        source: std::io::Error::from_raw_os_error(errno),
+        flushes: counts.0,
+        deletes: counts.1,
+        adds: counts.2,
+    }
+}
+
 fn refusal(errno: i32) -> &'static str {
     match nix::errno::Errno::from_raw(errno) {
         nix::errno::Errno::EEXIST => "an element exists with another value",
@@ -178,42 +194,23 @@ impl Nfnl {
             .send(&contents::dump_request(spec, seq), 0)
             .map_err(io("send"))?;
         let mut out = Vec::new();
-        loop {
-            let n = self
-                .sock
-                .recv(&mut &mut self.buf[..], 0)
-                .map_err(io("receive"))?;
-            let mut rest = &self.buf[..n];
-            while !rest.is_empty() {
-                let frame = NetlinkBuffer::new_checked(rest).map_err(NfnlError::Decode)?;
-                let len = (frame.length() as usize).next_multiple_of(4);
-                let ours = frame.sequence_number() == seq;
-                if ours && frame.message_type() == contents::new_set_element_type() {
-                    out.extend(contents::elements_in(frame.payload()).map_err(NfnlError::Decode)?);
-                    rest = rest.get(len..).unwrap_or_default();
-                    continue;
-                }
-                let m = NetlinkMessage::<NetfilterMessage>::deserialize(rest)
-                    .map_err(NfnlError::Decode)?;
-                rest = rest.get(len..).unwrap_or_default();
-                if !ours {
-                    continue;
-                }
-                match &m.payload {
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::Error(e) if e.raw_code() != 0 => {
-                        return Err(NfnlError::Refused {
-                            what: refusal(-e.raw_code()),
-                            source: std::io::Error::from_raw_os_error(-e.raw_code()),
-                            flushes: 0,
-                            deletes: 0,
-                            adds: 0,
-                        });
-                    }
-                    _ => {}
-                }
+        self.read_until(|frame| {
+            if frame.sequence_number() != seq {
+                return Ok(None);
             }
-        }
+            if frame.message_type() == contents::new_set_element_type() {
+                out.extend(contents::elements_in(frame.payload()).map_err(NfnlError::Decode)?);
+                return Ok(None);
+            }
+            match message(frame)?.payload {
+                NetlinkPayload::Done(_) => Ok(Some(())),
+                NetlinkPayload::Error(e) if e.raw_code() != 0 => {
+                    Err(refused(-e.raw_code(), (0, 0, 0)))
+                }
+                _ => Ok(None),
+            }
+        })?;
+        Ok(out)
     }
 
     /// Makes the sets of `specs` hold exactly `desired` (elements of those sets) in one
@@ -357,6 +354,26 @@ impl Nfnl {
         self.sock
             .send(&contents::generation_request(seq), 0)
             .map_err(io("send"))?;
+        self.read_until(|frame| {
+            if frame.sequence_number() != seq {
+                return Ok(None);
+            }
+            match message(frame)?.payload {
+                NetlinkPayload::InnerMessage(inner) => Ok(contents::generation_in(inner)),
+                NetlinkPayload::Error(e) if e.raw_code() != 0 => {
+                    Err(refused(-e.raw_code(), (0, 0, 0)))
+                }
+                _ => Ok(None),
+            }
+        })
+    }
+
+    /// Reads datagrams and hands `each` every message in them, as its raw frame, until
+    /// `each` returns a value (or an error).
+    fn read_until<R>(
+        &mut self,
+        mut each: impl FnMut(NetlinkBuffer<&[u8]>) -> Result<Option<R>, NfnlError>,
+    ) -> Result<R, NfnlError> {
         loop {
             let n = self
                 .sock
@@ -364,30 +381,12 @@ impl Nfnl {
                 .map_err(io("receive"))?;
             let mut rest = &self.buf[..n];
             while !rest.is_empty() {
-                let m = NetlinkMessage::<NetfilterMessage>::deserialize(rest)
-                    .map_err(NfnlError::Decode)?;
-                let len = (m.header.length as usize).next_multiple_of(4);
+                let frame = NetlinkBuffer::new_checked(rest).map_err(NfnlError::Decode)?;
+                let len = (frame.length() as usize).next_multiple_of(4);
+                if let Some(r) = each(frame)? {
+                    return Ok(r);
+                }
                 rest = rest.get(len..).unwrap_or_default();
-                if m.header.sequence_number != seq {
-                    continue;
-                }
-                match m.payload {
-                    NetlinkPayload::InnerMessage(inner) => {
-                        if let Some(id) = contents::generation_in(inner) {
-                            return Ok(id);
-                        }
-                    }
-                    NetlinkPayload::Error(e) if e.raw_code() != 0 => {
-                        return Err(NfnlError::Refused {
-                            what: refusal(-e.raw_code()),
-                            source: std::io::Error::from_raw_os_error(-e.raw_code()),
-                            flushes: 0,
-                            deletes: 0,
-                            adds: 0,
-                        });
-                    }
-                    _ => {}
-                }
             }
         }
     }
@@ -411,36 +410,22 @@ impl Nfnl {
         let mut waiting: HashSet<u32> = b.acked.iter().copied().collect();
         let bounds = [b.first_seq(), b.last_seq()];
         let mut failure = None;
-        while !waiting.is_empty() {
-            let n = self
-                .sock
-                .recv(&mut &mut self.buf[..], 0)
-                .map_err(io("receive"))?;
-            let mut rest = &self.buf[..n];
-            while !rest.is_empty() {
-                let m = NetlinkMessage::<NetfilterMessage>::deserialize(rest)
-                    .map_err(NfnlError::Decode)?;
-                let len = (m.header.length as usize).next_multiple_of(4);
-                rest = rest.get(len..).unwrap_or_default();
-                let NetlinkPayload::Error(e) = m.payload else {
-                    continue;
+        if !waiting.is_empty() {
+            self.read_until(|frame| {
+                let seq = frame.sequence_number();
+                let NetlinkPayload::Error(e) = message(frame)?.payload else {
+                    return Ok(None);
                 };
-                let seq = m.header.sequence_number;
                 let code = e.raw_code();
                 if code != 0 && failure.is_none() {
-                    failure = Some(NfnlError::Refused {
-                        what: refusal(-code),
-                        source: std::io::Error::from_raw_os_error(-code),
-                        flushes: counts.0,
-                        deletes: counts.1,
-                        adds: counts.2,
-                    });
+                    failure = Some(refused(-code, counts));
                 }
                 waiting.remove(&seq);
                 if code != 0 && bounds.contains(&seq) {
                     waiting.clear();
                 }
-            }
+                Ok(waiting.is_empty().then_some(()))
+            })?;
         }
         failure.map_or(Ok(()), Err)
     }
