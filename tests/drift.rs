@@ -36,6 +36,19 @@ fn repairs(net: &Net) -> u64 {
         .enter(|| ping(net)["driftRepairs"].as_u64().unwrap_or(0))
 }
 
+/// `nft delete element` of the EIP 10.10.1.55 from `eip_dnat`, as an operator would.
+fn delete_eip_element_by_hand(net: &Net) {
+    net.router.exec_ok(&[
+        "nft",
+        "delete",
+        "element",
+        "ip",
+        "vr_nat",
+        "eip_dnat",
+        "{ 10.10.1.55 }",
+    ]);
+}
+
 #[test]
 fn nft_changes_behind_the_agents_back_are_repaired_and_reported() {
     let net = Net::new();
@@ -101,15 +114,7 @@ fn nft_changes_behind_the_agents_back_are_repaired_and_reported() {
 
     // 2. one element deleted by hand
     let before = repairs(&net);
-    net.router.exec_ok(&[
-        "nft",
-        "delete",
-        "element",
-        "ip",
-        "vr_nat",
-        "eip_dnat",
-        "{ 10.10.1.55 }",
-    ]);
+    delete_eip_element_by_hand(&net);
     assert!(
         within(REPAIR, || net
             .router
@@ -215,15 +220,7 @@ fn nft_changes_behind_the_agents_back_are_repaired_and_reported() {
         tcp_ask(&net.client, "10.10.1.57:25999", None).as_deref(),
         Some("10.10.1.100 80")
     );
-    net.router.exec_ok(&[
-        "nft",
-        "delete",
-        "element",
-        "ip",
-        "vr_nat",
-        "eip_dnat",
-        "{ 10.10.1.55 }",
-    ]);
+    delete_eip_element_by_hand(&net);
     assert!(
         within(REPAIR, || repairs(&net) > before),
         "a foreign change after the muted transaction went unnoticed:\n{}",
