@@ -313,15 +313,19 @@ impl Nfnl {
     /// must step exactly by our commit; anything else means another process committed while
     /// the reader could not see it, which is reported as missed (drift then verifies).
     fn send_muted(&mut self, b: &Batch, counts: (usize, usize, usize)) -> Result<(), NfnlError> {
+        if crate::drift::nft_events::foreign_generation().is_none() {
+            // no drift reader runs: nothing to mute
+            return self.send_watched(b, counts);
+        }
+        // read before muting: a commit of another process until then is still notified
         let Ok(before) = self.generation() else {
             return self.send_watched(b, counts);
         };
-        let muted = crate::drift::nft_events::mute();
+        let Some(muted) = crate::drift::nft_events::mute() else {
+            return self.send_watched(b, counts);
+        };
         let sent = self.send_watched(b, counts);
         let after = self.generation();
-        let Some(muted) = muted else {
-            return sent;
-        };
         drop(muted);
         let now = self.generation();
         let ours = if sent.is_ok() {
