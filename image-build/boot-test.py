@@ -260,6 +260,19 @@ def main():
         rc, out = ssh("systemctl is-active vr-agent.service vr-agent-bootstrap.service")
         check("units active", rc == 0, out)
 
+        # an agent restart (an upgrade's): dnsmasq serves on and the new agent adopts it
+        pid_file = "/run/vr-agent/dnsmasq/dnsmasq.pid"
+        rc, before = ssh(f"cat {pid_file}")
+        restarted = time.time()
+        rc, out = ssh("systemctl restart vr-agent.service")
+        up = wait_echo(restarted) is not None and wait_reapplied(restarted) is not None
+        rc, after = ssh(f"cat {pid_file}")
+        check("dnsmasq keeps its pid across an agent restart (adopted)",
+              up and before.strip() != "" and before.strip() == after.strip(),
+              f"{before.strip()!r} -> {after.strip()!r} {out}")
+        r = mn.call("/ping", fixture("ping"))
+        check("/ping healthy after the agent restart", r.get("healthy") is True, r)
+
         # reboot: the data plane must come back from the agent's own state
         ssh("systemctl reboot")
         rebooted = time.time()

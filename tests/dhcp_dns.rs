@@ -330,14 +330,118 @@ fn guest_gets_ip_router_dns_domain_netmask_and_mtu() {
         assert_eq!(lease["hostname"], "web1");
         let host_file = lab.dnsmasq_dir().join("hosts.d/fa3c915e2207");
         assert!(host_file.exists(), "not added through the hosts directory");
-        // The agent's dnsmasq stops with the agent.
-        let pid = dnsmasq_pid(&lab.dnsmasq_dir()).expect("dnsmasq running");
-        let mut agent = agent;
-        assert!(agent.stop().success());
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "dnsmasq outlived the agent"
+    });
+}
+
+/// True while `pid` runs (an orphan that exited stays a zombie until init reaps it).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+/// How many times the agent's log says `what`.
+fn times(agent: &AgentProc, what: &str) -> usize {
+    agent.log().matches(what).count()
+}
+
+#[test]
+fn dnsmasq_serves_across_agent_restarts_and_is_adopted_only_when_it_runs_todays_config() {
+    let lab = Lab::new();
+    lab.router.block_on(|| async {
+        let mut agent = lab.agent();
+        let mn = MgmtNode::start().await;
+        // (another host keeps the first subnet when g0's host goes: the config stays)
+        let body = json!({"dhcpEntries": [
+            default_entry(),
+            entry("172.20.0.50", "fa:3c:91:5e:22:50", "172.20.0.1", "fa:7e:4b:ad:11:02", true),
+            entry("172.20.9.7", GUEST2_MAC, "172.20.9.1", "fa:7e:4b:ad:11:04", false),
+        ], "rebuild": false});
+        assert_ok(&mn.call(agent.vr, "/adddhcp", &body).await);
+        assert_eq!(lab.dhcp("g0").expect("a lease")["ip"], "172.20.0.15");
+        let dir = lab.dnsmasq_dir();
+        let pid = dnsmasq_pid(&dir).expect("dnsmasq running");
+        const ADOPTED: &str = "adopted the engine an earlier agent started";
+
+        // A stop (an upgrade's restart): guests keep getting addresses while no agent runs,
+        // and the next agent adopts the same dnsmasq.
+        agent.restart_after(|| {
+            assert_eq!(
+                lab.dhcp("g0").expect("served while the agent is down")["ip"],
+                "172.20.0.15"
+            );
+        });
+        let ping = mn.call(agent.vr, "/ping", &json!({})).await;
+        assert_eq!(ping["healthy"], json!(true), "{ping}");
+        assert_eq!(dnsmasq_pid(&dir), Some(pid), "dnsmasq restarted");
+        assert_eq!(times(&agent, ADOPTED), 1, "{}", agent.log());
+        assert_eq!(lab.dhcp("g0").expect("a lease")["ip"], "172.20.0.15");
+
+        // A crash: the same. A host removed just before the crash, whose reload was still
+        // waiting, is not served by the adopted dnsmasq (it is reloaded after the adoption).
+        let removal = json!({"dhcpEntries": [default_entry()]});
+        assert_ok(&mn.call(agent.vr, "/removedhcp", &removal).await);
+        agent.crash_and_restart();
+        let ping = mn.call(agent.vr, "/ping", &json!({})).await;
+        assert_eq!(ping["healthy"], json!(true), "{ping}");
+        assert_eq!(
+            dnsmasq_pid(&dir),
+            Some(pid),
+            "dnsmasq restarted after a crash"
         );
+        assert_eq!(times(&agent, ADOPTED), 2, "{}", agent.log());
+        assert_eq!(lab.dhcp("g1").expect("the other host")["ip"], "172.20.9.7");
+        assert!(
+            common::eventually(Duration::from_secs(2), || lab.dhcp("g0").is_none()),
+            "the removed host still gets an address"
+        );
+
+        // The adopted dnsmasq is supervised like a child: killed, it is back within a second.
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(
+            common::eventually(Duration::from_secs(1), || {
+                dnsmasq_pid(&dir).is_some_and(|p| p != pid)
+            }),
+            "the adopted dnsmasq is not back within a second"
+        );
+        let pid = dnsmasq_pid(&dir).expect("dnsmasq back");
+        assert_eq!(lab.dhcp("g1").expect("served again")["ip"], "172.20.9.7");
+
+        // A config edited while no agent runs: the running dnsmasq did not start from what the
+        // agent writes now, so it is restarted, not adopted.
+        let conf = dir.join("dnsmasq.conf");
+        agent.restart_after(|| {
+            let mut text = std::fs::read_to_string(&conf).unwrap();
+            text.push_str("# edited by hand\n");
+            std::fs::write(&conf, text).unwrap();
+        });
+        let ping = mn.call(agent.vr, "/ping", &json!({})).await;
+        assert_eq!(ping["healthy"], json!(true), "{ping}");
+        let fresh = dnsmasq_pid(&dir).expect("dnsmasq running");
+        assert_ne!(
+            fresh, pid,
+            "a dnsmasq started from another config was adopted"
+        );
+        assert!(!running(pid), "the old one runs on");
+        assert_eq!(times(&agent, ADOPTED), 2, "{}", agent.log());
+        assert!(!std::fs::read_to_string(&conf).unwrap().contains("by hand"));
+        assert_eq!(lab.dhcp("g1").expect("served")["ip"], "172.20.9.7");
+
+        // dnsmasq gone while no agent runs: the next agent starts one.
+        agent.restart_after(|| {
+            Command::new("kill")
+                .args(["-9", &fresh.to_string()])
+                .status()
+                .unwrap();
+        });
+        let ping = mn.call(agent.vr, "/ping", &json!({})).await;
+        assert_eq!(ping["healthy"], json!(true), "{ping}");
+        assert!(dnsmasq_pid(&dir).is_some_and(|p| p != fresh));
+        assert_eq!(lab.dhcp("g1").expect("served")["ip"], "172.20.9.7");
     });
 }
 

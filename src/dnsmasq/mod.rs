@@ -27,6 +27,7 @@ use crate::state::ha::Role;
 use crate::state::model::DhcpHost;
 use crate::state::types::{Cidr, MacAddr};
 use crate::state::{Change, Command, DesiredState, Feature, Parts};
+use crate::supervisor::Started;
 pub use error::DnsmasqError;
 use leases::Release;
 use process::{LeaseSet, Supervisor};
@@ -410,7 +411,20 @@ impl DnsmasqBackend {
             let keep: LeaseSet = state.dhcp_hosts.values().map(|h| (h.mac, h.ip)).collect();
             *self.tagged_loaded.lock().unwrap_or_else(|e| e.into_inner()) =
                 r.tagged.iter().copied().collect();
-            self.supervisor().start(keep).await.map_err(err)?;
+            // A dnsmasq an earlier agent left serving, started from this very config, serves
+            // on (its start reads every address of the namespace: seconds at 100,000 VIPs).
+            let started = if conf_changed {
+                self.supervisor().start(keep).await.map(|()| Started::Fresh)
+            } else {
+                self.supervisor().start_or_adopt(keep).await
+            };
+            if started.map_err(err)? == Started::Adopted {
+                // It read the other files at some earlier time: read them again, and let go
+                // of the leases of hosts gone since.
+                let releases = releases(&self.paths, state, &ifaces);
+                self.supervisor()
+                    .reload(releases, state.restart_dnsmasq_after);
+            }
             self.running = true;
         } else if changed {
             let releases = releases(&self.paths, state, &ifaces);
@@ -590,9 +604,11 @@ impl Backend for DnsmasqBackend {
         self.sync_with(state, true).await
     }
 
+    /// dnsmasq serves on for the next agent process, which adopts it (the data plane outlives
+    /// the agent; an HA master has handed over and stopped it before).
     async fn shutdown(&mut self) {
         if let Some(s) = self.supervisor.take() {
-            s.stop().await;
+            s.detach().await;
         }
         self.running = false;
     }

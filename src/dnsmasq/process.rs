@@ -8,7 +8,7 @@ use super::leases::{self, Release};
 use super::render::Paths;
 use crate::health::Health;
 use crate::state::types::MacAddr;
-use crate::supervisor::{Engine, StartError, Supervisor as EngineSupervisor};
+use crate::supervisor::{Engine, StartError, Started, Supervisor as EngineSupervisor};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::collections::HashSet;
@@ -66,6 +66,12 @@ impl Engine for Dnsmasq {
         self.paths.conf().display().to_string()
     }
 
+    /// dnsmasq reads its main config only when it starts (a SIGHUP re-reads the hosts,
+    /// options and additional-hosts files).
+    fn start_config(&self) -> Option<PathBuf> {
+        Some(self.paths.conf())
+    }
+
     fn before_start(&mut self) {
         let Prune { keep, pending } =
             std::mem::take(&mut *self.prune.lock().unwrap_or_else(|e| e.into_inner()));
@@ -81,13 +87,18 @@ impl Engine for Dnsmasq {
 enum Msg {
     Start {
         keep: LeaseSet,
-        reply: oneshot::Sender<Result<(), StartError>>,
+        /// A dnsmasq an earlier agent left running may serve on.
+        adopt: bool,
+        reply: oneshot::Sender<Result<Started, StartError>>,
     },
     Reload {
         releases: Vec<Release>,
         restart_after: u32,
     },
     Stop {
+        reply: oneshot::Sender<()>,
+    },
+    Detach {
         reply: oneshot::Sender<()>,
     },
 }
@@ -136,10 +147,21 @@ impl Supervisor {
     /// (Re)starts dnsmasq now, with the lease file pruned to `keep`; returns once it serves,
     /// or dnsmasq's own error.
     pub async fn start(&self, keep: LeaseSet) -> Result<(), StartError> {
+        self.start_with(keep, false).await.map(|_| ())
+    }
+
+    /// Like [`Supervisor::start`], but a dnsmasq an earlier agent left running serves on when
+    /// it was started from the config file there is now (its lease file is then not pruned:
+    /// the caller reloads it, with the releases of hosts gone).
+    pub async fn start_or_adopt(&self, keep: LeaseSet) -> Result<Started, StartError> {
+        self.start_with(keep, true).await
+    }
+
+    async fn start_with(&self, keep: LeaseSet, adopt: bool) -> Result<Started, StartError> {
         let gone = || StartError::Gone { name: "dnsmasq" };
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Start { keep, reply })
+            .send(Msg::Start { keep, adopt, reply })
             .map_err(|_| gone())?;
         rx.await.unwrap_or_else(|_| Err(gone()))
     }
@@ -157,6 +179,15 @@ impl Supervisor {
     pub async fn stop(&self) {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Msg::Stop { reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Leaves dnsmasq serving for the next agent process to adopt (a reload still waiting is
+    /// sent first).
+    pub async fn detach(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Detach { reply }).is_ok() {
             let _ = rx.await;
         }
     }
@@ -192,8 +223,8 @@ impl Task {
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Msg::Start { keep, reply }) => {
-                        let _ = reply.send(self.start_now(Some(keep), false).await);
+                    Some(Msg::Start { keep, adopt, reply }) => {
+                        let _ = reply.send(self.start_now(Some(keep), false, adopt).await);
                     }
                     Some(Msg::Reload { releases, restart_after }) => {
                         self.releases.extend(releases);
@@ -207,6 +238,17 @@ impl Task {
                         self.reload_first = None;
                         self.engine.stop().await;
                         let _ = reply.send(());
+                    }
+                    Some(Msg::Detach { reply }) => {
+                        if self.reload_at.take().is_some() {
+                            // the files changed: the next agent adopts a dnsmasq that read them
+                            self.reload_first = None;
+                            self.reload_now().await;
+                        }
+                        self.engine.detach().await;
+                        let _ = reply.send(());
+                        // nothing is left to supervise; the handle goes next
+                        return;
                     }
                     None => {
                         self.engine.stop().await;
@@ -246,7 +288,7 @@ impl Task {
                 tagged_lease,
                 "restarting dnsmasq instead of reloading"
             );
-            if let Err(e) = self.start_now(None, true).await {
+            if let Err(e) = self.start_now(None, true, false).await {
                 tracing::warn!(error = %crate::error::chain(&e), "dnsmasq did not restart; retrying");
             }
             return;
@@ -274,8 +316,14 @@ impl Task {
 
     /// (Re)starts dnsmasq through the supervisor and waits until it serves. `keep`: prune the
     /// lease file to these; pending releases are dropped from it either way. `retry`: keep
-    /// trying when it does not come up (else the caller reports and undoes).
-    async fn start_now(&mut self, keep: Option<LeaseSet>, retry: bool) -> Result<(), StartError> {
+    /// trying when it does not come up (else the caller reports and undoes). `adopt`: a
+    /// dnsmasq an earlier agent left running may serve on (not pruned, not restarted).
+    async fn start_now(
+        &mut self,
+        keep: Option<LeaseSet>,
+        retry: bool,
+        adopt: bool,
+    ) -> Result<Started, StartError> {
         self.metrics.dnsmasq_started();
         self.reload_at = None;
         self.reload_first = None;
@@ -285,10 +333,16 @@ impl Task {
             p.pending = self.releases.drain(..).map(|r| (r.mac, r.ip)).collect();
         }
         let r = if retry {
-            self.engine.restart().await
+            self.engine.restart().await.map(|()| Started::Fresh)
+        } else if adopt {
+            self.engine.start_or_adopt().await
         } else {
-            self.engine.start().await
+            self.engine.start().await.map(|()| Started::Fresh)
         };
+        if matches!(r, Ok(Started::Adopted)) {
+            // nothing was pruned: the next start keeps all but the releases still pending
+            self.prune.lock().unwrap_or_else(|e| e.into_inner()).keep = None;
+        }
         self.seen_starts = self.engine.starts();
         self.reloads = 0;
         r

@@ -2,8 +2,11 @@
 //! owns the child process. It starts it and waits until the engine says it serves; when the
 //! child dies it starts it again at once, then with a doubling backoff, and reports in health
 //! (under the engine's name) until it is back; it stops it on request or when every handle is
-//! gone. A child of ours left by an earlier agent process (found by its pid file and command
-//! line) is stopped before a start.
+//! gone. An engine of ours left by an earlier agent process (found by its pid file and command
+//! line) is stopped before a start, or adopted (see [`adopt`]) when the caller asks for it and
+//! it runs the configuration of now.
+
+mod adopt;
 
 use crate::health::Health;
 use nix::sys::signal::{Signal, kill};
@@ -90,6 +93,11 @@ pub trait Engine: Send + Sync + 'static {
     fn pid_file(&self) -> PathBuf;
     /// A string in the command line of our engine (so a reused pid is never signalled).
     fn marker(&self) -> String;
+    /// The config file the engine reads only when it starts, if a running engine an earlier
+    /// agent started may be adopted (see [`adopt`]). Default: never adopted.
+    fn start_config(&self) -> Option<PathBuf> {
+        None
+    }
     /// Called before every start, the restarts after a death included.
     fn before_start(&mut self) {}
     /// Called when the child died without being asked to stop (before it is restarted).
@@ -103,13 +111,37 @@ pub trait Engine: Send + Sync + 'static {
     }
 }
 
+/// How a start ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// A new process serves.
+    Fresh,
+    /// The process an earlier agent started serves on: it was started from the same config.
+    /// It has not read the other files the agent may have rewritten since (the caller
+    /// reloads it).
+    Adopted,
+}
+
+/// The engine process being supervised.
+enum Running {
+    /// Started by this agent.
+    Child(Child),
+    /// Started by an earlier agent and adopted: watched and signalled through its pidfd.
+    Adopted(adopt::Adopted),
+}
+
 enum Msg {
     Start {
         /// Keep trying (with the backoff) when this start fails.
         retry: bool,
-        reply: oneshot::Sender<Result<(), StartError>>,
+        /// Adopt an engine an earlier agent left running, if it may be (else start one).
+        adopt: bool,
+        reply: oneshot::Sender<Result<Started, StartError>>,
     },
     Stop {
+        reply: oneshot::Sender<()>,
+    },
+    Detach {
         reply: oneshot::Sender<()>,
     },
 }
@@ -156,22 +188,41 @@ impl Supervisor {
     /// (Re)starts the engine now; returns once it serves, or with the engine's own error (it
     /// is then not restarted: a configuration it refuses is the caller's to report and undo).
     pub async fn start(&self) -> Result<(), StartError> {
-        self.start_with(false).await
+        self.start_with(false, false).await.map(|_| ())
+    }
+
+    /// Like [`Supervisor::start`], but an engine an earlier agent left running is adopted
+    /// instead when it was started from the config file there is now (see [`adopt`]).
+    pub async fn start_or_adopt(&self) -> Result<Started, StartError> {
+        self.start_with(false, true).await
     }
 
     /// Restarts the engine now (a fresh process); if it does not come up, keeps trying with
     /// the backoff and reports in health meanwhile. Returns the first attempt's outcome.
     pub async fn restart(&self) -> Result<(), StartError> {
-        self.start_with(true).await
+        self.start_with(true, false).await.map(|_| ())
     }
 
-    async fn start_with(&self, retry: bool) -> Result<(), StartError> {
+    async fn start_with(&self, retry: bool, adopt: bool) -> Result<Started, StartError> {
         let gone = || StartError::Gone { name: self.name };
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Start { retry, reply })
+            .send(Msg::Start {
+                retry,
+                adopt,
+                reply,
+            })
             .map_err(|_| gone())?;
         rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Stops supervising and leaves the engine running, for the next agent process to adopt
+    /// (the agent is stopping; the engine serves on meanwhile).
+    pub async fn detach(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Detach { reply }).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Stops the engine (and one left by an earlier agent) and waits for it to exit; it stays
@@ -213,7 +264,7 @@ pub fn alive(pid: Pid) -> bool {
 struct Task<E: Engine> {
     engine: E,
     health: Arc<Health>,
-    child: Option<Child>,
+    child: Option<Running>,
     /// The engine should be running (start it again when it dies).
     wanted: bool,
     retry_at: Option<Instant>,
@@ -223,10 +274,33 @@ struct Task<E: Engine> {
     starts: Arc<AtomicU64>,
 }
 
-async fn wait_child(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
+/// Resolves when the running engine exits, with how it exited.
+async fn wait_child(child: &mut Option<Running>) -> String {
     match child {
-        Some(c) => c.wait().await,
+        Some(Running::Child(c)) => c
+            .wait()
+            .await
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string()),
+        Some(Running::Adopted(a)) => {
+            a.exited().await;
+            "an unknown status (adopted, not our child)".to_string()
+        }
         None => std::future::pending().await,
+    }
+}
+
+impl<E: Engine> Drop for Task<E> {
+    /// The task is dropped without a stop (the runtime shuts down): the engine goes with it
+    /// (a detached one was taken out before).
+    fn drop(&mut self) {
+        match self.child.take() {
+            Some(Running::Child(mut c)) => {
+                let _ = c.start_kill();
+            }
+            Some(Running::Adopted(a)) => a.signal(rustix::process::Signal::KILL),
+            None => {}
+        }
     }
 }
 
@@ -243,12 +317,12 @@ impl<E: Engine> Task<E> {
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Msg::Start { retry, reply }) => {
+                    Some(Msg::Start { retry, adopt, reply }) => {
                         self.wanted = true;
                         self.retry_at = None;
-                        let r = self.start_now().await;
+                        let r = self.start_now(adopt).await;
                         match &r {
-                            Ok(()) => {
+                            Ok(_) => {
                                 self.health.clear(name);
                                 self.backoff = FIRST_BACKOFF;
                             }
@@ -271,6 +345,25 @@ impl<E: Engine> Task<E> {
                         self.health.clear(name);
                         let _ = reply.send(());
                     }
+                    Some(Msg::Detach { reply }) => {
+                        self.wanted = false;
+                        self.retry_at = None;
+                        self.pid.store(0, Ordering::SeqCst);
+                        match self.child.take() {
+                            Some(Running::Child(c)) => {
+                                tracing::info!(engine = name, pid = c.id(), "leaving the engine running for the next agent");
+                                // The only way to let go of a tokio child without the kill on
+                                // drop that guards every other path (one handle, at shutdown).
+                                std::mem::forget(c);
+                            }
+                            Some(Running::Adopted(a)) => {
+                                tracing::info!(engine = name, pid = a.pid, "leaving the engine running for the next agent");
+                            }
+                            None => {}
+                        }
+                        self.health.clear(name);
+                        let _ = reply.send(());
+                    }
                     None => {
                         self.stop_child().await;
                         return;
@@ -279,7 +372,6 @@ impl<E: Engine> Task<E> {
                 status = wait_child(&mut self.child) => {
                     self.child = None;
                     self.pid.store(0, Ordering::SeqCst);
-                    let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                     tracing::warn!(engine = name, %status, tail = %self.tail_text(), "engine exited; restarting");
                     self.engine.exited();
                     if self.wanted {
@@ -300,8 +392,8 @@ impl<E: Engine> Task<E> {
             return;
         }
         let name = self.engine.name();
-        match self.start_now().await {
-            Ok(()) => {
+        match self.start_now(false).await {
+            Ok(_) => {
                 tracing::info!(engine = name, "engine is back");
                 self.health.clear(name);
                 self.backoff = FIRST_BACKOFF;
@@ -326,8 +418,14 @@ impl<E: Engine> Task<E> {
     }
 
     async fn stop_child(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
+        let mut child = match self.child.take() {
+            None => return,
+            Some(Running::Adopted(a)) => {
+                self.pid.store(0, Ordering::SeqCst);
+                a.stop(STOP_TIMEOUT).await;
+                return;
+            }
+            Some(Running::Child(c)) => c,
         };
         self.pid.store(0, Ordering::SeqCst);
         if let Some(pid) = child.id() {
@@ -373,13 +471,53 @@ impl<E: Engine> Task<E> {
         }
     }
 
-    /// (Re)starts the engine and waits until it serves.
-    async fn start_now(&mut self) -> Result<(), StartError> {
+    /// The engine an earlier agent left running, if it may be adopted.
+    fn adoptable(&self) -> Option<adopt::Adopted> {
+        let config = self.engine.start_config()?;
+        let (pid_file, marker) = (self.engine.pid_file(), self.engine.marker());
+        let candidate = adopt::Candidate {
+            pid_file: &pid_file,
+            config: &config,
+            marker: &marker,
+        };
+        match adopt::find(&candidate) {
+            Ok(a) => Some(a),
+            Err(adopt::Refusal::NothingRunning) => None,
+            Err(why) => {
+                tracing::info!(engine = self.engine.name(), %why, "not adopting the engine left running; restarting it");
+                None
+            }
+        }
+    }
+
+    /// (Re)starts the engine and waits until it serves; with `adopt`, an engine an earlier
+    /// agent left running serves on when it may (see [`adopt`]).
+    async fn start_now(&mut self, adopt: bool) -> Result<Started, StartError> {
         let name = self.engine.name();
+        if adopt
+            && self.child.is_none()
+            && let Some(a) = self.adoptable()
+        {
+            tracing::info!(
+                engine = name,
+                pid = a.pid,
+                "adopted the engine an earlier agent started"
+            );
+            self.pid.store(a.pid, Ordering::SeqCst);
+            self.child = Some(Running::Adopted(a));
+            self.starts.fetch_add(1, Ordering::SeqCst);
+            return Ok(Started::Adopted);
+        }
         self.stop_child().await;
         self.stop_stale().await;
         self.engine.before_start();
+        let record = adopt::record_path(&self.engine.pid_file());
+        let _ = std::fs::remove_file(&record);
         let _ = std::fs::remove_file(self.engine.pid_file());
+        let config_digest = self
+            .engine
+            .start_config()
+            .and_then(|c| adopt::config_digest(&c));
         self.tail.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let mut cmd = self.engine.command();
         let program = cmd.as_std().get_program().to_string_lossy().into_owned();
@@ -433,9 +571,20 @@ impl<E: Engine> Task<E> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tracing::info!(engine = name, pid, "engine started");
-        self.child = Some(child);
+        if let Some(digest) = config_digest {
+            let text = adopt::record(pid, &digest);
+            if let Err(e) = crate::files::replace(
+                &record,
+                text.as_bytes(),
+                0o644,
+                crate::files::Durability::Derived,
+            ) {
+                tracing::warn!(engine = name, error = %crate::error::chain(&e), "cannot record the start; the next agent restarts the engine");
+            }
+        }
+        self.child = Some(Running::Child(child));
         self.pid.store(pid, Ordering::SeqCst);
         self.starts.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+        Ok(Started::Fresh)
     }
 }
