@@ -382,7 +382,10 @@ fn dnsmasq_serves_across_agent_restarts_and_is_adopted_only_when_it_runs_todays_
         // waiting, is not served by the adopted dnsmasq (it is reloaded after the adoption).
         let removal = json!({"dhcpEntries": [default_entry()]});
         assert_ok(&mn.call(agent.vr, "/removedhcp", &removal).await);
-        agent.crash_and_restart();
+        // From here on the agent runs without CAP_SYS_PTRACE, as the appliance's unit has it:
+        // it cannot read where dnsmasq (dropped to nobody) runs from.
+        let no_ptrace = ["setpriv", "--bounding-set", "-sys_ptrace"].map(String::from);
+        agent.restart_wrapped(&no_ptrace); // a SIGKILL: a crash
         let ping = mn.call(agent.vr, "/ping", &json!({})).await;
         assert_eq!(ping["healthy"], json!(true), "{ping}");
         assert_eq!(
@@ -403,13 +406,40 @@ fn dnsmasq_serves_across_agent_restarts_and_is_adopted_only_when_it_runs_todays_
             .status()
             .unwrap();
         assert!(
-            common::eventually(Duration::from_secs(1), || {
+            common::eventually(Duration::from_secs(2), || {
                 dnsmasq_pid(&dir).is_some_and(|p| p != pid)
             }),
-            "the adopted dnsmasq is not back within a second"
+            "the adopted dnsmasq is not back within two seconds"
         );
         let pid = dnsmasq_pid(&dir).expect("dnsmasq back");
         assert_eq!(lab.dhcp("g1").expect("served again")["ip"], "172.20.9.7");
+
+        // A start record that does not name today's config (what a crash between writing a
+        // new config and the restart leaves): restarted, not adopted.
+        let record = dir.join("dnsmasq.started");
+        agent.restart_after(|| {
+            let text = std::fs::read_to_string(&record).expect("start record");
+            let text: Vec<&str> = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("config-sha256 ") {
+                        "config-sha256 00"
+                    } else {
+                        l
+                    }
+                })
+                .collect();
+            std::fs::write(&record, text.join("\n")).unwrap();
+        });
+        assert!(
+            agent.log().contains("its config changed since it started"),
+            "{}",
+            agent.log()
+        );
+        assert_eq!(times(&agent, ADOPTED), 2, "{}", agent.log());
+        assert!(!running(pid), "the old one runs on");
+        let pid = dnsmasq_pid(&dir).expect("dnsmasq running");
+        assert_eq!(lab.dhcp("g1").expect("served")["ip"], "172.20.9.7");
 
         // A config edited while no agent runs: the running dnsmasq did not start from what the
         // agent writes now, so it is restarted, not adopted.

@@ -336,6 +336,13 @@ impl DnsmasqBackend {
     /// of earlier incremental adds), so an unreadable store takes no guest's address away.
     async fn sync_with(&mut self, state: &DesiredState, keep: bool) -> Result<(), BackendError> {
         let started = std::time::Instant::now();
+        // A dnsmasq left by an earlier agent holds the hosts of the files as they are now:
+        // those that set tags count until it has reloaded (see `tagged_loaded`).
+        let tagged_on_disk = if self.running {
+            HashSet::new()
+        } else {
+            tagged_on_disk(&self.paths)
+        };
         self.applied = None;
         self.dns_guests = Some(dns_guests(state));
         self.ensure_dirs()?;
@@ -398,7 +405,11 @@ impl DnsmasqBackend {
         if wanted {
             write::check_reachable(&self.paths.dir).map_err(err)?;
         }
-        if !wanted {
+        if !wanted && keep && self.role.carries_data_plane() {
+            // An unreadable store: a dnsmasq still serving what the agent can no longer read
+            // is left alone (nothing is removed).
+            self.running = false;
+        } else if !wanted {
             if self.running || !self.stale_checked {
                 // also one left serving by an agent that crashed (an HA backup must not
                 // serve)
@@ -408,20 +419,31 @@ impl DnsmasqBackend {
             self.running = false;
         } else if conf_changed || !self.running {
             self.running = false;
-            let keep: LeaseSet = state.dhcp_hosts.values().map(|h| (h.mac, h.ip)).collect();
+            let leases_kept: LeaseSet = state.dhcp_hosts.values().map(|h| (h.mac, h.ip)).collect();
             *self.tagged_loaded.lock().unwrap_or_else(|e| e.into_inner()) =
                 r.tagged.iter().copied().collect();
             // A dnsmasq an earlier agent left serving, started from this very config, serves
             // on (its start reads every address of the namespace: seconds at 100,000 VIPs).
             let started = if conf_changed {
-                self.supervisor().start(keep).await.map(|()| Started::Fresh)
+                self.supervisor()
+                    .start(leases_kept)
+                    .await
+                    .map(|()| Started::Fresh)
             } else {
-                self.supervisor().start_or_adopt(keep).await
+                self.supervisor().start_or_adopt(leases_kept).await
             };
             if started.map_err(err)? == Started::Adopted {
                 // It read the other files at some earlier time: read them again, and let go
-                // of the leases of hosts gone since.
-                let releases = releases(&self.paths, state, &ifaces);
+                // of the leases of hosts gone since (none while keeping: nothing is removed).
+                self.tagged_loaded
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(tagged_on_disk);
+                let releases = if keep {
+                    Vec::new()
+                } else {
+                    releases(&self.paths, state, &ifaces)
+                };
                 self.supervisor()
                     .reload(releases, state.restart_dnsmasq_after);
             }
@@ -455,6 +477,25 @@ impl DnsmasqBackend {
         });
         Ok(())
     }
+}
+
+/// The hosts whose `dhcp-host` lines set tags in the hosts file and directory as they are on
+/// disk now (what a dnsmasq started or reloaded from them holds).
+fn tagged_on_disk(paths: &Paths) -> HashSet<MacAddr> {
+    let mut texts: Vec<String> = std::fs::read_to_string(paths.hosts()).into_iter().collect();
+    if let Ok(entries) = std::fs::read_dir(paths.hosts_dir()) {
+        texts.extend(
+            entries
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok()),
+        );
+    }
+    texts
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter(|l| l.contains(",set:"))
+        .filter_map(|l| l.split(',').next()?.parse().ok())
+        .collect()
 }
 
 /// `rendered` plus the lines of the file at `path` whose key (the text before `sep`: a MAC, an

@@ -9,8 +9,7 @@ use super::render::Paths;
 use crate::health::Health;
 use crate::state::types::MacAddr;
 use crate::supervisor::{Engine, StartError, Started, Supervisor as EngineSupervisor};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -241,9 +240,13 @@ impl Task {
                     }
                     Some(Msg::Detach { reply }) => {
                         if self.reload_at.take().is_some() {
-                            // the files changed: the next agent adopts a dnsmasq that read them
+                            // The files changed: dnsmasq serves on with them when a SIGHUP is
+                            // safe (never a restart here: it could not finish before the
+                            // agent exits); the next agent reloads it after adopting it anyway.
                             self.reload_first = None;
-                            self.reload_now().await;
+                            if !self.reload_needs_restart() {
+                                self.engine.signal(Signal::SIGHUP).await;
+                            }
                         }
                         self.engine.detach().await;
                         let _ = reply.send(());
@@ -273,19 +276,11 @@ impl Task {
             self.seen_starts = self.engine.starts();
             self.reloads = 0;
         }
-        // dnsmasq 2.90 dies (SIGSEGV) in a SIGHUP while a host whose dhcp-host line sets a
-        // tag holds a lease: restart it instead then.
         let held = leases::read(&self.paths.leases());
-        let tagged_lease = {
-            let tagged = self.tagged.lock().unwrap_or_else(|e| e.into_inner());
-            held.iter().any(|(mac, _)| tagged.contains(mac))
-        };
-        let limit = self.restart_after > 0 && self.reloads >= self.restart_after;
-        if limit || tagged_lease {
+        if self.reload_needs_restart() {
             tracing::info!(
                 reloads = self.reloads,
-                limit,
-                tagged_lease,
+                restart_after = self.restart_after,
                 "restarting dnsmasq instead of reloading"
             );
             if let Err(e) = self.start_now(None, true, false).await {
@@ -293,9 +288,8 @@ impl Task {
             }
             return;
         }
-        let pid = Pid::from_raw(pid as i32);
-        if let Err(e) = kill(pid, Signal::SIGHUP) {
-            tracing::warn!(error = %e, "cannot signal dnsmasq");
+        if !self.engine.signal(Signal::SIGHUP).await {
+            tracing::warn!(pid, "cannot signal dnsmasq");
             return;
         }
         self.reloads += 1;
@@ -311,6 +305,18 @@ impl Task {
             } else {
                 tracing::debug!(mac = %r.mac, ip = %r.ip, nic = %r.nic, "lease released");
             }
+        }
+    }
+
+    /// True when a reload must be a restart: the reload limit is reached, or a host whose
+    /// dhcp-host line sets a tag holds a lease (dnsmasq 2.90 dies with SIGSEGV in that
+    /// SIGHUP).
+    fn reload_needs_restart(&self) -> bool {
+        let limit = self.restart_after > 0 && self.reloads >= self.restart_after;
+        limit || {
+            let held = leases::read(&self.paths.leases());
+            let tagged = self.tagged.lock().unwrap_or_else(|e| e.into_inner());
+            held.iter().any(|(mac, _)| tagged.contains(mac))
         }
     }
 

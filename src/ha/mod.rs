@@ -54,6 +54,8 @@ pub struct HaBackend {
     keepalived: Option<Supervisor>,
     conntrackd: Option<Supervisor>,
     fifo: Option<tokio::task::JoinHandle<()>>,
+    /// keepalived and conntrackd left by an earlier agent were looked for (and stopped).
+    leftovers_stopped: bool,
     applied: Applied,
     role: Role,
     /// The last transition posted; an older one still being retried gives up.
@@ -130,6 +132,7 @@ impl HaBackend {
             keepalived: None,
             conntrackd: None,
             fifo: None,
+            leftovers_stopped: false,
             applied: Applied::default(),
             role: Role::NoHa,
             posted: Arc::default(),
@@ -153,6 +156,24 @@ impl HaBackend {
     /// files written, conntrackd (re)started when its file changed, keepalived started once
     /// and reloaded (SIGHUP) when its file changed.
     async fn sync(&mut self, state: &DesiredState) -> Result<(), BackendError> {
+        if !self.leftovers_stopped {
+            // keepalived and conntrackd of an agent that crashed (nothing stopped them): gone
+            // before anything is written for our own, HA or not (a leftover keepalived must
+            // not see our alive script and return to master).
+            crate::supervisor::stop_leftover(
+                "keepalived",
+                &self.paths.keepalived_pid(),
+                &self.paths.keepalived_conf().display().to_string(),
+            )
+            .await;
+            crate::supervisor::stop_leftover(
+                "conntrackd",
+                &self.paths.conntrackd_pid(),
+                &self.paths.conntrackd_conf().display().to_string(),
+            )
+            .await;
+            self.leftovers_stopped = true;
+        }
         let Some(ha) = &state.ha else {
             self.stop_all().await;
             return Ok(());

@@ -49,17 +49,19 @@ impl Adopted {
         }
     }
 
-    /// Sends `signal` to the process (not to whatever may later reuse its pid).
-    pub fn signal(&self, signal: Signal) {
-        let _ = pidfd_send_signal(&self.pidfd, signal);
+    /// Sends `signal` to the process (not to whatever may later reuse its pid); false when it
+    /// could not be sent (the process is gone).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> bool {
+        Signal::from_named_raw(signal as i32)
+            .is_some_and(|s| pidfd_send_signal(&self.pidfd, s).is_ok())
     }
 
     /// SIGTERM, then SIGKILL after `grace`; returns once it has exited (or after a second
     /// more).
     pub async fn stop(self, grace: Duration) {
-        self.signal(Signal::TERM);
+        self.signal(nix::sys::signal::Signal::SIGTERM);
         if tokio::time::timeout(grace, self.exited()).await.is_err() {
-            self.signal(Signal::KILL);
+            self.signal(nix::sys::signal::Signal::SIGKILL);
             let _ = tokio::time::timeout(Duration::from_secs(1), self.exited()).await;
         }
     }
@@ -81,22 +83,66 @@ pub fn config_digest(config: &Path) -> Option<String> {
     )
 }
 
-/// The record's text for `pid` started from a config whose digest is `digest`.
-pub fn record(pid: u32, digest: &str) -> String {
-    format!("pid {pid}\nconfig-sha256 {digest}\n")
+/// Which file `program` names now (found on `PATH` when it has no slash): device, inode and
+/// modification time. A package upgrade renames a new file over the old one (a new inode).
+/// The agent cannot read `/proc/<pid>/exe` of an engine that dropped to another user (that
+/// takes `CAP_SYS_PTRACE`), so the file is identified at the start and compared at adoption.
+pub fn program_identity(program: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = if program.components().count() > 1 {
+        program.to_path_buf()
+    } else {
+        let paths = std::env::var_os("PATH")?;
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())?
+    };
+    let m = std::fs::metadata(path).ok()?;
+    Some(format!(
+        "{}:{}:{}.{:09}",
+        m.dev(),
+        m.ino(),
+        m.mtime(),
+        m.mtime_nsec()
+    ))
 }
 
-fn parse_record(text: &str) -> Option<(u32, &str)> {
-    let mut pid = None;
-    let mut digest = None;
+/// What an engine was started as: written once it serves, read at adoption.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// Its pid.
+    pub pid: u32,
+    /// The sha256 of its start-only config, in hex.
+    pub config_sha256: &'a str,
+    /// [`program_identity`] of the program run.
+    pub program: &'a str,
+}
+
+impl Record<'_> {
+    /// The record as written to disk.
+    pub fn text(&self) -> String {
+        format!(
+            "pid {}\nconfig-sha256 {}\nprogram {}\n",
+            self.pid, self.config_sha256, self.program
+        )
+    }
+}
+
+fn parse_record(text: &str) -> Option<Record<'_>> {
+    let (mut pid, mut config_sha256, mut program) = (None, None, None);
     for line in text.lines() {
         match line.split_once(' ') {
             Some(("pid", v)) => pid = v.parse().ok(),
-            Some(("config-sha256", v)) => digest = Some(v),
+            Some(("config-sha256", v)) => config_sha256 = Some(v),
+            Some(("program", v)) => program = Some(v),
             _ => {}
         }
     }
-    Some((pid?, digest?))
+    Some(Record {
+        pid: pid?,
+        config_sha256: config_sha256?,
+        program: program?,
+    })
 }
 
 /// What the supervisor knows of the engine to adopt.
@@ -107,6 +153,8 @@ pub struct Candidate<'a> {
     pub config: &'a Path,
     /// A string in our engine's command line.
     pub marker: &'a str,
+    /// The program the agent would run now.
+    pub program: &'a Path,
 }
 
 /// Why a process found was not adopted (for the log).
@@ -160,18 +208,18 @@ pub fn find(c: &Candidate<'_>) -> Result<Adopted, Refusal> {
     }
     let record_text =
         std::fs::read_to_string(record_path(c.pid_file)).map_err(|_| Refusal::NoRecord)?;
-    let (recorded_pid, digest) = parse_record(&record_text).ok_or(Refusal::NoRecord)?;
-    if recorded_pid != pid as u32 {
+    let record = parse_record(&record_text).ok_or(Refusal::NoRecord)?;
+    if record.pid != pid as u32 {
         return Err(Refusal::NoRecord);
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|_| Refusal::NotOurs)?;
     if !String::from_utf8_lossy(&cmdline).contains(c.marker) {
         return Err(Refusal::NotOurs);
     }
-    if config_digest(c.config).as_deref() != Some(digest) {
+    if config_digest(c.config).as_deref() != Some(record.config_sha256) {
         return Err(Refusal::ConfigChanged);
     }
-    if !binary_current(pid) {
+    if program_identity(c.program).as_deref() != Some(record.program) || binary_deleted(pid) {
         return Err(Refusal::BinaryReplaced);
     }
     Ok(Adopted {
@@ -180,11 +228,11 @@ pub fn find(c: &Candidate<'_>) -> Result<Adopted, Refusal> {
     })
 }
 
-/// True unless the file process `pid` runs was replaced or removed since it started (a
-/// package upgrade renames a new file over it: the kernel then shows the old one as deleted).
-fn binary_current(pid: i32) -> bool {
+/// True when the file process `pid` runs is known to be gone since it started (the kernel
+/// shows it as deleted). Unknown (no `CAP_SYS_PTRACE` for another user's process): false.
+fn binary_deleted(pid: i32) -> bool {
     std::fs::read_link(format!("/proc/{pid}/exe"))
-        .is_ok_and(|exe| !exe.to_string_lossy().ends_with(" (deleted)"))
+        .is_ok_and(|exe| exe.to_string_lossy().ends_with(" (deleted)"))
 }
 
 #[cfg(test)]
@@ -193,10 +241,17 @@ mod tests {
 
     #[test]
     fn a_record_reads_back_and_junk_is_no_record() {
-        let text = record(4242, "ab12");
-        assert_eq!(parse_record(&text), Some((4242, "ab12")));
-        assert_eq!(parse_record("pid x\nconfig-sha256 ab\n"), None);
-        assert_eq!(parse_record("pid 7\n"), None);
+        let record = Record {
+            pid: 4242,
+            config_sha256: "ab12",
+            program: "2049:77:1.000000000",
+        };
+        assert_eq!(parse_record(&record.text()), Some(record));
+        assert_eq!(
+            parse_record("pid x\nconfig-sha256 ab\nprogram 1:2:3.0\n"),
+            None
+        );
+        assert_eq!(parse_record("pid 7\nconfig-sha256 ab\n"), None);
         assert_eq!(parse_record(""), None);
     }
 
@@ -210,23 +265,38 @@ mod tests {
         // a stand-in engine: a copy of the shell, with the config path in its command line
         let binary = dir.path().join("engine");
         std::fs::copy("/bin/sh", &binary).unwrap();
-        let mut child = std::process::Command::new(&binary)
-            .args(["-c", "while :; do sleep 0.1; done", &marker])
-            .spawn()
-            .unwrap();
+        // (another test's fork may hold the copy open for writing until its exec: retry)
+        let mut child = loop {
+            match std::process::Command::new(&binary)
+                .args(["-c", "while :; do sleep 0.1; done", &marker])
+                .spawn()
+            {
+                Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                other => break other.unwrap(),
+            }
+        };
         let pid = child.id();
         let candidate = Candidate {
             pid_file: &pid_file,
             config: &config,
             marker: &marker,
+            program: &binary,
         };
         assert_eq!(find(&candidate).err(), Some(Refusal::NothingRunning));
         std::fs::write(&pid_file, format!("{pid}\n")).unwrap();
         assert_eq!(find(&candidate).err(), Some(Refusal::NoRecord));
         let digest = config_digest(&config).unwrap();
-        std::fs::write(record_path(&pid_file), record(pid + 1, &digest)).unwrap();
+        let program = program_identity(&binary).unwrap();
+        let record = |pid| Record {
+            pid,
+            config_sha256: &digest,
+            program: &program,
+        };
+        std::fs::write(record_path(&pid_file), record(pid + 1).text()).unwrap();
         assert_eq!(find(&candidate).err(), Some(Refusal::NoRecord));
-        std::fs::write(record_path(&pid_file), record(pid, &digest)).unwrap();
+        std::fs::write(record_path(&pid_file), record(pid).text()).unwrap();
         let other = Candidate {
             marker: "another-engine.conf",
             ..candidate

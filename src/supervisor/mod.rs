@@ -144,6 +144,10 @@ enum Msg {
     Detach {
         reply: oneshot::Sender<()>,
     },
+    Signal {
+        signal: Signal,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// Handle of a supervisor task. Dropping every handle stops the engine.
@@ -216,6 +220,13 @@ impl Supervisor {
         rx.await.unwrap_or_else(|_| Err(gone()))
     }
 
+    /// Sends `signal` to the running engine (an adopted one through its pidfd); false when none
+    /// runs or it could not be signalled.
+    pub async fn signal(&self, signal: Signal) -> bool {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Signal { signal, reply }).is_ok() && rx.await.unwrap_or(false)
+    }
+
     /// Stops supervising and leaves the engine running, for the next agent process to adopt
     /// (the agent is stopping; the engine serves on meanwhile).
     pub async fn detach(&self) {
@@ -261,6 +272,40 @@ pub fn alive(pid: Pid) -> bool {
         })
 }
 
+/// Stops the engine `name` an earlier agent process left running (it crashed, or was killed
+/// after its stop timed out): the process of the pid in `pid_file` if `marker` is in its
+/// command line (so a reused pid is never signalled). SIGTERM, then SIGKILL after
+/// [`STOP_TIMEOUT`].
+pub async fn stop_leftover(name: &str, pid_file: &std::path::Path, marker: &str) {
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return;
+    };
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(marker))
+        .unwrap_or(false);
+    if !ours || !alive(Pid::from_raw(pid)) {
+        return;
+    }
+    tracing::warn!(
+        engine = name,
+        pid,
+        "stopping an engine left by an earlier agent"
+    );
+    let pid = Pid::from_raw(pid);
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+    while alive(pid) && Instant::now() < deadline + STOP_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 struct Task<E: Engine> {
     engine: E,
     health: Arc<Health>,
@@ -291,15 +336,21 @@ async fn wait_child(child: &mut Option<Running>) -> String {
 }
 
 impl<E: Engine> Drop for Task<E> {
-    /// The task is dropped without a stop (the runtime shuts down): the engine goes with it
-    /// (a detached one was taken out before).
+    /// The task is dropped without a stop or a detach (the runtime shuts down: the agent's
+    /// stop ran out of time). An engine the next agent may adopt serves on; any other goes
+    /// with the agent.
     fn drop(&mut self) {
+        let adoptable = self.engine.start_config().is_some();
         match self.child.take() {
+            // the only way to let go of a tokio child without its kill on drop
+            Some(Running::Child(c)) if adoptable => std::mem::forget(c),
             Some(Running::Child(mut c)) => {
                 let _ = c.start_kill();
             }
-            Some(Running::Adopted(a)) => a.signal(rustix::process::Signal::KILL),
-            None => {}
+            Some(Running::Adopted(a)) if !adoptable => {
+                a.signal(Signal::SIGKILL);
+            }
+            Some(Running::Adopted(_)) | None => {}
         }
     }
 }
@@ -344,6 +395,16 @@ impl<E: Engine> Task<E> {
                         self.stop_stale().await;
                         self.health.clear(name);
                         let _ = reply.send(());
+                    }
+                    Some(Msg::Signal { signal, reply }) => {
+                        let sent = match &self.child {
+                            Some(Running::Child(c)) => c
+                                .id()
+                                .is_some_and(|pid| kill(Pid::from_raw(pid as i32), signal).is_ok()),
+                            Some(Running::Adopted(a)) => a.signal(signal),
+                            None => false,
+                        };
+                        let _ = reply.send(sent);
                     }
                     Some(Msg::Detach { reply }) => {
                         self.wanted = false;
@@ -441,44 +502,24 @@ impl<E: Engine> Task<E> {
 
     /// Stops an engine of ours left behind by an earlier agent process (one that was killed).
     async fn stop_stale(&self) {
-        let Ok(text) = std::fs::read_to_string(self.engine.pid_file()) else {
-            return;
-        };
-        let Ok(pid) = text.trim().parse::<i32>() else {
-            return;
-        };
-        let marker = self.engine.marker();
-        let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).contains(&marker))
-            .unwrap_or(false);
-        if !ours {
-            return;
-        }
-        tracing::warn!(
-            engine = self.engine.name(),
-            pid,
-            "stopping an engine left by an earlier agent"
-        );
-        let pid = Pid::from_raw(pid);
-        let _ = kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while alive(pid) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let _ = kill(pid, Signal::SIGKILL);
-        while alive(pid) && Instant::now() < deadline + STOP_TIMEOUT {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        stop_leftover(
+            self.engine.name(),
+            &self.engine.pid_file(),
+            &self.engine.marker(),
+        )
+        .await;
     }
 
     /// The engine an earlier agent left running, if it may be adopted.
     fn adoptable(&self) -> Option<adopt::Adopted> {
         let config = self.engine.start_config()?;
         let (pid_file, marker) = (self.engine.pid_file(), self.engine.marker());
+        let command = self.engine.command();
         let candidate = adopt::Candidate {
             pid_file: &pid_file,
             config: &config,
             marker: &marker,
+            program: std::path::Path::new(command.as_std().get_program()),
         };
         match adopt::find(&candidate) {
             Ok(a) => Some(a),
@@ -518,8 +559,10 @@ impl<E: Engine> Task<E> {
             .engine
             .start_config()
             .and_then(|c| adopt::config_digest(&c));
-        self.tail.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let mut cmd = self.engine.command();
+        let program_identity =
+            adopt::program_identity(std::path::Path::new(cmd.as_std().get_program()));
+        self.tail.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let program = cmd.as_std().get_program().to_string_lossy().into_owned();
         let mut child = cmd
             .stdin(Stdio::null())
@@ -571,8 +614,13 @@ impl<E: Engine> Task<E> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tracing::info!(engine = name, pid, "engine started");
-        if let Some(digest) = config_digest {
-            let text = adopt::record(pid, &digest);
+        if let (Some(config_sha256), Some(program)) = (config_digest, program_identity) {
+            let text = adopt::Record {
+                pid,
+                config_sha256: &config_sha256,
+                program: &program,
+            }
+            .text();
             if let Err(e) = crate::files::replace(
                 &record,
                 text.as_bytes(),
@@ -586,5 +634,31 @@ impl<E: Engine> Task<E> {
         self.pid.store(pid, Ordering::SeqCst);
         self.starts.fetch_add(1, Ordering::SeqCst);
         Ok(Started::Fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_leftover_is_stopped_only_when_its_command_line_is_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("engine.pid");
+        let marker = dir.path().join("engine.conf").display().to_string();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "while :; do sleep 0.1; done", &marker])
+            .spawn()
+            .unwrap();
+        std::fs::write(&pid_file, format!("{}\n", child.id())).unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+
+        stop_leftover("engine", &pid_file, "another-engine.conf").await;
+        assert!(alive(pid), "a process that is not ours was stopped");
+        stop_leftover("engine", &pid_file, &marker).await;
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{status}");
+        // nothing left: a pid file naming no process is no error
+        stop_leftover("engine", &pid_file, &marker).await;
     }
 }
