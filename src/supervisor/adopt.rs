@@ -272,7 +272,7 @@ mod tests {
                 .spawn()
             {
                 Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => {
-                    std::thread::sleep(Duration::from_millis(10))
+                    std::thread::sleep(Duration::from_millis(10));
                 }
                 other => break other.unwrap(),
             }
