@@ -335,6 +335,8 @@ fn main() {
             }
             call("/syncportforwarding", json!({ "rules": [] })).await;
         }
+        // at rest: the agent trims its heap once idle a moment after a large command
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let (rss, hwm) = common::rss_kib(n.agent.pid());
         let sync_line = format!(
             "/synceip of {biggest} EIPs (replacing {biggest}): median {:.1} ms over {} runs\n\

@@ -412,6 +412,8 @@ impl<B: Backend + 'static> Agent<B> {
         async {
             let started = std::time::Instant::now();
             let failures = self.reconcile_all().await;
+            // the re-apply's models and batches are freed: "re-applied" is also "trimmed"
+            crate::memory::trim();
             self.health.clear(HEALTH_REAPPLY);
             tracing::info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -429,11 +431,28 @@ impl<B: Backend + 'static> Agent<B> {
         reapply: bool,
         queued: Arc<std::sync::atomic::AtomicUsize>,
     ) {
+        // A trim once the writer has been idle a moment after a large command: the request
+        // body and the HTTP side's buffers are freed only after the reply.
+        let mut trim_at: Option<tokio::time::Instant> = None;
         if reapply {
             self.reapply_at_start().await;
-            crate::memory::trim();
+            trim_at = Some(tokio::time::Instant::now() + crate::memory::TRIM_SETTLE);
         }
-        while let Some(work) = rx.recv().await {
+        loop {
+            let next = match trim_at {
+                Some(at) => tokio::select! {
+                    work = rx.recv() => work,
+                    _ = tokio::time::sleep_until(at) => {
+                        trim_at = None;
+                        crate::memory::trim();
+                        continue;
+                    }
+                },
+                None => rx.recv().await,
+            };
+            let Some(work) = next else {
+                break;
+            };
             queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             let job = match work {
                 Work::Command(job) => job,
@@ -466,8 +485,10 @@ impl<B: Backend + 'static> Agent<B> {
             });
             let _ = job.reply.send(result);
             if started.elapsed() >= crate::memory::TRIM_AFTER {
-                // a large command freed its body, model and batch: give the heap back
+                // a large command freed its model and batch: give the heap back, and again
+                // once its body is freed too
                 crate::memory::trim();
+                trim_at = Some(tokio::time::Instant::now() + crate::memory::TRIM_SETTLE);
             }
             if self.store.wants_compaction() {
                 match self.store.compact(&self.desired) {

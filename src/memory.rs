@@ -10,6 +10,10 @@
 /// not worth it after a small command).
 pub const TRIM_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// ...and by another once the writer has been idle this long (the request's body and the
+/// HTTP side's buffers are freed after the reply).
+pub const TRIM_SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Sets the allocator up for a long-lived agent that sometimes handles very large commands:
 /// at most two arenas (the runtime's worker threads would each get one), and freed blocks
 /// of 64 KiB or more go back to the system at once (large blocks get their own mapping,
