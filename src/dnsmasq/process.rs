@@ -330,7 +330,6 @@ impl Task {
         retry: bool,
         adopt: bool,
     ) -> Result<Started, StartError> {
-        self.metrics.dnsmasq_started();
         self.reload_at = None;
         self.reload_first = None;
         {
@@ -348,6 +347,9 @@ impl Task {
         if matches!(r, Ok(Started::Adopted)) {
             // nothing was pruned: the next start keeps all but the releases still pending
             self.prune.lock().unwrap_or_else(|e| e.into_inner()).keep = None;
+        } else {
+            // an adoption starts no process: not counted
+            self.metrics.dnsmasq_started();
         }
         self.seen_starts = self.engine.starts();
         self.reloads = 0;
