@@ -266,7 +266,7 @@ mod tests {
         let binary = dir.path().join("engine");
         std::fs::copy("/bin/sh", &binary).unwrap();
         // (another test's fork may hold the copy open for writing until its exec: retry)
-        let mut child = loop {
+        let child = loop {
             match std::process::Command::new(&binary)
                 .args(["-c", "while :; do sleep 0.1; done", &marker])
                 .spawn()
@@ -277,7 +277,16 @@ mod tests {
                 other => break other.unwrap(),
             }
         };
-        let pid = child.id();
+        // killed and reaped however the test ends (a failed assertion leaves nothing behind)
+        struct Reaped(std::process::Child);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut child = Reaped(child);
+        let pid = child.0.id();
         let candidate = Candidate {
             pid_file: &pid_file,
             config: &config,
@@ -320,7 +329,7 @@ mod tests {
             "exited while running"
         );
         adopted.stop(Duration::from_secs(3)).await;
-        let status = child.wait().unwrap();
+        let status = child.0.wait().unwrap();
         assert!(!status.success(), "{status}");
     }
 }

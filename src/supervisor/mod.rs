@@ -636,29 +636,3 @@ impl<E: Engine> Task<E> {
         Ok(Started::Fresh)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_leftover_is_stopped_only_when_its_command_line_is_ours() {
-        let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("engine.pid");
-        let marker = dir.path().join("engine.conf").display().to_string();
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "while :; do sleep 0.1; done", &marker])
-            .spawn()
-            .unwrap();
-        std::fs::write(&pid_file, format!("{}\n", child.id())).unwrap();
-        let pid = Pid::from_raw(child.id() as i32);
-
-        stop_leftover("engine", &pid_file, "another-engine.conf").await;
-        assert!(alive(pid), "a process that is not ours was stopped");
-        stop_leftover("engine", &pid_file, &marker).await;
-        let status = child.wait().unwrap();
-        assert!(!status.success(), "{status}");
-        // nothing left: a pid file naming no process is no error
-        stop_leftover("engine", &pid_file, &marker).await;
-    }
-}
